@@ -1,0 +1,194 @@
+"""The one small interface every model family implements.
+
+A pipeline declares its stages, its parameters and which inputs it takes; ``run`` receives a
+validated request and a context (progress reporting, cancellation, the memory manager) and
+returns a mesh. Heavy imports (torch, model code) happen inside ``run`` or ``load``, never at
+module import, so the server answers ``hello`` instantly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from ..errors import BackendError, JobCancelled
+from ..protocol import ErrorCode
+
+if TYPE_CHECKING:
+    from ..mesh import Mesh
+
+
+@dataclass(frozen=True)
+class Param:
+    """One user-facing parameter of a pipeline.
+
+    Args:
+        name: wire and CLI name (``max_faces`` is ``--max-faces`` on the command line).
+        kind: ``int``, ``float``, ``str`` or ``bool``.
+        default: used when the request leaves it out.
+        help: one line for ``--help``, the add-on tooltip and ``welcome``.
+        minimum/maximum: inclusive bounds for numbers.
+        choices: allowed values for strings.
+        advanced: shown collapsed in the add-on.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    advanced: bool = False
+
+    def coerce(self, value: Any) -> Any:
+        kind = self.kind
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise BackendError(
+                ErrorCode.BAD_PARAMETER,
+                f"parameter {self.name!r} must be {kind.__name__}, got {type(value).__name__} {value!r}",
+                hint=self.help,
+            )
+        if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
+            raise BackendError(
+                ErrorCode.BAD_PARAMETER,
+                f"parameter {self.name!r} = {value} is outside [{self.minimum}, {self.maximum}]",
+                hint=self.help,
+            )
+        if self.choices is not None and value not in self.choices:
+            raise BackendError(
+                ErrorCode.BAD_PARAMETER,
+                f"parameter {self.name!r} = {value!r} is not one of {', '.join(self.choices)}",
+            )
+        return value
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.kind.__name__, "default": self.default, "help": self.help}
+        for key in ("minimum", "maximum", "choices"):
+            if getattr(self, key) is not None:
+                out[key] = list(getattr(self, key)) if key == "choices" else getattr(self, key)
+        if self.advanced:
+            out["advanced"] = True
+        return out
+
+
+SEED = Param("seed", int, 0, "random seed; the same seed and inputs give the same mesh", minimum=0, maximum=2**31 - 1)
+MAX_FACES = Param("max_faces", int, 120000, "decimate the mesh to at most this many triangles", minimum=100, maximum=5_000_000)
+
+
+@dataclass
+class JobRequest:
+    """What a job asks for, after validation. ``images`` holds encoded PNG/JPEG bytes by input name."""
+
+    pipeline: str
+    params: dict[str, Any]
+    text: str | None = None
+    images: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineOutput:
+    mesh: "Mesh"
+    images: dict[str, bytes] = field(default_factory=dict)  # intermediate pictures, PNG-encoded
+    info: dict[str, Any] = field(default_factory=dict)  # anything worth recording with the result
+
+
+class JobContext:
+    """Handed to ``Pipeline.run``: progress out, cancellation in, and the runtime's services."""
+
+    def __init__(
+        self,
+        report: Callable[[dict[str, Any]], None],
+        is_cancelled: Callable[[], bool],
+        runtime: Any = None,
+    ):
+        self._report = report
+        self._is_cancelled = is_cancelled
+        self.runtime = runtime
+        self.stage: str = ""
+
+    @property
+    def memory(self) -> Any:
+        return getattr(self.runtime, "memory", None)
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled if the job was cancelled; call between steps."""
+        if self._is_cancelled():
+            raise JobCancelled()
+
+    def progress(self, stage: str, step: int, total: int, message: str = "", **extra: Any) -> None:
+        """Report progress of ``stage`` (step out of total), then honour a pending cancel."""
+        self.stage = stage
+        self._report({"stage": stage, "step": step, "total": total, "message": message, **extra})
+        self.check_cancelled()
+
+    def note(self, message: str, **extra: Any) -> None:
+        """A progress event that only carries a message (a downgrade, a choice made for the user)."""
+        self._report({"stage": self.stage, "step": None, "total": None, "message": message, **extra})
+
+
+class Pipeline:
+    """Base class of every pipeline. Subclasses set the class attributes and implement ``run``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    stages: ClassVar[tuple[str, ...]]
+    params: ClassVar[tuple[Param, ...]] = ()
+    inputs: ClassVar[tuple[str, ...]] = ("image",)  # any of "image", "text", or named extra images
+    requires_one_of: ClassVar[tuple[str, ...]] = ("image",)
+
+    def __init__(self, weights_dir: str | None = None):
+        self.weights_dir = weights_dir
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "stages": list(self.stages),
+            "inputs": list(self.inputs),
+            "params": [p.describe() for p in self.params],
+        }
+
+    def check_weights(self) -> "WeightsReport":
+        """Where the weights were found, or what is missing and how to get it."""
+        return WeightsReport(ready=True, where="built in")
+
+    def validate(self, request: JobRequest) -> JobRequest:
+        """Fill defaults and check every parameter and input; raise BackendError naming the fix."""
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(request.params) - set(known))
+        if unknown:
+            raise BackendError(
+                ErrorCode.BAD_PARAMETER,
+                f"{self.name} has no parameter {', '.join(map(repr, unknown))}",
+                hint="parameters: " + ", ".join(known),
+            )
+        params = {name: p.coerce(request.params[name]) if name in request.params else p.default for name, p in known.items()}
+        given = set(request.images) | ({"text"} if request.text else set())
+        extra = sorted(given - set(self.inputs))
+        if extra:
+            raise BackendError(ErrorCode.BAD_INPUT, f"{self.name} does not take {', '.join(extra)}", hint="inputs: " + ", ".join(self.inputs))
+        if not given & set(self.requires_one_of):
+            raise BackendError(
+                ErrorCode.BAD_INPUT,
+                f"{self.name} needs {' or '.join(self.requires_one_of)}",
+                hint="inputs: " + ", ".join(self.inputs),
+            )
+        return JobRequest(request.pipeline, params, request.text, dict(request.images))
+
+    def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
+        raise NotImplementedError
+
+
+@dataclass
+class WeightsReport:
+    ready: bool
+    where: str = ""
+    missing: list[str] = field(default_factory=list)
+    download: str = ""  # the exact command that fetches what is missing
+
+    def describe(self) -> dict[str, Any]:
+        return {"ready": self.ready, "where": self.where, "missing": self.missing, "download": self.download}
