@@ -13,6 +13,19 @@ from ..protocol import ErrorCode
 from .base import Pipeline
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
+# Model families shipped with the backend; imported on first use (their modules import no torch at top level).
+_BUILTIN_MODULES: tuple[str, ...] = ()
+# What ``--model auto`` tries, best first.
+AUTO_PREFERENCE = ("hunyuan3d-1-std", "hunyuan3d-1-lite", "nano")
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
 
 
 def register(cls: type[Pipeline]) -> type[Pipeline]:
@@ -31,10 +44,12 @@ def load_plugin(module: str) -> None:
 
 
 def names() -> list[str]:
+    _load_builtins()
     return sorted(_REGISTRY)
 
 
 def get(name: str) -> type[Pipeline]:
+    _load_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -43,3 +58,19 @@ def get(name: str) -> type[Pipeline]:
             f"no pipeline named {name!r}",
             hint="available: " + (", ".join(names()) or "none"),
         ) from None
+
+
+def choose(name: str, weights_dir: str | None = None) -> str:
+    """Resolve ``auto`` to the best pipeline whose weights are present; check any other name exists."""
+    if name != "auto":
+        get(name)
+        return name
+    _load_builtins()
+    for candidate in AUTO_PREFERENCE:
+        if candidate in _REGISTRY and get(candidate)(weights_dir=weights_dir).check_weights().ready:
+            return candidate
+    raise BackendError(
+        ErrorCode.WEIGHTS_MISSING,
+        "no model with its weights present (tried " + ", ".join(AUTO_PREFERENCE) + ")",
+        hint="run `python -m backend doctor` to see what is missing and how to download it, or pass --model",
+    )

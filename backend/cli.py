@@ -1,0 +1,306 @@
+"""Command line: ``python -m backend serve | generate | doctor``.
+
+Only the standard library is imported at module level, so ``--help`` answers at once; torch
+and the model code load inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import SERVER_NAME, __version__
+from .errors import BackendError
+from .protocol import DEFAULT_MAX_BUFFER_BYTES, PROTOCOL_VERSION
+
+DEVICE_CHOICES_HELP = "auto, cpu, cuda, cuda:N or mps (default: auto, the best one found)"
+MEMORY_MODES = ("auto", "resident", "stage", "stream", "cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m backend",
+        description="Hunyuan3D for Blender backend: text or image to a 3D mesh, on the GPU or the CPU.",
+    )
+    parser.add_argument("--version", action="version", version=f"{SERVER_NAME} {__version__} (protocol {PROTOCOL_VERSION})")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add_runtime_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
+        p.add_argument("--memory", default="auto", choices=MEMORY_MODES,
+                       help="where model weights live: resident (all on the GPU), stage (only the running stage), "
+                            "stream (block by block), cpu; auto picks from free memory (default)")
+        p.add_argument("--save-memory", action="store_true", help="same as --memory stage (Hunyuan3D-1's flag)")
+        p.add_argument("--weights", metavar="DIR", help="folder with the model weights (default: the Hugging Face cache)")
+        p.add_argument("--pipelines-from", metavar="MODULE", action="append", default=[],
+                       help="import MODULE, which registers extra pipelines (for plug-ins and tests); repeatable")
+
+    serve = commands.add_parser("serve", help="run the backend server the Blender add-on talks to",
+                                description="Listen for the add-on on a local socket and run its jobs one at a time. "
+                                            "Prints one JSON line when ready: {\"event\": \"ready\", \"port\": ...}.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=0, help="port to listen on; 0 lets the system pick (default)")
+    serve.add_argument("--token-file", type=Path, metavar="PATH",
+                       help="file holding the token clients must send; created with a new token if missing. "
+                            "Default: a new token in a private file named in the ready line")
+    serve.add_argument("--parent-pid", type=int, metavar="PID", help="exit when this process (Blender) is gone")
+    serve.add_argument("--output-dir", type=Path, metavar="DIR", help="where every result is also saved (GLB + JSON)")
+    serve.add_argument("--max-queue", type=int, default=32, help="queued jobs beyond this are refused as busy (default 32)")
+    serve.add_argument("--max-buffer-bytes", type=int, default=DEFAULT_MAX_BUFFER_BYTES,
+                       help="largest total of raw buffers one message may carry (default 1 GiB)")
+    add_runtime_options(serve)
+
+    generate = commands.add_parser("generate", help="make one mesh from an image or a prompt, in this process",
+                                   description="Run one job here with a progress bar and write the mesh.")
+    source = generate.add_mutually_exclusive_group()
+    source.add_argument("--image", type=Path, metavar="PATH", help="input picture (PNG or JPEG)")
+    source.add_argument("--text", metavar="PROMPT", help="describe the object instead of giving a picture")
+    generate.add_argument("--views", type=Path, metavar="PATH", help="a 3x2 grid of six views (reconstruction-only models)")
+    generate.add_argument("--model", default="auto", help="pipeline to run; auto picks the best one whose weights are present")
+    generate.add_argument("--steps", type=int, help="denoising steps (models that denoise)")
+    generate.add_argument("--seed", type=int, help="random seed")
+    generate.add_argument("--max-faces", type=int, help="decimate to at most this many triangles")
+    generate.add_argument("--set", dest="extra", action="append", default=[], metavar="NAME=VALUE",
+                          help="any other pipeline parameter (see `doctor --json` for the list); repeatable")
+    generate.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                          help="mesh file to write: .glb, .obj or .ply")
+    add_runtime_options(generate)
+
+    doctor = commands.add_parser("doctor", help="show devices, precision, memory plan and which model weights were found",
+                                 description="Check this machine: devices, the precision each computes in, the memory mode "
+                                             "auto would pick, and which model weights are present (with the command to "
+                                             "download what is missing).")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_runtime_options(doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "save_memory", False):
+        args.memory = "stage"
+    try:
+        from . import pipelines
+
+        for module in args.pipelines_from:
+            pipelines.load_plugin(module)
+        return {"serve": cmd_serve, "generate": cmd_generate, "doctor": cmd_doctor}[args.command](args)
+    except BackendError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _runtime(args: argparse.Namespace):
+    from .runtime import Runtime
+
+    return Runtime.create(device=args.device, memory=args.memory)
+
+
+def _pipeline_catalogue(weights_dir: str | None) -> list[dict[str, Any]]:
+    from . import pipelines
+
+    catalogue = []
+    for name in pipelines.names():
+        pipeline = pipelines.get(name)(weights_dir=weights_dir)
+        catalogue.append({**pipeline.describe(), "weights": pipeline.check_weights().describe()})
+    return catalogue
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .jobs import JobEngine
+    from .paths import default_output_dir, load_or_create_token
+    from .server import Server
+
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    if not loopback and args.token_file is None:
+        raise BackendError("bad_parameter", f"refusing to listen on {args.host} without --token-file",
+                           hint="anyone who can reach that address could use your GPU; create a token file first")
+    token, token_file, remove_token = load_or_create_token(args.token_file)
+    try:
+        runtime = _runtime(args)
+        engine = JobEngine(runtime, output_dir=args.output_dir or default_output_dir(), weights_dir=args.weights,
+                           max_queue=args.max_queue)
+        identity = {"devices": runtime.describe_devices(), "pipelines": _pipeline_catalogue(args.weights)}
+        server = Server(engine, token, identity, host=args.host, port=args.port, max_buffer_bytes=args.max_buffer_bytes)
+        if args.parent_pid:
+            server.watch_parent(args.parent_pid)
+        ready = {"event": "ready", "port": server.port, "pid": os.getpid(), "protocol": PROTOCOL_VERSION,
+                 "host": args.host, "token_file": str(token_file)}
+        print(json.dumps(ready), flush=True)
+        server.serve_forever()
+    finally:
+        if remove_token:
+            token_file.unlink(missing_ok=True)
+    return 0
+
+
+# -- generate ---------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from . import pipelines
+    from .jobs import Job, JobEngine
+    from .mesh import Mesh
+    from .mesh.export import FORMATS, save
+    from .pipelines.base import JobRequest
+
+    if args.output.suffix.lower() not in FORMATS:
+        raise BackendError("bad_parameter", f"{args.output.name}: unknown mesh format", hint="end the name with .glb, .obj or .ply")
+    images = {}
+    for name, path in (("image", args.image), ("views", args.views)):
+        if path is not None:
+            if not path.is_file():
+                raise BackendError("bad_input", f"{path}: no such file", hint=f"check the --{name} path")
+            images[name] = path.read_bytes()
+    model = pipelines.choose(args.model, args.weights)
+    params = _collect_params(args, pipelines.get(model))
+    runtime = _runtime(args)
+    engine = JobEngine(runtime, output_dir=None, weights_dir=args.weights)
+    request = engine.pipeline(model).validate(JobRequest(model, params, args.text, images))
+    progress = TerminalProgress(sys.stderr)
+    outcome: dict[str, Any] = {}
+
+    def sink(header: dict[str, Any], buffers: list) -> None:
+        if header["op"] == "progress":
+            progress.update(header)
+        else:
+            outcome["header"], outcome["buffers"] = header, buffers
+
+    job = Job(id="cli", request=request, owner=None, sink=sink)
+    print(f"model: {model}", file=sys.stderr)
+    worker = threading.Thread(target=engine.execute, args=(job,), daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        job.cancel.set()
+        print("\ncancelling...", file=sys.stderr)
+        worker.join()
+    progress.finish()
+    header = outcome["header"]
+    if header["op"] == "cancelled":
+        print("cancelled", file=sys.stderr)
+        return 130
+    if header["op"] == "error":
+        raise BackendError(header["code"], header["message"], header.get("hint", ""))
+    mesh = Mesh.from_buffers({b.name: b for b in outcome["buffers"]})
+    save(mesh, args.output)
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in header["timings"].items())
+    print(f"wrote {args.output} ({mesh.vertex_count} vertices, {mesh.face_count} faces; {timings})", file=sys.stderr)
+    return 0
+
+
+def _collect_params(args: argparse.Namespace, pipeline_cls) -> dict[str, Any]:
+    declared = {p.name: p for p in pipeline_cls.params}
+    params: dict[str, Any] = {}
+    for name in ("steps", "seed", "max_faces"):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name not in declared:
+            raise BackendError("bad_parameter", f"{pipeline_cls.name} has no --{name.replace('_', '-')} option",
+                               hint="its parameters: " + (", ".join(declared) or "none"))
+        params[name] = value
+    for item in args.extra:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise BackendError("bad_parameter", f"--set {item!r}: expected NAME=VALUE")
+        try:
+            params[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[name] = raw
+    return params
+
+
+class TerminalProgress:
+    """One self-rewriting line per stage: ``multiview  [#####-----]  23/50  12.3s``."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.interactive = stream.isatty()
+        self.stage = None
+        self.last_print = 0.0
+
+    def update(self, event: dict[str, Any]) -> None:
+        step, total = event.get("step"), event.get("total")
+        if event.get("message") and step is None:
+            self._line_break()
+            print(f"note: {event['message']}", file=self.stream)
+            return
+        if event["stage"] != self.stage:
+            self._line_break()
+            self.stage = event["stage"]
+        now = time.monotonic()
+        if not self.interactive and now - self.last_print < 1.0 and step != total:
+            return
+        self.last_print = now
+        bar = ""
+        if total:
+            filled = int(20 * step / total)
+            bar = f"[{'#' * filled}{'-' * (20 - filled)}] {step}/{total}"
+        line = f"{self.stage:<14} {bar}  {event.get('elapsed', 0):.1f}s"
+        if self.interactive:
+            self.stream.write("\r" + line)
+            self.stream.flush()
+        else:
+            print(line, file=self.stream)
+
+    def _line_break(self) -> None:
+        if self.interactive and self.stage is not None:
+            self.stream.write("\n")
+
+    def finish(self) -> None:
+        self._line_break()
+        self.stage = None
+
+
+# -- doctor -----------------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    report = {
+        "backend": {"name": SERVER_NAME, "version": __version__, "protocol": PROTOCOL_VERSION, "python": sys.version.split()[0]},
+        "devices": runtime.describe_devices(),
+        "memory": runtime.status(),
+        "pipelines": _pipeline_catalogue(args.weights),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    out = [f"{SERVER_NAME} {__version__} (protocol {PROTOCOL_VERSION}), Python {report['backend']['python']}", "", "Devices:"]
+    for dev in report["devices"]:
+        details = ", ".join(f"{k}={v}" for k, v in dev.items() if k not in ("name", "kind"))
+        out.append(f"  {dev['kind']:<5} {dev['name']}  ({details})")
+    out += ["", "Memory:"] + [f"  {k}: {v}" for k, v in report["memory"].items()]
+    out += ["", "Models:"]
+    for p in report["pipelines"]:
+        w = p["weights"]
+        if w["ready"]:
+            out.append(f"  {p['name']:<22} ready ({w['where']})")
+        else:
+            out.append(f"  {p['name']:<22} missing: {', '.join(w['missing'])}")
+            if w["download"]:
+                out.append(f"  {'':<22} get it with: {w['download']}")
+    if not report["pipelines"]:
+        out.append("  none registered")
+    print("\n".join(out))
+    return 0

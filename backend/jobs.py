@@ -1,0 +1,251 @@
+"""The job engine: one worker owns the accelerator, jobs from every client queue FIFO.
+
+Events for a job (accepted, progress, result, cancelled, error) go to the job's ``sink``,
+a callable taking a header and buffers; the server's sink queues them for the client's writer
+thread, so a slow or frozen client never stalls the worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import pipelines
+from .errors import BackendError, JobCancelled
+from .mesh.export import atomic_write, encode_glb
+from .pipelines.base import JobContext, JobRequest, Pipeline, PipelineOutput
+from .protocol import Buffer, ErrorCode, error_header
+
+Sink = Callable[[dict[str, Any], list[Buffer]], None]
+DEFAULT_MAX_QUEUE = 32
+
+
+@dataclass
+class Job:
+    id: str
+    request: JobRequest
+    owner: Any
+    sink: Sink
+    cancel: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+    state: str = "queued"  # queued -> running -> done | failed | cancelled
+    stage: str = ""
+    step: int | None = None
+    total: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"job": self.id, "pipeline": self.request.pipeline, "state": self.state,
+                "stage": self.stage, "step": self.step, "total": self.total}
+
+
+class JobEngine:
+    """FIFO queue plus the single worker thread that runs jobs.
+
+    Args:
+        runtime: the process's Runtime (device + memory manager), handed to every job.
+        output_dir: where every finished result is also written (GLB + JSON); None disables it.
+        weights_dir: passed to pipelines that look for checkpoints in a user folder.
+        max_queue: queued jobs beyond this are refused with ``busy``.
+    """
+
+    def __init__(self, runtime: Any, output_dir: Path | None, weights_dir: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE):
+        self.runtime = runtime
+        self.output_dir = output_dir
+        self.weights_dir = weights_dir
+        self.max_queue = max_queue
+        self._queue: collections.deque[Job] = collections.deque()
+        self._running: Job | None = None
+        self._lock = threading.Condition()
+        self._ids = itertools.count(1)
+        self._pipelines: dict[str, Pipeline] = {}
+        self._stopping = False
+        self._worker = threading.Thread(target=self._work, name="job-worker", daemon=True)
+
+    # -- client-facing --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def pipeline(self, name: str) -> Pipeline:
+        if name not in self._pipelines:
+            self._pipelines[name] = pipelines.get(name)(weights_dir=self.weights_dir)
+        return self._pipelines[name]
+
+    def submit(self, request: JobRequest, owner: Any, sink: Sink) -> Job:
+        """Validate and queue a job; raises BackendError (unknown pipeline, bad parameter, busy)."""
+        request = self.pipeline(request.pipeline).validate(request)
+        with self._lock:
+            if self._stopping:
+                raise BackendError(ErrorCode.SHUTTING_DOWN, "the backend is shutting down")
+            if len(self._queue) >= self.max_queue:
+                raise BackendError(ErrorCode.BUSY, f"{len(self._queue)} jobs are already queued",
+                                   hint="wait for a job to finish, or cancel one")
+            job = Job(id=f"j{next(self._ids)}", request=request, owner=owner, sink=sink)
+            self._queue.append(job)
+            position = len(self._queue) - 1 + (self._running is not None)
+            sink({"op": "accepted", "job": job.id, "position": position, "pipeline": request.pipeline,
+                  "params": request.params}, [])
+            self._lock.notify_all()
+        return job
+
+    def cancel(self, job_id: str, owner: Any = None) -> bool:
+        """Cancel a queued or running job. Returns False when there is no such job (of this owner)."""
+        with self._lock:
+            for job in self._queue:
+                if job.id == job_id and (owner is None or job.owner is owner):
+                    self._queue.remove(job)
+                    job.state = "cancelled"
+                    job.sink({"op": "cancelled", "job": job.id, "stage": None}, [])
+                    return True
+            running = self._running
+            if running is not None and running.id == job_id and (owner is None or running.owner is owner):
+                running.cancel.set()
+                return True
+        return False
+
+    def drop_owner(self, owner: Any) -> None:
+        """A client went away: drop its queued jobs and cancel its running one."""
+        with self._lock:
+            for job in [j for j in self._queue if j.owner is owner]:
+                self._queue.remove(job)
+                job.state = "cancelled"
+            if self._running is not None and self._running.owner is owner:
+                self._running.cancel.set()
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            running = self._running.describe() if self._running else None
+            if running:
+                running["elapsed"] = round(time.monotonic() - self._running.submitted, 3)
+            return {"queue": [j.describe() for j in self._queue], "running": running}
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._queue or self._running is not None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+        return True
+
+    def stop(self) -> None:
+        """Refuse new jobs, cancel queued and running ones, and let the worker exit."""
+        with self._lock:
+            self._stopping = True
+            for job in self._queue:
+                job.state = "cancelled"
+                job.sink({"op": "cancelled", "job": job.id, "stage": None}, [])
+            self._queue.clear()
+            if self._running is not None:
+                self._running.cancel.set()
+            self._lock.notify_all()
+
+    # -- worker ---------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._stopping:
+                    self._lock.wait()
+                if self._stopping and not self._queue:
+                    return
+                job = self._queue.popleft()
+                job.state = "running"
+                self._running = job
+            try:
+                self.execute(job)
+            finally:
+                with self._lock:
+                    self._running = None
+                    self._lock.notify_all()
+
+    def execute(self, job: Job) -> None:
+        """Run one job to its end, sending exactly one closing event (result, cancelled or error)."""
+        started = time.monotonic()
+        timings: dict[str, float] = {}
+        stage_started = [started]
+
+        def report(event: dict[str, Any]) -> None:
+            now = time.monotonic()
+            if event["stage"] != job.stage and job.stage:
+                timings[job.stage] = timings.get(job.stage, 0.0) + now - stage_started[0]
+                stage_started[0] = now
+            elif not job.stage:
+                stage_started[0] = now
+            job.stage, job.step, job.total = event["stage"], event["step"], event["total"]
+            job.sink({"op": "progress", "job": job.id, "elapsed": round(now - started, 3), **event}, [])
+
+        ctx = JobContext(report, job.cancel.is_set, self.runtime)
+        try:
+            ctx.check_cancelled()
+            output = self.pipeline(job.request.pipeline).run(job.request, ctx)
+            if job.stage:
+                timings[job.stage] = timings.get(job.stage, 0.0) + time.monotonic() - stage_started[0]
+            timings["total"] = time.monotonic() - started
+            header, buffers = self._result(job, output, timings)
+            job.state = "done"
+            job.sink(header, buffers)
+        except JobCancelled:
+            job.state = "cancelled"
+            job.sink({"op": "cancelled", "job": job.id, "stage": job.stage or None}, [])
+        except BackendError as exc:
+            job.state = "failed"
+            job.sink(error_header(exc.code, exc.message, exc.hint, job=job.id, stage=job.stage or None), [])
+        except MemoryError:
+            job.state = "failed"
+            job.sink(error_header(ErrorCode.OUT_OF_MEMORY, "the machine ran out of memory", job=job.id, stage=job.stage or None,
+                                  hint="try --memory stage or stream, a lower resolution, or close other programs"), [])
+        except Exception as exc:  # a bug in a pipeline must not take the backend down
+            job.state = "failed"
+            traceback.print_exc(file=sys.stderr)
+            code = ErrorCode.OUT_OF_MEMORY if "out of memory" in str(exc).lower() else ErrorCode.JOB_FAILED
+            job.sink(error_header(code, f"{type(exc).__name__}: {exc}", job=job.id, stage=job.stage or None,
+                                  hint="the backend log has the details; the backend is still running"), [])
+        finally:
+            if self.runtime is not None:
+                self.runtime.after_job()
+
+    def _result(self, job: Job, output: PipelineOutput, timings: dict[str, float]) -> tuple[dict[str, Any], list[Buffer]]:
+        mesh = output.mesh
+        header: dict[str, Any] = {
+            "op": "result",
+            "job": job.id,
+            "pipeline": job.request.pipeline,
+            "params": job.request.params,
+            "seed": job.request.params.get("seed"),
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "mesh": {"vertices": mesh.vertex_count, "faces": mesh.face_count, "bounds": mesh.bounds(),
+                     "frame": "y_up"},
+            "images": sorted(output.images),
+            "info": output.info,
+            "saved": None,
+        }
+        if self.output_dir is not None:
+            try:
+                header["saved"] = self._save(job, output, header)
+            except OSError as exc:
+                # The mesh still reaches the client over the socket; only the copy on disk failed.
+                header["save_error"] = f"could not write the result to {self.output_dir}: {exc.strerror or exc}"
+        buffers = mesh.to_buffers() + [Buffer.from_bytes(f"image.{name}", data) for name, data in sorted(output.images.items())]
+        return header, buffers
+
+    def _save(self, job: Job, output: PipelineOutput, header: dict[str, Any]) -> dict[str, str]:
+        # Names are built only from our own values, never from user input, so they can't escape the folder.
+        stem = time.strftime("%Y%m%d-%H%M%S") + f"-{job.request.pipeline}-{job.id}"
+        glb = self.output_dir / f"{stem}.glb"
+        meta = self.output_dir / f"{stem}.json"
+        record = {k: header[k] for k in ("job", "pipeline", "params", "seed", "timings", "mesh", "info")}
+        if job.request.text:
+            record["text"] = job.request.text
+        atomic_write(glb, encode_glb(output.mesh))
+        atomic_write(meta, json.dumps(record, indent=2).encode("utf-8"))
+        return {"glb": str(glb), "json": str(meta)}

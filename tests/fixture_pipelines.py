@@ -1,0 +1,88 @@
+"""A small pipeline for tests, registered through the same plug-in path real families use.
+
+Load it in a backend process with ``--pipelines-from fixture_pipelines`` (this folder on
+PYTHONPATH). It produces a coloured icosphere through the real job machinery: parameters,
+progress per step, cancellation between steps, results, errors.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+
+from backend import pipelines
+from backend.errors import BackendError
+from backend.mesh import Mesh
+from backend.pipelines.base import MAX_FACES, SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput
+
+
+def icosphere(subdivisions: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    t = (1.0 + 5**0.5) / 2.0
+    verts = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
+             (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
+    faces = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2), (10, 7, 6),
+             (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9), (4, 9, 5), (2, 4, 11), (6, 2, 10),
+             (8, 6, 7), (9, 8, 1)]
+    v = [np.array(p, dtype=np.float64) / np.linalg.norm(p) for p in verts]
+    f = faces
+    for _ in range(subdivisions):
+        cache: dict[tuple[int, int], int] = {}
+
+        def midpoint(a: int, b: int) -> int:
+            key = (min(a, b), max(a, b))
+            if key not in cache:
+                m = v[a] + v[b]
+                v.append(m / np.linalg.norm(m))
+                cache[key] = len(v) - 1
+            return cache[key]
+
+        new_faces = []
+        for a, b, c in f:
+            ab, bc, ca = midpoint(a, b), midpoint(b, c), midpoint(c, a)
+            new_faces += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
+        f = new_faces
+    return np.array(v) * radius, np.array(f)
+
+
+@pipelines.register
+class TestShapePipeline(Pipeline):
+    name = "test-shape"
+    description = "Coloured sphere for tests: walks its steps with a delay, can fail on request"
+    stages = ("prepare", "shape")
+    inputs = ("image", "text")
+    requires_one_of = ("image", "text")
+    params = (
+        Param("steps", int, 5, "steps of the shape stage", minimum=1, maximum=10000),
+        Param("step_delay", float, 0.01, "seconds per step", minimum=0.0, maximum=10.0),
+        Param("subdivisions", int, 2, "icosphere subdivisions", minimum=0, maximum=7),
+        Param("radius", float, 0.5, "sphere radius", minimum=0.01, maximum=10.0),
+        Param("fail_at_step", int, -1, "raise a job error at this step (-1: never)", minimum=-1, advanced=True),
+        SEED,
+        MAX_FACES,
+    )
+
+    def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
+        p = request.params
+        ctx.progress("prepare", 0, 1)
+        images = {}
+        if "image" in request.images:
+            from PIL import Image
+
+            picture = Image.open(io.BytesIO(request.images["image"]))
+            picture.load()
+            buf = io.BytesIO()
+            picture.convert("RGBA").save(buf, format="PNG")
+            images["input"] = buf.getvalue()
+        ctx.progress("prepare", 1, 1)
+        for step in range(p["steps"]):
+            if step == p["fail_at_step"]:
+                raise BackendError("job_failed", f"failing at step {step} as asked", hint="set fail_at_step to -1")
+            time.sleep(p["step_delay"])
+            ctx.progress("shape", step + 1, p["steps"], message=f"step {step + 1}")
+        positions, faces = icosphere(p["subdivisions"], p["radius"])
+        rng = np.random.default_rng(p["seed"])
+        base = rng.random(3)
+        colors = np.clip(base + 0.3 * positions / p["radius"], 0, 1)
+        return PipelineOutput(Mesh(positions, faces, colors), images=images, info={"seed_color": base.tolist()})
