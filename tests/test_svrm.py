@@ -1,0 +1,135 @@
+"""SVRM: strict compatibility with the official checkpoint, loading, numerics and views -> mesh."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from backend.errors import BackendError
+from backend.pipelines.hunyuan3d_v1.svrm import SVRM, SVRMConfig
+from backend.pipelines.hunyuan3d_v1.svrm.cameras import svrm_cameras
+from backend.pipelines.hunyuan3d_v1.svrm.loading import (
+    CheckpointMismatch,
+    load_component,
+    load_svrm,
+    read_config,
+    save_checkpoint,
+)
+from backend.pipelines.hunyuan3d_v1.svrm.preprocess import prepare_inputs, split_view_grid
+
+MANIFEST = Path(__file__).parent / "data" / "svrm_state_dict.json"
+OFFICIAL_PARAMETERS = 458_688_965
+
+
+def tiny_inputs(config: SVRMConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(1, 7, 3, config.image_size, config.image_size, generator=generator)
+    return images, svrm_cameras()[None]
+
+
+def test_full_size_model_matches_the_official_checkpoint_manifest():
+    manifest = {key: tuple(entry["shape"]) for key, entry in json.loads(MANIFEST.read_text()).items()}
+    with torch.device("meta"):
+        model = SVRM()
+    ours = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    assert sorted(set(manifest) - set(ours)) == []
+    assert sorted(set(ours) - set(manifest)) == []
+    assert {key: shape for key, shape in ours.items() if manifest[key] != shape} == {}
+    assert len(ours) == 509
+    assert sum(math.prod(shape) for shape in ours.values()) == OFFICIAL_PARAMETERS
+    assert not list(model.buffers())
+
+
+def test_camera_vectors_match_the_reference_values():
+    cameras = svrm_cameras()
+    assert cameras.shape == (7, 20)
+    np.testing.assert_allclose(cameras[0].numpy(), [0, 0, 1, 1.5, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1.09375, 1.09375, 0.5, 0.5], atol=1e-6)
+    np.testing.assert_allclose(cameras[1, :8].numpy(), [-0.866025, 0, 0.5, 0.75, 0.5, 0, 0.866025, 1.299038], atol=1e-5)
+    np.testing.assert_allclose(cameras[4, :8].numpy(), [0.866025, 0, -0.5, -0.75, -0.5, 0, -0.866025, -1.299038], atol=1e-5)
+    assert torch.all(cameras[6] == 0)
+
+
+def test_std_grid_is_split_into_views_in_azimuth_order():
+    # Cell colours encode the azimuth the std layout puts there: [[0, 300], [60, 240], [120, 180]].
+    azimuth_grid = [[0, 300], [60, 240], [120, 180]]
+    grid = Image.new("RGB", (2 * 8, 3 * 8))
+    for row, azimuths in enumerate(azimuth_grid):
+        for col, azimuth in enumerate(azimuths):
+            grid.paste((azimuth // 60 * 40, 0, 0), (col * 8, row * 8, (col + 1) * 8, (row + 1) * 8))
+    views = split_view_grid(grid)
+    assert [view.getpixel((4, 4))[0] // 40 for view in views] == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(BackendError, match="3 rows x 2 columns"):
+        split_view_grid(Image.new("RGB", (20, 20)))
+
+
+def test_condition_image_comes_last_on_white(tmp_path):
+    views = [Image.new("RGB", (32, 32), (0, 0, 0))] * 6
+    condition = Image.new("RGBA", (40, 20), (255, 0, 0, 0))  # fully transparent, not square
+    images, cameras = prepare_inputs(views, condition, size=28)
+    assert images.shape == (1, 7, 3, 28, 28) and cameras.shape == (1, 7, 20)
+    white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(images[0, 6, :, 14, 14], white)
+    assert images[0, :6].max() < 0
+
+
+def test_tiny_float16_checkpoint_loads_strictly_and_runs_in_float32(tmp_path):
+    torch.manual_seed(0)
+    config = SVRMConfig.tiny()
+    reference = SVRM(config).eval()
+    path = tmp_path / "svrm.safetensors"
+    save_checkpoint(reference, path, dtype=torch.float16)
+    assert {t.dtype for t in load_file(str(path)).values()} == {torch.float16}
+    assert read_config(path) == config
+
+    loaded = load_svrm(path, dtype=torch.float32)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    images, cameras = tiny_inputs(config)
+    points = torch.rand(1, 500, 3, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.6
+    with torch.no_grad():
+        expected_triplane = reference.encode(images, cameras)
+        expected_sdf, expected_rgb = reference.query(expected_triplane, points)
+        triplane = loaded.encode(images, cameras)
+        sdf, rgb = loaded.query(triplane, points)
+    assert triplane.dtype == torch.float32 and triplane.shape == (1, 3, 8, 16, 16)
+    assert torch.isfinite(triplane).all() and torch.isfinite(sdf).all() and torch.isfinite(rgb).all()
+    # The only difference is the float16 rounding of the stored weights.
+    torch.testing.assert_close(triplane, expected_triplane, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(sdf, expected_sdf, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(rgb, expected_rgb, atol=1e-2, rtol=1e-2)
+    assert (rgb >= -0.001).all() and (rgb <= 1.001).all()
+
+    components = {name: load_component(path, name, torch.float32) for name in ("encoder", "triplane", "synthesizer")}
+    with torch.no_grad():
+        staged = components["triplane"](components["encoder"](images, cameras))
+    torch.testing.assert_close(staged, triplane)
+
+
+def test_loading_rejects_a_checkpoint_that_does_not_fit(tmp_path):
+    config = SVRMConfig.tiny()
+    path = tmp_path / "svrm.safetensors"
+    save_checkpoint(SVRM(config), path)
+    state = load_file(str(path))
+
+    missing = dict(state)
+    del missing["render.decoder.net.2.bias"]
+    save_file(missing, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(CheckpointMismatch, match="missing: render.decoder.net.2.bias"):
+        load_svrm(tmp_path / "missing.safetensors", config=config)
+
+    extra = dict(state, **{"render.decoder.net.4.weight": torch.zeros(1, dtype=torch.float16)})
+    save_file(extra, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(CheckpointMismatch, match="unexpected: render.decoder.net.4.weight"):
+        load_component(tmp_path / "extra.safetensors", "synthesizer", torch.float32, config=config)
+
+    reshaped = dict(state, **{"img_to_triplane_decoder.upsampler.bias": torch.zeros(7, dtype=torch.float16)})
+    save_file(reshaped, str(tmp_path / "reshaped.safetensors"))
+    with pytest.raises(CheckpointMismatch, match="wrong shape: img_to_triplane_decoder.upsampler.bias"):
+        load_svrm(tmp_path / "reshaped.safetensors", config=config)
