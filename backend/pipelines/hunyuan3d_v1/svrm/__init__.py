@@ -5,8 +5,8 @@ from .model import COMPONENT_PREFIXES, SVRM, build_component
 
 __all__ = [
     "COMPONENT_PREFIXES",
-    "EncoderConfig",
     "SVRM",
+    "EncoderConfig",
     "SVRMConfig",
     "SynthesizerConfig",
     "TriplaneTransformerConfig",

@@ -115,7 +115,7 @@ class SVRMConfig:
             raise ValueError(f"image_size ({self.image_size}) is not a multiple of the patch size ({self.encoder.patch_size})")
 
     @classmethod
-    def tiny(cls) -> "SVRMConfig":
+    def tiny(cls) -> SVRMConfig:
         """A few-kilobyte model with the same structure, for tests."""
         return cls(
             encoder=EncoderConfig(width=32, depth=2, heads=2, mlp_ratio=2, patch_size=14, pos_embed_grid=3),

@@ -63,12 +63,12 @@ def load_into(module: nn.Module, path: str | Path, prefix: str, dtype: torch.dty
     expected = module.state_dict()
     state: dict[str, torch.Tensor] = {}
     with safe_open(str(path), framework="pt", device="cpu") as f:
-        names = [name for name in f.keys() if name.startswith(prefix)]
+        names = [name for name in f.keys() if name.startswith(prefix)]  # noqa: SIM118 (safe_open is not iterable)
         for name in names:
             key = name[len(prefix):]
             if key in expected:
                 state[key] = f.get_tensor(name).to(dtype)
-    unexpected = sorted(set(name[len(prefix):] for name in names) - set(expected))
+    unexpected = sorted({name[len(prefix):] for name in names} - set(expected))
     missing = sorted(set(expected) - set(state))
     wrong = sorted(f"{key} {tuple(state[key].shape)} (model {tuple(expected[key].shape)})"
                    for key in state if state[key].shape != expected[key].shape)
