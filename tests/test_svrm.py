@@ -133,3 +133,68 @@ def test_loading_rejects_a_checkpoint_that_does_not_fit(tmp_path):
     save_file(reshaped, str(tmp_path / "reshaped.safetensors"))
     with pytest.raises(CheckpointMismatch, match="wrong shape: img_to_triplane_decoder.upsampler.bias"):
         load_svrm(tmp_path / "reshaped.safetensors", config=config)
+
+
+def sphere_svrm(radius: float = 0.3) -> SVRM:
+    """A tiny SVRM whose SDF, whatever the images, is a sphere-like surface around the origin.
+
+    The transformer blocks' residual branches are zeroed, so the triplane is the upsampled
+    learned queries. Each query token holds (cos, sin) of its plane position's angles in a
+    zero-mean, constant-norm layout that the final LayerNorm only rescales; the upsampler turns
+    them into, at every texel, f = -(cos(a u) + cos(a v)) / 2 with a = pi/2 / half-box. Summed
+    over the three planes that is -(cos(a x) + cos(a y) + cos(a z)), which the MLP shifts so its
+    zero level passes through ``radius`` on the axes. Colour is a constant orange.
+    """
+    config = SVRMConfig.tiny()
+    model = SVRM(config).eval()
+    transformer = config.transformer
+    side, up, width = transformer.plane_tokens, transformer.upsample, transformer.width
+    half_box = config.synthesizer.box_size / 2
+    with torch.no_grad():
+        for block in model.img_to_triplane_decoder.img_to_triplane_decoder.transformer_blocks:
+            for layer in (block.attn1.to_out[0], block.attn2.to_out[0], block.ff.net[2]):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        # Token (row i, column j) sits at u_j, v_i in [-1, 1] plane coordinates (texel-centre convention).
+        centres = (torch.arange(side) + 0.5) / side * 2 - 1
+        angle = math.pi / 2
+        v, u = torch.meshgrid(centres * angle, centres * angle, indexing="ij")
+        token = torch.zeros(side, side, width)
+        for slot, value in enumerate((u.cos(), u.sin(), v.cos(), v.sin())):
+            token[..., 2 * slot], token[..., 2 * slot + 1] = value, -value
+        model.img_to_triplane_decoder.pos_emb.copy_(token.reshape(1, -1, width).repeat(1, 3, 1))
+        # LayerNorm maps the norm-2 zero-mean token to norm sqrt(width); undo that scale.
+        unscale = 2 / width**0.5
+        weight = torch.zeros(transformer.channels, up, up, width)
+        offsets = ((torch.arange(up) + 0.5) / up - 0.5) * (2 / side) * angle  # texel centre minus token centre
+        for dy in range(up):
+            for dx in range(up):
+                # cos(t + d) = cos t cos d - sin t sin d, for the column (u) and row (v) angle.
+                for cos_slot, sin_slot, offset in ((0, 2, offsets[dx]), (4, 6, offsets[dy])):
+                    weight[0, dy, dx, cos_slot] = -0.5 * unscale * math.cos(offset)
+                    weight[0, dy, dx, sin_slot] = 0.5 * unscale * math.sin(offset)
+        model.img_to_triplane_decoder.upsampler.weight.copy_(weight.reshape(-1, width))
+        model.img_to_triplane_decoder.upsampler.bias.zero_()
+        first, last = model.render.decoder.net[0], model.render.decoder.net[2]
+        first.weight.zero_()
+        first.bias.zero_()
+        first.weight[0, [0, transformer.channels, 2 * transformer.channels]] = 1.0  # hidden 0 = sum over planes
+        first.bias[0] = 3.0  # keeps hidden 0 = 3 - (cos + cos + cos) >= 0 through the ReLU
+        last.weight.zero_()
+        last.weight[0, 0] = 1.0
+        last.bias.copy_(torch.tensor([2 + math.cos(angle * radius / half_box) - 3.0, 2.0, 0.0, -2.0]))
+    return model
+
+
+def test_sphere_model_field_is_a_sphere():
+    model = sphere_svrm(radius=0.3)
+    images, cameras = tiny_inputs(model.config)
+    directions = torch.nn.functional.normalize(torch.randn(200, 3, generator=torch.Generator().manual_seed(2)), dim=-1)
+    with torch.no_grad():
+        triplane = model.encode(images, cameras)
+        centre, _ = model.query(triplane, torch.zeros(1, 1, 3))
+        inner, _ = model.query(triplane, directions[None] * 0.2)
+        outer, rgb = model.query(triplane, directions[None] * 0.4)
+    assert centre.item() < 0
+    assert (inner < 0).all() and (outer > 0).all()
+    torch.testing.assert_close(rgb[0, 0], torch.sigmoid(torch.tensor([2.0, 0.0, -2.0])) * 1.002 - 0.001)
