@@ -104,7 +104,7 @@ class Buffer:
         dtype = arr.dtype.str
         if dtype not in DTYPE_ITEMSIZE:
             raise ValueError(f"buffer {name!r}: dtype {dtype} cannot travel on the wire")
-        return cls(name, dtype, tuple(int(s) for s in arr.shape), memoryview(arr).cast("B"))
+        return cls(name, dtype, tuple(int(s) for s in arr.shape), memoryview(arr.reshape(-1).view(np.uint8)))
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes) -> "Buffer":

@@ -1,0 +1,85 @@
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import trimesh
+
+from conftest import backend_env
+
+
+def run_cli(tmp_path, *args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "backend", *args], capture_output=True, text=True,
+                          env=backend_env(tmp_path), timeout=timeout)
+
+
+@pytest.mark.parametrize("suffix", [".glb", ".obj", ".ply"])
+def test_generate_writes_the_mesh(tmp_path, suffix):
+    out = tmp_path / f"ball{suffix}"
+    proc = run_cli(tmp_path, "generate", "--pipelines-from", "fixture_pipelines", "--model", "test-shape",
+                   "--text", "a ball", "--steps", "3", "--seed", "5", "--set", "radius=0.25", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stderr and "shape" in proc.stderr
+    mesh = trimesh.load(io.BytesIO(out.read_bytes()), file_type=suffix[1:], force="mesh", process=False)
+    assert len(mesh.faces) == 320
+    assert abs(mesh.vertices.max() - 0.25) < 1e-3
+
+
+def test_generate_from_an_image(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    Image.new("RGBA", (16, 16), (0, 200, 0, 255)).save(image)
+    proc = run_cli(tmp_path, "generate", "--pipelines-from", "fixture_pipelines", "--model", "test-shape",
+                   "--image", str(image), "-o", str(tmp_path / "out.glb"))
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model", "test-shape", "--text", "x", "-o", "out.stl"], "unknown mesh format"),
+        (["--model", "test-shape", "--image", "missing.png", "-o", "out.glb"], "no such file"),
+        (["--model", "nope", "--text", "x", "-o", "out.glb"], "no pipeline named 'nope'"),
+        (["--model", "test-shape", "--text", "x", "--set", "steps=0", "-o", "out.glb"], "outside"),
+        (["--model", "test-shape", "--text", "x", "--set", "colour=red", "-o", "out.glb"], "no parameter 'colour'"),
+        (["--model", "test-shape", "-o", "out.glb"], "needs image or text"),
+        (["--model", "test-shape", "--text", "x", "--set", "fail_at_step=0", "-o", "out.glb"], "failing at step 0"),
+        (["--text", "x", "-o", "out.glb"], "no model with its weights present"),
+    ],
+)
+def test_generate_errors_are_one_clear_line(tmp_path, args, expected):
+    proc = run_cli(tmp_path, "generate", "--pipelines-from", "fixture_pipelines", *args)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.glb").exists()
+
+
+def test_unknown_plugin_module_is_a_clear_error(tmp_path):
+    proc = run_cli(tmp_path, "doctor", "--pipelines-from", "no_such_module_here")
+    assert proc.returncode == 1 and "cannot import pipeline module" in proc.stderr
+
+
+def test_doctor_json_reports_devices_and_pipelines(tmp_path):
+    proc = run_cli(tmp_path, "doctor", "--json", "--pipelines-from", "fixture_pipelines")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["backend"]["protocol"] == 1
+    assert any(dev["kind"] == "cpu" for dev in report["devices"])
+    assert "test-shape" in [p["name"] for p in report["pipelines"]]
+    assert report["memory"]
+
+
+def test_doctor_text(tmp_path):
+    proc = run_cli(tmp_path, "doctor", "--pipelines-from", "fixture_pipelines")
+    assert proc.returncode == 0, proc.stderr
+    assert "Devices:" in proc.stdout and "test-shape" in proc.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["generate"], ["doctor"]])
+def test_every_command_has_help(tmp_path, command):
+    proc = run_cli(tmp_path, *command, "--help")
+    assert proc.returncode == 0 and "usage: python -m backend" in proc.stdout
