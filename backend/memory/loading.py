@@ -1,0 +1,187 @@
+"""Build a module from safetensors files without a second copy in host RAM.
+
+The module is constructed with its parameters on the ``meta`` device (no allocation, no random
+initialisation), then every parameter and persistent buffer is assigned a zero-copy view of a
+private memory map of its file. Pages are read from disk only when touched, and the memory
+manager hands them back to the kernel (``release``) once it has copied them elsewhere, so host
+RAM never holds the file's bytes and the converted copy at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import mmap
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+from ..errors import BackendError
+from ..protocol import ErrorCode
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}
+_meta_lock = threading.Lock()
+
+
+class WeightsError(BackendError):
+    """A weights file is unreadable, truncated, or does not match the model it should fill."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str, hint: str = "delete the file and download it again"):
+        super().__init__(ErrorCode.WEIGHTS_MISSING, f"{os.fspath(path)}: {problem}", hint)
+
+
+class MappedFile:
+    """One safetensors file mapped privately (copy-on-write) into memory."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        import torch
+
+        self.path = Path(path)
+        self.tensors: dict[str, torch.Tensor] = {}
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                header, data_start = self._read_header(f, size)
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > data_start else None
+        except OSError as exc:
+            raise WeightsError(path, f"cannot be read: {exc.strerror or exc}", hint="check the path and permissions") from None
+        self._base = torch.frombuffer(self._map, dtype=torch.uint8).data_ptr() if self._map is not None else 0
+        for name, entry in header.items():
+            if name != "__metadata__":
+                self.tensors[name] = self._view(name, entry, data_start, size)
+
+    def _read_header(self, f, size: int) -> tuple[dict, int]:
+        if size < 8:
+            raise WeightsError(self.path, f"is {size} bytes, too short to be a safetensors file")
+        length = int.from_bytes(f.read(8), "little")
+        if length > min(size - 8, _MAX_HEADER_BYTES):
+            raise WeightsError(self.path, f"is truncated or not a safetensors file (header of {length} bytes in a file of {size})")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WeightsError(self.path, f"has a corrupt header ({exc})") from None
+        if not isinstance(header, dict):
+            raise WeightsError(self.path, "has a corrupt header (not a JSON object)")
+        return header, 8 + length
+
+    def _view(self, name: str, entry: object, data_start: int, size: int) -> "torch.Tensor":
+        import torch
+
+        try:
+            dtype = getattr(torch, _DTYPES[entry["dtype"]])
+            shape = [int(n) for n in entry["shape"]]
+            begin, end = (int(n) for n in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise WeightsError(self.path, f"has a corrupt entry for tensor {name!r}: {entry!r}") from None
+        count = math.prod(shape)
+        if end - begin != count * dtype.itemsize or begin < 0:
+            raise WeightsError(self.path, f"has inconsistent offsets for tensor {name!r}")
+        if data_start + end > size:
+            raise WeightsError(self.path, f"is truncated: tensor {name!r} ends at byte {data_start + end} but the file has {size}")
+        if count == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(self._map, dtype=dtype, count=count, offset=data_start + begin).view(shape)
+
+    def owns(self, tensor: "torch.Tensor") -> bool:
+        return self._map is not None and self._base <= tensor.data_ptr() < self._base + len(self._map)
+
+    def release(self, tensor: "torch.Tensor") -> None:
+        """Hand the pages under ``tensor`` back to the kernel; they are re-read from the file if touched again."""
+        if not self.owns(tensor) or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = tensor.data_ptr() - self._base
+        end = start + tensor.numel() * tensor.element_size()
+        first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Inside, new modules get their parameters on ``meta``; buffers stay real (some are never saved)."""
+    import torch
+    from torch import nn
+
+    original = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    with _meta_lock:
+        nn.Module.register_parameter = register_on_meta
+        try:
+            with torch.device("cpu"):
+                yield
+        finally:
+            nn.Module.register_parameter = original
+
+
+def load_safetensors_module(
+    factory: Callable[[], "nn.Module"],
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    rename: Callable[[str], str | None] | None = None,
+) -> "nn.Module":
+    """Build ``factory()`` and fill it from the safetensors file(s) at ``paths``, zero-copy.
+
+    Args:
+        factory: builds the module (its constructor arguments come from the model's config).
+        paths: one file or the shards of one checkpoint.
+        rename: maps a key in the file to the module's key, or None to skip it (for checkpoints
+            whose names differ from ours).
+
+    The key check is strict: a missing or unexpected key raises a WeightsError naming the file(s)
+    and the keys. The module comes back in evaluation mode with the dtypes of the file, on the CPU;
+    the memory manager decides where and in which precision it runs.
+    """
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    with parameters_on_meta():
+        module = factory()
+    files = [MappedFile(path) for path in paths]
+    state: dict[str, torch.Tensor] = {}
+    source: dict[str, Path] = {}
+    for mapped in files:
+        for key, tensor in mapped.tensors.items():
+            key = rename(key) if rename is not None else key
+            if key is None:
+                continue
+            if key in state:
+                raise WeightsError(mapped.path, f"repeats tensor {key!r}, already in {source[key]}")
+            state[key], source[key] = tensor, mapped.path
+    where = ", ".join(str(f.path) for f in files)
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        problem = "does not match the model:"
+        if missing:
+            problem += f" missing {len(missing)} key(s) {_shorten(missing)}"
+        if unexpected:
+            problem += f" unexpected {len(unexpected)} key(s) {_shorten(unexpected)}"
+        raise WeightsError(where, problem, hint="check that these weights belong to this model and version")
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise WeightsError(where, f"does not match the model: {str(exc).strip()}",
+                           hint="check that these weights belong to this model and version") from None
+    still_meta = [name for name, p in module.named_parameters() if p.device.type == "meta"]
+    if still_meta:
+        raise WeightsError(where, f"leaves parameters unset: {_shorten(still_meta)}")
+    module.file_mappings = files
+    return module.eval()
+
+
+def _shorten(keys: list[str], limit: int = 8) -> str:
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")

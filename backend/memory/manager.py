@@ -1,0 +1,417 @@
+"""The memory manager: where every registered component lives, stage by stage."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from ..devices import FLOAT16, DeviceInfo, PrecisionPolicy, dtype_name
+from ..errors import BackendError
+from ..protocol import ErrorCode
+from .component import Component
+from .stats import GB, HostPeak, StageStats, Stopwatch, current_rss
+from .transfer import Transfers, move_to_device, pin_host_copies
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "resident", "stage", "stream", "cpu")
+_STEP_DOWN = {"resident": "stage", "cpu": "stage", "stage": "stream"}
+_RESERVE_BYTES = 1 << 30
+_MIN_ACTIVATION_BYTES = 256 << 20
+_STATS_KEPT = 64
+
+
+class MemoryManager:
+    """Owns residency, precision and movement of model components on one execution device.
+
+    Args:
+        policy: the precision policy of the execution device (its ``device`` is where stages run).
+        mode: ``auto``, ``resident``, ``stage``, ``stream`` or ``cpu`` (see docs/memory.md).
+        budget_bytes: memory the components and activations may use on the execution device;
+            None measures free memory at each stage (minus ``reserve_bytes``).
+        reserve_bytes: kept free for the OS, the display and other programs.
+        pin_limit_bytes: most host memory to page-lock (None: half of RAM).
+        free_memory: ``() -> (free, total)`` bytes of the execution device; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        policy: PrecisionPolicy | None = None,
+        mode: str = "auto",
+        *,
+        budget_bytes: int | None = None,
+        reserve_bytes: int = _RESERVE_BYTES,
+        pin_limit_bytes: int | None = None,
+        free_memory: Callable[[], tuple[int, int]] | None = None,
+    ):
+        import torch
+
+        self.policy = policy or PrecisionPolicy(DeviceInfo("cpu", name="CPU"))
+        self.info = self.policy.device
+        self.device = torch.device(self.info.torch_device)
+        if mode not in MODES:
+            raise BackendError(ErrorCode.BAD_PARAMETER, f"memory mode {mode!r} is not one of {', '.join(MODES)}")
+        if mode == "stream" and self.device.type != "cuda":
+            raise BackendError(ErrorCode.BAD_PARAMETER, "memory mode 'stream' needs a CUDA GPU",
+                               hint="use --memory stage or --memory auto on this machine")
+        if mode == "cpu" and self.device.type != "cpu":
+            raise BackendError(ErrorCode.BAD_PARAMETER, "memory mode 'cpu' runs on the CPU", hint="add --device cpu")
+        self.mode = mode
+        self.budget_bytes = budget_bytes
+        self.reserve_bytes = reserve_bytes
+        self._pin_limit = pin_limit_bytes
+        self._free_memory = free_memory or self._measure_free_memory
+        self._components: dict[str, Component] = {}
+        self._clock = itertools.count(1)
+        self._stats: deque[StageStats] = deque(maxlen=_STATS_KEPT)
+        self._decision: tuple[str, str] | None = None  # (mode, why) of the latest stage
+        self._downgraded: tuple[str, str] | None = None  # (mode, why) after an out-of-memory step down
+
+    # -- registration ------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        loader: Callable[[], "nn.Module"],
+        *,
+        released_dtype: Any = FLOAT16,
+        blocks: Callable[["nn.Module"], list["nn.Module"]] | None = None,
+        size_bytes: int | None = None,
+    ) -> None:
+        """Declare a component; nothing is loaded until a stage asks for it.
+
+        Args:
+            name: unique, e.g. ``"svrm"`` or ``"mvd_lite.unet"``.
+            loader: returns the module on the CPU in its storage dtype (``load_safetensors_module``).
+            released_dtype: the precision the weights were published in.
+            blocks: returns the module's movable units in execution order, for ``stream`` mode.
+            size_bytes: the weights' size before loading (lets ``auto`` plan without loading).
+        """
+        if name in self._components:
+            raise ValueError(f"component {name!r} is already registered")
+        released = dtype_name(released_dtype)
+        component = Component(name, loader, released, blocks, size_bytes)
+        component.compute_dtype = self.policy.compute_dtype(released)
+        self._components[name] = component
+
+    def is_registered(self, name: str) -> bool:
+        return name in self._components
+
+    def compute_dtype(self, name: str) -> "torch.dtype":
+        import torch
+
+        return getattr(torch, self._component(name).compute_dtype)
+
+    def unload(self, name: str) -> None:
+        """Forget the loaded weights of ``name`` (it stays registered and loads again when needed)."""
+        self._component(name).unload()
+
+    def close(self) -> None:
+        for component in self._components.values():
+            component.unload()
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def run_stage(
+        self,
+        stage: str,
+        names: list[str],
+        fn: Callable[[dict[str, "nn.Module"]], T],
+        report: Callable[..., None] | None = None,
+        *,
+        activation_bytes: int | None = None,
+    ) -> T:
+        """Run ``fn`` with the named components ready on ``self.device`` in their compute dtypes.
+
+        Args:
+            stage: the pipeline's stage name (figures and messages use it).
+            names: the components the stage executes.
+            fn: receives ``{name: module}``; inputs must be cast to ``compute_dtype(name)``.
+            report: ``report(message=..., **extra)``, e.g. ``JobContext.note``; hears the mode
+                chosen, any out-of-memory step down and the stage's figures.
+            activation_bytes: memory the stage needs besides weights (default: a quarter of its
+                weights, at least 256 MiB).
+
+        On an out-of-memory error the stage's tensors are freed, the mode steps down one step
+        (resident -> stage -> stream) and the stage runs once more.
+        """
+        components = [self._component(name) for name in names]
+        activation = activation_bytes if activation_bytes is not None else self._default_activation(components)
+        mode, why = self._plan(stage, components, activation)
+        if self._decision is None or self._decision[0] != mode:
+            self._tell(report, f"memory: {mode} mode for {stage} ({why})", memory={"mode": mode, "why": why})
+        self._decision = (mode, why)
+        downgraded_from = None
+        while True:
+            out_of_memory = False
+            try:
+                return self._run_once(stage, components, fn, mode, activation, downgraded_from, report)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                if not _is_out_of_memory(exc):
+                    raise
+                out_of_memory, failure = True, str(exc).splitlines()[0]
+            if out_of_memory:
+                self._release_cached_memory()  # outside the except block, so the failed tensors are gone
+                lower = _STEP_DOWN.get(mode)
+                if lower == "stream" and self.device.type != "cuda":
+                    lower = None
+                if downgraded_from is not None or lower is None:
+                    raise BackendError(
+                        ErrorCode.OUT_OF_MEMORY,
+                        f"stage {stage!r} ran out of memory in {mode} mode: {failure}",
+                        hint="close other programs using the GPU, lower the resolution, or run with --device cpu",
+                    )
+                why = f"out of memory in {stage} with {mode} mode"
+                self._tell(report, f"memory: {why}; retrying with {lower} mode",
+                           downgrade={"stage": stage, "from": mode, "to": lower, "error": failure})
+                self._downgraded = (lower, why)
+                self._decision = (lower, why)
+                downgraded_from, mode = mode, lower
+
+    def _run_once(self, stage: str, components: list[Component], fn: Callable[[dict[str, "nn.Module"]], T],
+                  mode: str, activation: int, downgraded_from: str | None, report: Callable[..., None] | None) -> T:
+        import contextlib
+
+        stats = StageStats(stage, mode, components=[c.name for c in components], downgraded_from=downgraded_from)
+        transfers = Transfers()
+        watch = Stopwatch()
+        self._reset_device_peak()
+        succeeded = False
+        with HostPeak() as host_peak, contextlib.ExitStack() as streams:
+            try:
+                for component in components:
+                    self._ensure_loaded(component)
+                self._make_room(components, mode, activation)
+                for component in components:
+                    component.last_used = next(self._clock)
+                    dtype = self.compute_dtype(component.name)
+                    if self.device.type == "cuda" and mode in ("stage", "stream"):
+                        pin_host_copies(component, self._pin_budget())
+                    if mode == "stream" and component.block_slots and not component.on_device:
+                        from .streaming import BlockStreamer
+
+                        streams.enter_context(BlockStreamer(component, self.device, dtype, transfers))
+                    elif not component.on_device:
+                        move_to_device(component, self.device, dtype, transfers)
+                result = fn({component.name: component.module for component in components})
+                self._synchronize()
+                succeeded = True
+            finally:
+                streams.close()
+                if mode in ("stage", "stream") or not succeeded:
+                    for component in components:
+                        if component.loaded:
+                            component.park()
+                stats.seconds = watch.elapsed
+                stats.peak_host_rss_bytes = host_peak.peak
+        stats.peak_device_bytes = self._device_peak()
+        stats.h2d_bytes, stats.d2h_bytes = transfers.h2d_bytes, transfers.d2h_bytes
+        stats.h2d_seconds = transfers.seconds()
+        self._stats.append(stats)
+        self._tell(report, stats.summary(), memory_stats=stats.as_dict())
+        return result
+
+    def _ensure_loaded(self, component: Component) -> None:
+        if component.loaded:
+            return
+        module = component.loader()
+        misplaced = sorted({t.device.type for t in [*module.parameters(), *module.buffers()]} - {"cpu"})
+        if misplaced:
+            raise BackendError(
+                ErrorCode.INTERNAL,
+                f"the loader of {component.name!r} returned tensors on {', '.join(misplaced)}",
+                hint="loaders return CPU modules (load_safetensors_module); the memory manager moves them",
+            )
+        module.eval().requires_grad_(False)
+        component.attach(module)
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _plan(self, stage: str, components: list[Component], activation: int) -> tuple[str, str]:
+        if self._downgraded is not None:
+            return self._downgraded
+        if self.mode != "auto":
+            return self.mode, "chosen with --memory"
+        if self.device.type == "cpu":
+            return "cpu", "no accelerator: components run in float32 in host RAM and stay while they fit"
+        budget = self._weights_budget(activation)
+        everything = sum(self._compute_bytes(c) for c in self._components.values())
+        needed = sum(self._compute_bytes(c) for c in components)
+        if everything <= budget:
+            return "resident", f"all components ({everything / GB:.1f} GB) fit the {budget / GB:.1f} GB budget"
+        if needed <= budget or self.device.type != "cuda":
+            return "stage", (f"all components ({everything / GB:.1f} GB) exceed the {budget / GB:.1f} GB budget; "
+                             f"{stage} needs {needed / GB:.1f} GB")
+        return "stream", f"{stage} needs {needed / GB:.1f} GB, more than the {budget / GB:.1f} GB budget"
+
+    def _make_room(self, components: list[Component], mode: str, activation: int) -> None:
+        """Park what this stage does not use: everything in stage/stream modes, least recently used first otherwise."""
+        wanted = {id(c) for c in components}
+        others = sorted((c for c in self._components.values() if c.on_device and id(c) not in wanted),
+                        key=lambda c: c.last_used)
+        if mode in ("stage", "stream"):
+            for component in others:
+                component.park()
+            return
+        budget = self._weights_budget(activation)
+        held = sum(self._compute_bytes(c) for c in self._components.values() if c.on_device)
+        incoming = sum(self._compute_bytes(c) for c in components if not c.on_device)
+        for component in others:
+            if held + incoming <= budget:
+                break
+            held -= self._compute_bytes(component)
+            component.park()
+
+    def _weights_budget(self, activation: int) -> int:
+        if self.budget_bytes is not None:
+            return self.budget_bytes - activation
+        free, _total = self._free_memory()
+        held = sum(self._compute_bytes(c) for c in self._components.values() if c.on_device)
+        return free + held - self.reserve_bytes - activation
+
+    def _compute_bytes(self, component: Component) -> int:
+        return component.compute_bytes(self.compute_dtype(component.name).itemsize)
+
+    def _default_activation(self, components: list[Component]) -> int:
+        return max(_MIN_ACTIVATION_BYTES, sum(self._compute_bytes(c) for c in components) // 4)
+
+    def _pin_budget(self) -> int:
+        import psutil
+
+        limit = self._pin_limit if self._pin_limit is not None else psutil.virtual_memory().total // 2
+        return limit - sum(c.arena.numel() for c in self._components.values() if c.pinned)
+
+    # -- the device ----------------------------------------------------------------------------
+
+    def _measure_free_memory(self) -> tuple[int, int]:
+        import torch
+
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            return free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device), total
+        import psutil
+
+        memory = psutil.virtual_memory()
+        return memory.available, memory.total
+
+    def _synchronize(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+    def _reset_device_peak(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _device_peak(self) -> int | None:
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        if self.device.type == "mps":
+            return torch.mps.driver_allocated_memory()
+        return None
+
+    def _release_cached_memory(self) -> None:
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
+
+    def after_job(self) -> None:
+        """Hand cached but unused accelerator memory back (Blender's viewport shares the GPU)."""
+        self._release_cached_memory()
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    @property
+    def last_stage_stats(self) -> dict[str, Any] | None:
+        return self._stats[-1].as_dict() if self._stats else None
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Figures of the most recent stages, oldest first."""
+        return [s.as_dict() for s in self._stats]
+
+    def placement(self, name: str) -> str:
+        """``unloaded``, ``host`` (parked) or ``device`` (ready to execute), from the manager's accounting."""
+        component = self._component(name)
+        return "unloaded" if not component.loaded else "device" if component.on_device else "host"
+
+    def describe(self) -> dict[str, Any]:
+        mode, why = self._decision or self._plan_preview()
+        out: dict[str, Any] = {
+            "mode": mode,
+            "requested": self.mode,
+            "why": why,
+            "device": str(self.device),
+            "precision": self.policy.describe(),
+            "reserve_bytes": self.reserve_bytes,
+            "components": [self._describe_component(c) for c in self._components.values()],
+            "device_weights_bytes": sum(self._compute_bytes(c) for c in self._components.values() if c.on_device),
+            "pinned_bytes": sum(c.arena.numel() for c in self._components.values() if c.pinned),
+            "host_rss_bytes": current_rss(),
+        }
+        if self.budget_bytes is not None:
+            out["budget_bytes"] = self.budget_bytes
+        else:
+            free, total = self._free_memory()
+            out["free_bytes"], out["total_bytes"] = free, total
+        return out
+
+    def _plan_preview(self) -> tuple[str, str]:
+        if self.mode != "auto":
+            return self.mode, "chosen with --memory"
+        if self.device.type == "cpu":
+            return "cpu", "no accelerator: components run in float32 in host RAM"
+        return "auto", "decided per stage from free memory and the stage's components"
+
+    def _describe_component(self, component: Component) -> dict[str, Any]:
+        storage = sorted({dtype_name(s.host.dtype) for s in component.slots if s.host.is_floating_point()})
+        return {
+            "name": component.name,
+            "placement": self.placement(component.name),
+            "storage_bytes": component.storage_bytes,
+            "compute_bytes": self._compute_bytes(component),
+            "released_dtype": component.released_dtype,
+            "storage_dtype": storage[0] if len(storage) == 1 else storage or component.released_dtype,
+            "compute_dtype": component.compute_dtype,
+            "pinned": component.pinned,
+            "streamable": component.blocks is not None,
+        }
+
+    def _component(self, name: str) -> Component:
+        try:
+            return self._components[name]
+        except KeyError:
+            raise ValueError(f"component {name!r} is not registered; registered: {', '.join(self._components) or 'none'}") from None
+
+    @staticmethod
+    def _tell(report: Callable[..., None] | None, message: str, **extra: Any) -> None:
+        log.info(message)
+        if report is not None:
+            report(message=message, **extra)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

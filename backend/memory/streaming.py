@@ -1,0 +1,83 @@
+"""``stream`` mode: a component larger than the budget runs block by block.
+
+The component's blocks (transformer blocks, UNet down/mid/up blocks) stay in host memory; the
+rest (embeddings, norms, heads) goes to the device for the stage. A hook before each block
+makes its copy current and starts copying the next block on a side CUDA stream, so the copy
+overlaps the computation; a hook after the block drops its device copy. The order wraps
+around, so a denoising loop that calls the model again finds block 0 already on its way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .component import Component
+from .transfer import Transfers, executable_copies
+
+if TYPE_CHECKING:
+    import torch
+
+
+class BlockStreamer:
+    def __init__(self, component: Component, device: "torch.device", dtype: "torch.dtype", transfers: Transfers):
+        import torch
+
+        self._component, self._device, self._dtype, self._transfers = component, device, dtype, transfers
+        self._side = torch.cuda.Stream(device)
+        self._pending: dict[int, tuple[list[torch.Tensor], torch.cuda.Event]] = {}
+        self._hooks: list[Any] = []
+
+    def __enter__(self) -> "BlockStreamer":
+        component = self._component
+        try:
+            rest = component.rest_slots
+            with self._transfers.timed(self._device):
+                copies = executable_copies(rest, self._device, self._dtype, self._transfers)
+            for slot, copy in zip(rest, copies):
+                slot.install(copy)
+            for index, block in enumerate(component.blocks(component.module)):
+                self._hooks.append(block.register_forward_pre_hook(lambda _m, _a, i=index: self._before(i)))
+                self._hooks.append(block.register_forward_hook(lambda _m, _a, _o, i=index: self._after(i)))
+            self._prefetch(0)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        torch.cuda.current_stream(self._device).wait_stream(self._side)
+        self._pending.clear()
+        self._component.park()
+
+    def _prefetch(self, index: int) -> None:
+        import torch
+
+        if index in self._pending or not self._component.block_slots:
+            return
+        slots = self._component.block_slots[index]
+        with torch.cuda.stream(self._side), self._transfers.timed(self._device):
+            copies = executable_copies(slots, self._device, self._dtype, self._transfers)
+        ready = torch.cuda.Event()
+        ready.record(self._side)
+        self._pending[index] = (copies, ready)
+
+    def _before(self, index: int) -> None:
+        import torch
+
+        self._prefetch(index)
+        copies, ready = self._pending.pop(index)
+        current = torch.cuda.current_stream(self._device)
+        current.wait_event(ready)
+        for slot, copy in zip(self._component.block_slots[index], copies):
+            copy.record_stream(current)  # the side stream must not reuse this memory while the block computes
+            slot.install(copy)
+        self._prefetch((index + 1) % len(self._component.block_slots))
+
+    def _after(self, index: int) -> None:
+        for slot in self._component.block_slots[index]:
+            slot.install(slot.host)
