@@ -37,11 +37,12 @@ class Slot:
 
     def install(self, tensor: "torch.Tensor") -> None:
         if self.is_param:
-            module, key = self.owners[0]
-            module._parameters[key].data = tensor
-        else:
-            for module, key in self.owners:
-                module._buffers[key] = tensor
+            from torch import nn
+
+            # A new Parameter rather than ``.data =``, which refuses some device pairs.
+            tensor = nn.Parameter(tensor, requires_grad=False)
+        for module, key in self.owners:
+            (module._parameters if self.is_param else module._buffers)[key] = tensor
 
     def release_file_pages(self) -> None:
         if self.mapping is not None:

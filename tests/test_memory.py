@@ -1,0 +1,375 @@
+"""The memory manager and the safetensors loader, on the CPU.
+
+An accelerator is stood in for by PyTorch's ``meta`` device: tensors really move there (so their
+``.device`` tells where they are) but no memory is used; modules executed there only check shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from backend.devices import DeviceInfo, PrecisionPolicy
+from backend.errors import BackendError
+from backend.memory import MemoryManager, WeightsError, load_safetensors_module
+from backend.memory.loading import MappedFile
+from backend.protocol import ErrorCode
+
+MIB = 1 << 20
+
+
+def tiny_model(seed: int = 0, width: int = 16) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.GroupNorm(4, width),
+        nn.Flatten(),
+        nn.Linear(width * 4 * 4, width),
+        nn.LayerNorm(width),
+        nn.Linear(width, 4),
+    )
+
+
+def half_loader(seed: int = 0, calls: list | None = None):
+    def load() -> nn.Module:
+        if calls is not None:
+            calls.append(seed)
+        return tiny_model(seed).half()
+
+    return load
+
+
+def fake_accelerator(mode: str, budget_bytes: int = 1 << 40) -> MemoryManager:
+    policy = PrecisionPolicy(DeviceInfo("meta", name="stand-in accelerator"), smoke=lambda d, t: None)
+    return MemoryManager(policy, mode, budget_bytes=budget_bytes)
+
+
+def devices_of(module: nn.Module) -> set[str]:
+    return {t.device.type for t in [*module.parameters(), *module.buffers()]}
+
+
+def dtypes_of(module: nn.Module) -> set[torch.dtype]:
+    return {p.dtype for p in module.parameters()}
+
+
+def run(mm: MemoryManager, stage: str, names: list[str], events: list | None = None, check=None):
+    def fn(modules):
+        if check is not None:
+            check(modules)
+        return {name: devices_of(m) for name, m in modules.items()}
+
+    return mm.run_stage(stage, names, fn, report=(lambda **e: events.append(e)) if events is not None else None)
+
+
+# -- precision on the CPU ------------------------------------------------------------------------
+
+
+def test_float16_weights_execute_in_float32_on_the_cpu_without_warnings():
+    mm = MemoryManager(mode="stage")
+    mm.register("model", half_loader())
+    x = torch.randn(2, 3, 4, 4)
+    reference = tiny_model().half().float()(x)  # float32 math on the same (float16-rounded) weights
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = mm.run_stage("s", ["model"], lambda m: m["model"](x.to(mm.compute_dtype("model"))))
+    assert not caught, [str(w.message) for w in caught]
+    assert mm.compute_dtype("model") == torch.float32
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, reference, atol=1e-3)
+    assert dtypes_of(mm._components["model"].module) == {torch.float16}, "parked again in its storage dtype"
+
+
+# -- stage mode ----------------------------------------------------------------------------------
+
+
+def test_stage_mode_keeps_only_the_running_stage_on_the_device():
+    mm = fake_accelerator("stage")
+    for index, name in enumerate(["a", "b", "c"]):
+        mm.register(name, half_loader(index))
+    stages = {"first": ["a"], "second": ["b", "c"], "third": ["c"]}
+    for stage, names in stages.items():
+        def check(modules, names=names):
+            for other in {"a", "b", "c"}:
+                running = other in names
+                assert mm.placement(other) == ("device" if running else "host") or mm.placement(other) == "unloaded"
+                module = mm._components[other].module
+                if module is not None:
+                    assert devices_of(module) == ({"meta"} if running else {"cpu"})
+                    assert dtypes_of(module) == ({torch.float32} if running else {torch.float16})
+
+        run(mm, stage, names, check=check)
+    assert {mm.placement(n) for n in "abc"} == {"host"}
+
+
+def test_stage_mode_on_the_cpu_parks_in_float16_and_runs_in_float32():
+    mm = MemoryManager(mode="stage")
+    mm.register("a", half_loader(0))
+    mm.register("b", half_loader(1))
+
+    def check(modules):
+        assert dtypes_of(modules["b"]) == {torch.float32}
+        assert dtypes_of(mm._components["a"].module) == {torch.float16}
+
+    run(mm, "one", ["a"])
+    run(mm, "two", ["b"], check=check)
+    assert mm.placement("a") == mm.placement("b") == "host"
+
+
+# -- residency across jobs -----------------------------------------------------------------------
+
+
+def test_components_stay_resident_across_jobs_and_the_least_recently_used_is_evicted():
+    calls: list[int] = []
+    one = tiny_model().half()
+    size = sum(p.numel() * 4 for p in one.parameters()) + sum(b.numel() * b.element_size() for b in one.buffers())
+    mm = fake_accelerator("resident", budget_bytes=2 * size + size // 2 + (256 * MIB))  # room for two of three
+    for index, name in enumerate(["a", "b", "c"]):
+        mm.register(name, half_loader(index, calls))
+
+    def job():
+        run(mm, "first", ["a"])
+        run(mm, "second", ["b"])
+
+    job()
+    moved_first_job = sum(s["h2d_bytes"] for s in mm.stats())
+    assert moved_first_job > 0
+    job()
+    assert calls == [0, 1], "the second job loads nothing"
+    assert sum(s["h2d_bytes"] for s in mm.stats()[2:]) == 0, "nor moves anything"
+    assert mm.placement("a") == mm.placement("b") == "device"
+
+    run(mm, "third", ["c"])
+    assert [mm.placement(n) for n in "abc"] == ["host", "device", "device"], "a was used least recently"
+    assert devices_of(mm._components["a"].module) == {"cpu"}
+
+
+# -- out of memory ---------------------------------------------------------------------------------
+
+
+def test_out_of_memory_steps_down_one_mode_and_retries_once():
+    mm = fake_accelerator("resident")
+    mm.register("a", half_loader())
+    events: list[dict] = []
+    attempts: list[str] = []
+
+    def fn(modules):
+        attempts.append(mm.placement("a"))
+        if len(attempts) == 1:
+            torch.empty(1, device="meta")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return "done"
+
+    assert mm.run_stage("multiview", ["a"], fn, report=lambda **e: events.append(e)) == "done"
+    assert len(attempts) == 2
+    downgrades = [e["downgrade"] for e in events if "downgrade" in e]
+    assert downgrades == [{"stage": "multiview", "from": "resident", "to": "stage",
+                           "error": "CUDA out of memory. Tried to allocate 2.00 GiB"}]
+    assert mm.last_stage_stats["mode"] == "stage" and mm.last_stage_stats["downgraded_from"] == "resident"
+    assert mm.placement("a") == "host", "stage mode parked it afterwards"
+    assert mm.describe()["mode"] == "stage"
+    json.dumps(events)
+
+
+def test_out_of_memory_twice_is_a_clear_error_and_leaves_nothing_on_the_device():
+    mm = fake_accelerator("resident")
+    mm.register("a", half_loader())
+
+    def fn(modules):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    with pytest.raises(BackendError) as err:
+        mm.run_stage("reconstruct", ["a"], fn)
+    assert err.value.code == ErrorCode.OUT_OF_MEMORY and "reconstruct" in err.value.message
+    assert mm.placement("a") == "host"
+    assert devices_of(mm._components["a"].module) == {"cpu"}
+
+
+def test_other_errors_are_not_retried():
+    mm = fake_accelerator("resident")
+    mm.register("a", half_loader())
+    attempts = []
+
+    def fn(modules):
+        attempts.append(1)
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError):
+        mm.run_stage("s", ["a"], fn)
+    assert attempts == [1]
+
+
+# -- failures leave nothing half-moved -------------------------------------------------------------
+
+
+def test_a_failing_stage_leaves_every_component_parked():
+    mm = fake_accelerator("resident")
+    mm.register("a", half_loader(0))
+    mm.register("b", half_loader(1))
+    run(mm, "warm", ["a"])
+    assert mm.placement("a") == "device"
+
+    def fn(modules):
+        assert devices_of(modules["a"]) == devices_of(modules["b"]) == {"meta"}
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        mm.run_stage("s", ["a", "b"], fn)
+    for name in "ab":
+        assert mm.placement(name) == "host"
+        assert devices_of(mm._components[name].module) == {"cpu"}
+        assert dtypes_of(mm._components[name].module) == {torch.float16}
+
+
+def test_a_failing_loader_leaves_the_components_already_moved_parked():
+    mm = fake_accelerator("resident")
+    mm.register("a", half_loader(0))
+
+    def broken():
+        raise WeightsError("unet.safetensors", "is truncated")
+
+    mm.register("b", broken)
+    with pytest.raises(WeightsError):
+        run(mm, "s", ["a", "b"])
+    assert mm.placement("a") == "host" and mm.placement("b") == "unloaded"
+    assert devices_of(mm._components["a"].module) == {"cpu"}
+
+
+def test_a_failure_while_moving_installs_nothing(monkeypatch):
+    mm = fake_accelerator("resident")
+    mm.register("a", half_loader(0))
+    original = torch.Tensor.to
+    moved = []
+
+    def fail_on_third(self, *args, **kwargs):
+        if args and args[0] == torch.device("meta"):
+            moved.append(1)
+            if len(moved) == 3:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected while copying)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", fail_on_third)
+    run(mm, "s", ["a"])  # the first attempt fails mid-copy; the retry in stage mode succeeds
+    monkeypatch.undo()
+    assert mm.last_stage_stats["downgraded_from"] == "resident"
+    assert mm.placement("a") == "host"
+    assert devices_of(mm._components["a"].module) == {"cpu"}
+
+
+def test_loaders_must_not_place_tensors_themselves():
+    mm = fake_accelerator("resident")
+    mm.register("a", lambda: tiny_model().to("meta"))
+    with pytest.raises(BackendError, match="memory manager moves them"):
+        run(mm, "s", ["a"])
+
+
+# -- auto mode -------------------------------------------------------------------------------------
+
+
+def test_auto_picks_resident_when_everything_fits_and_stage_when_not():
+    one = sum(p.numel() * 4 for p in tiny_model().parameters())
+    for budget, expected in [(1 << 30, "resident"), (256 * MIB + one + one // 4 + 2048, "stage")]:
+        mm = fake_accelerator("auto", budget_bytes=budget)
+        mm.register("a", half_loader(0), size_bytes=one // 2)
+        mm.register("b", half_loader(1), size_bytes=one // 2)
+        events: list[dict] = []
+        run(mm, "s", ["a"], events)
+        chosen = [e["memory"] for e in events if "memory" in e]
+        assert chosen[0]["mode"] == expected, chosen
+        assert "budget" in chosen[0]["why"]
+        assert mm.describe()["mode"] == expected
+
+
+def test_auto_on_the_cpu_is_cpu_mode():
+    mm = MemoryManager(mode="auto")
+    mm.register("a", half_loader())
+    run(mm, "s", ["a"])
+    assert mm.last_stage_stats["mode"] == "cpu"
+    assert mm.placement("a") == "device", "cpu mode keeps the float32 copy for the next job"
+
+
+def test_stage_figures_are_recorded_and_json_able():
+    mm = fake_accelerator("stage")
+    mm.register("a", half_loader())
+    events: list[dict] = []
+    run(mm, "s", ["a"], events)
+    stats = mm.last_stage_stats
+    expected = sum(p.numel() * 2 for p in tiny_model().parameters()) + sum(
+        b.numel() * b.element_size() for b in tiny_model().buffers())
+    assert stats["h2d_bytes"] == expected and stats["d2h_bytes"] == 0
+    assert stats["peak_host_rss_bytes"] > 0 and stats["components"] == ["a"]
+    assert any("memory_stats" in e for e in events)
+    json.dumps(mm.describe())
+
+
+# -- loading from safetensors ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model(3).half().state_dict().items()}, str(path))
+    return path
+
+
+def test_safetensors_loading_is_zero_copy_and_exact(checkpoint):
+    module = load_safetensors_module(lambda: tiny_model(99), checkpoint)
+    expected = tiny_model(3).half().state_dict()
+    for key, tensor in module.state_dict().items():
+        assert torch.equal(tensor, expected[key]), key
+    (mapping,) = module.file_mappings
+    assert all(mapping.owns(p) for p in module.parameters()), "parameters are views of the file"
+    assert not module.training
+
+
+def test_loaded_weights_run_through_the_manager(checkpoint):
+    mm = MemoryManager(mode="stage")
+    mm.register("model", lambda: load_safetensors_module(tiny_model, checkpoint))
+    x = torch.randn(1, 3, 4, 4)
+    out = mm.run_stage("s", ["model"], lambda m: m["model"](x))
+    assert torch.allclose(out, tiny_model(3).half().float()(x), atol=1e-3)
+
+
+def test_released_file_pages_read_back_unchanged(checkpoint):
+    mapped = MappedFile(checkpoint)
+    before = {k: v.clone() for k, v in mapped.tensors.items()}
+    for tensor in mapped.tensors.values():
+        mapped.release(tensor)
+    for key, tensor in mapped.tensors.items():
+        assert torch.equal(tensor, before[key])
+
+
+def test_missing_and_unexpected_keys_are_named_with_the_file(tmp_path):
+    state = tiny_model().half().state_dict()
+    state.pop("5.bias")
+    state["extra.weight"] = torch.zeros(2)
+    path = tmp_path / "wrong.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(WeightsError) as err:
+        load_safetensors_module(tiny_model, path)
+    message = err.value.message
+    assert "wrong.safetensors" in message and "5.bias" in message and "extra.weight" in message
+
+
+def test_truncated_file_is_named(checkpoint):
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) - 100])
+    with pytest.raises(WeightsError, match="model.safetensors.*truncated"):
+        load_safetensors_module(tiny_model, checkpoint)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}xxxxxx", b"\xff" * 64])
+def test_corrupt_file_is_named(tmp_path, content):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match="broken.safetensors"):
+        load_safetensors_module(tiny_model, path)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(WeightsError, match="absent.safetensors"):
+        load_safetensors_module(tiny_model, tmp_path / "absent.safetensors")
