@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,19 +15,28 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from backend.errors import BackendError
+from backend.memory import MemoryManager, WeightsError
+from backend.pipelines.base import JobContext, JobRequest
 from backend.pipelines.hunyuan3d_v1.svrm import SVRM, SVRMConfig
 from backend.pipelines.hunyuan3d_v1.svrm.cameras import svrm_cameras
-from backend.pipelines.hunyuan3d_v1.svrm.loading import (
-    CheckpointMismatch,
-    load_component,
-    load_svrm,
-    read_config,
-    save_checkpoint,
-)
+from backend.pipelines.hunyuan3d_v1.svrm.loading import component_bytes, load_component, read_config, save_checkpoint
 from backend.pipelines.hunyuan3d_v1.svrm.preprocess import prepare_inputs, split_view_grid
+from backend.pipelines.hunyuan3d_v1.svrm.synthesizer import PLANE_AXES
+from backend.pipelines.hunyuan3d_v1.svrm_pipeline import COMPONENTS, SVRMPipeline
+from backend.protocol import ErrorCode
 
 MANIFEST = Path(__file__).parent / "data" / "svrm_state_dict.json"
 OFFICIAL_PARAMETERS = 458_688_965
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache, so no test sees the machine's."""
+    import huggingface_hub.constants
+
+    hub = tmp_path / "hf-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    return hub
 
 
 def tiny_inputs(config: SVRMConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,17 +98,28 @@ def test_tiny_float16_checkpoint_loads_strictly_and_runs_in_float32(tmp_path):
     save_checkpoint(reference, path, dtype=torch.float16)
     assert {t.dtype for t in load_file(str(path)).values()} == {torch.float16}
     assert read_config(path) == config
+    assert sum(component_bytes(path).values()) == 2 * sum(p.numel() for p in reference.parameters())
 
-    loaded = load_svrm(path, dtype=torch.float32)
-    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
-    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    memory = MemoryManager()  # the CPU: float16 weights must compute in float32
+    SVRMPipeline.register_components(memory, path, config)
     images, cameras = tiny_inputs(config)
     points = torch.rand(1, 500, 3, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.6
+
+    def run(name: str, fn):
+        def stage(modules):
+            module = modules[COMPONENTS[name]]
+            assert {p.dtype for p in module.parameters()} == {torch.float32}
+            with torch.no_grad():
+                return fn(module)
+
+        return memory.run_stage(name, [COMPONENTS[name]], stage)
+
+    context = run("encoder", lambda encoder: encoder(images, cameras))
+    triplane = run("triplane", lambda transformer: transformer(context))
+    sdf, rgb = run("synthesizer", lambda synthesizer: synthesizer(triplane, points))
     with torch.no_grad():
         expected_triplane = reference.encode(images, cameras)
         expected_sdf, expected_rgb = reference.query(expected_triplane, points)
-        triplane = loaded.encode(images, cameras)
-        sdf, rgb = loaded.query(triplane, points)
     assert triplane.dtype == torch.float32 and triplane.shape == (1, 3, 8, 16, 16)
     assert torch.isfinite(triplane).all() and torch.isfinite(sdf).all() and torch.isfinite(rgb).all()
     # The only difference is the float16 rounding of the stored weights.
@@ -105,11 +127,6 @@ def test_tiny_float16_checkpoint_loads_strictly_and_runs_in_float32(tmp_path):
     torch.testing.assert_close(sdf, expected_sdf, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(rgb, expected_rgb, atol=1e-2, rtol=1e-2)
     assert (rgb >= -0.001).all() and (rgb <= 1.001).all()
-
-    components = {name: load_component(path, name, torch.float32) for name in ("encoder", "triplane", "synthesizer")}
-    with torch.no_grad():
-        staged = components["triplane"](components["encoder"](images, cameras))
-    torch.testing.assert_close(staged, triplane)
 
 
 def test_loading_rejects_a_checkpoint_that_does_not_fit(tmp_path):
@@ -121,29 +138,30 @@ def test_loading_rejects_a_checkpoint_that_does_not_fit(tmp_path):
     missing = dict(state)
     del missing["render.decoder.net.2.bias"]
     save_file(missing, str(tmp_path / "missing.safetensors"))
-    with pytest.raises(CheckpointMismatch, match="missing: render.decoder.net.2.bias"):
-        load_svrm(tmp_path / "missing.safetensors", config=config)
+    with pytest.raises(WeightsError, match="missing 1 key.*decoder.net.2.bias"):
+        load_component(tmp_path / "missing.safetensors", "synthesizer", config)
 
-    extra = dict(state, **{"render.decoder.net.4.weight": torch.zeros(1, dtype=torch.float16)})
+    extra = dict(state, **{"img_encoder.model.blocks.9.ls1.gamma": torch.zeros(32, dtype=torch.float16)})
     save_file(extra, str(tmp_path / "extra.safetensors"))
-    with pytest.raises(CheckpointMismatch, match="unexpected: render.decoder.net.4.weight"):
-        load_component(tmp_path / "extra.safetensors", "synthesizer", torch.float32, config=config)
+    with pytest.raises(WeightsError, match="unexpected 1 key.*model.blocks.9.ls1.gamma"):
+        load_component(tmp_path / "extra.safetensors", "encoder", config)
 
     reshaped = dict(state, **{"img_to_triplane_decoder.upsampler.bias": torch.zeros(7, dtype=torch.float16)})
     save_file(reshaped, str(tmp_path / "reshaped.safetensors"))
-    with pytest.raises(CheckpointMismatch, match="wrong shape: img_to_triplane_decoder.upsampler.bias"):
-        load_svrm(tmp_path / "reshaped.safetensors", config=config)
+    with pytest.raises(WeightsError, match="upsampler.bias"):
+        load_component(tmp_path / "reshaped.safetensors", "triplane", config)
 
 
-def sphere_svrm(radius: float = 0.3) -> SVRM:
-    """A tiny SVRM whose SDF, whatever the images, is a sphere-like surface around the origin.
+def sphere_svrm(radius: float = 0.3, centre: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> SVRM:
+    """A tiny SVRM whose SDF, whatever the images, is a sphere-like surface around ``centre``.
 
     The transformer blocks' residual branches are zeroed, so the triplane is the upsampled
-    learned queries. Each query token holds (cos, sin) of its plane position's angles in a
-    zero-mean, constant-norm layout that the final LayerNorm only rescales; the upsampler turns
-    them into, at every texel, f = -(cos(a u) + cos(a v)) / 2 with a = pi/2 / half-box. Summed
-    over the three planes that is -(cos(a x) + cos(a y) + cos(a z)), which the MLP shifts so its
-    zero level passes through ``radius`` on the axes. Colour is a constant orange.
+    learned queries. Each query token holds (cos, sin) of its plane position's angles, shifted
+    by the centre, in a zero-mean, constant-norm layout that the final LayerNorm only rescales;
+    the upsampler turns them into, at every texel, f = -(cos(a (u - cu)) + cos(a (v - cv))) / 2
+    with a = pi/2 / half-box. Summed over the three planes that is -(cos(a (x - cx)) + cos(a
+    (y - cy)) + cos(a (z - cz))), which the MLP shifts so its zero level passes through
+    ``radius`` on the axes through the centre. Colour is a constant orange.
     """
     config = SVRMConfig.tiny()
     model = SVRM(config).eval()
@@ -158,11 +176,13 @@ def sphere_svrm(radius: float = 0.3) -> SVRM:
         # Token (row i, column j) sits at u_j, v_i in [-1, 1] plane coordinates (texel-centre convention).
         centres = (torch.arange(side) + 0.5) / side * 2 - 1
         angle = math.pi / 2
-        v, u = torch.meshgrid(centres * angle, centres * angle, indexing="ij")
-        token = torch.zeros(side, side, width)
-        for slot, value in enumerate((u.cos(), u.sin(), v.cos(), v.sin())):
-            token[..., 2 * slot], token[..., 2 * slot + 1] = value, -value
-        model.img_to_triplane_decoder.pos_emb.copy_(token.reshape(1, -1, width).repeat(1, 3, 1))
+        tokens = torch.zeros(3, side, side, width)
+        for plane, (column_axis, row_axis) in enumerate(PLANE_AXES):
+            shift_u, shift_v = centre[column_axis] / half_box, centre[row_axis] / half_box
+            v, u = torch.meshgrid((centres - shift_v) * angle, (centres - shift_u) * angle, indexing="ij")
+            for slot, value in enumerate((u.cos(), u.sin(), v.cos(), v.sin())):
+                tokens[plane, ..., 2 * slot], tokens[plane, ..., 2 * slot + 1] = value, -value
+        model.img_to_triplane_decoder.pos_emb.copy_(tokens.reshape(1, -1, width))
         # LayerNorm maps the norm-2 zero-mean token to norm sqrt(width); undo that scale.
         unscale = 2 / width**0.5
         weight = torch.zeros(transformer.channels, up, up, width)
@@ -187,14 +207,86 @@ def sphere_svrm(radius: float = 0.3) -> SVRM:
 
 
 def test_sphere_model_field_is_a_sphere():
-    model = sphere_svrm(radius=0.3)
+    centre = torch.tensor([0.15, -0.1, 0.05])
+    model = sphere_svrm(radius=0.3, centre=tuple(centre.tolist()))
     images, cameras = tiny_inputs(model.config)
     directions = torch.nn.functional.normalize(torch.randn(200, 3, generator=torch.Generator().manual_seed(2)), dim=-1)
     with torch.no_grad():
         triplane = model.encode(images, cameras)
-        centre, _ = model.query(triplane, torch.zeros(1, 1, 3))
-        inner, _ = model.query(triplane, directions[None] * 0.2)
-        outer, rgb = model.query(triplane, directions[None] * 0.4)
-    assert centre.item() < 0
+        middle, _ = model.query(triplane, centre.view(1, 1, 3))
+        inner, _ = model.query(triplane, centre + directions[None] * 0.2)
+        outer, rgb = model.query(triplane, centre + directions[None] * 0.4)
+    assert middle.item() < 0
     assert (inner < 0).all() and (outer > 0).all()
     torch.testing.assert_close(rgb[0, 0], torch.sigmoid(torch.tensor([2.0, 0.0, -2.0])) * 1.002 - 0.001)
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def views_request(pipeline: SVRMPipeline, **params) -> JobRequest:
+    grid = Image.new("RGB", (2 * 32, 3 * 32), (255, 255, 255))
+    grid.paste((90, 120, 200), (8, 8, 24, 88))
+    condition = Image.new("RGBA", (48, 48), (200, 80, 40, 255))
+    return pipeline.validate(JobRequest(pipeline.name, params, images={"views": png(grid), "image": png(condition)}))
+
+
+def test_pipeline_turns_views_into_a_coloured_mesh_in_the_y_up_frame(tmp_path):
+    weights = tmp_path / "weights"
+    (weights / "svrm").mkdir(parents=True)
+    # In SVRM's Z-up frame the sphere sits towards the front camera (+X) and up (+Z).
+    save_checkpoint(sphere_svrm(radius=0.25, centre=(0.15, 0.0, 0.1)), weights / "svrm" / "svrm.safetensors")
+    pipeline = SVRMPipeline(weights_dir=str(weights))
+    report = pipeline.check_weights()
+    assert report.ready and report.where.endswith("svrm.safetensors")
+
+    events: list[dict] = []
+    memory = MemoryManager()
+    output = pipeline.run(views_request(pipeline, resolution=48, max_faces=3000), JobContext(events.append, lambda: False, SimpleNamespace(memory=memory)))
+    mesh = output.mesh
+    assert 100 < mesh.face_count <= 3000
+    # Output frame: Y up, front on +Z, so (x, y, z) = SVRM's (y, z, x).
+    centre = (mesh.positions.min(axis=0) + mesh.positions.max(axis=0)) / 2
+    np.testing.assert_allclose(centre, [0.0, 0.1, 0.15], atol=0.02)
+    radii = np.linalg.norm(mesh.positions - centre, axis=1)
+    assert 0.22 < radii.min() and radii.max() < 0.28
+    orange = torch.sigmoid(torch.tensor([2.0, 0.0, -2.0])).numpy() * 1.002 - 0.001
+    np.testing.assert_allclose(mesh.colors_float()[:, :3], np.broadcast_to(orange, (mesh.vertex_count, 3)), atol=1 / 255)
+    stages = [event["stage"] for event in events if event["step"] is not None]
+    assert stages.index("encode") < stages.index("triplane") < stages.index("mesh")
+    assert {memory.placement(name) for name in COMPONENTS.values()} == {"device"}  # cpu mode keeps them loaded
+
+
+def test_pipeline_needs_both_inputs_and_says_how_to_get_the_weights(tmp_path):
+    pipeline = SVRMPipeline(weights_dir=str(tmp_path))
+    report = pipeline.check_weights()
+    assert not report.ready
+    assert report.download == f'hf download tencent/Hunyuan3D-1 --include "svrm/*" --local-dir "{tmp_path}"'
+    with pytest.raises(BackendError) as missing_image:
+        pipeline.validate(JobRequest(pipeline.name, {}, images={"views": b"..."}))
+    assert missing_image.value.code == ErrorCode.BAD_INPUT
+    with pytest.raises(BackendError) as missing_weights:
+        pipeline.run(views_request(pipeline), JobContext(lambda event: None, lambda: False, SimpleNamespace(memory=MemoryManager())))
+    assert missing_weights.value.code == ErrorCode.WEIGHTS_MISSING
+    assert "hf download" in missing_weights.value.hint
+
+
+def test_weights_are_found_in_the_hugging_face_cache(hf_cache):
+    assert not SVRMPipeline().check_weights().ready
+    repo = hf_cache / "models--tencent--Hunyuan3D-1"
+    snapshot = repo / "snapshots" / "0123abcd"
+    (snapshot / "svrm").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    checkpoint = snapshot / "svrm" / "svrm.safetensors"
+    save_checkpoint(SVRM(SVRMConfig.tiny()), checkpoint)
+    report = SVRMPipeline().check_weights()
+    assert report.ready and report.where == str(checkpoint)
+
+    checkpoint.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")  # an interrupted copy
+    report = SVRMPipeline().check_weights()
+    assert not report.ready and "unreadable" in report.missing[0]
+    assert report.download == 'hf download tencent/Hunyuan3D-1 --include "svrm/*"'

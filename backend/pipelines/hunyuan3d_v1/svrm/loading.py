@@ -1,14 +1,16 @@
 """Reading SVRM checkpoints: the official ``svrm.safetensors`` or a smaller model of ours.
 
-Modules are built on the ``meta`` device and take the file's tensors directly (no random
-initialisation, no second copy), and every load is strict: a tensor missing, left over or of
-the wrong shape is an error that names it.
+Each component is built on ``meta`` and filled zero-copy from the memory-mapped file by the
+memory manager's loader, strictly: a tensor missing, left over or of the wrong shape is an
+error that names it. Modules come back on the CPU in the file's dtype; the memory manager
+decides where and in which precision they run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -16,15 +18,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ....memory.loading import load_safetensors_module
 from .config import EncoderConfig, SVRMConfig, SynthesizerConfig, TriplaneTransformerConfig
 from .model import COMPONENT_PREFIXES, SVRM, build_component
 
 # The official file carries no config; checkpoints of other sizes record theirs under this key.
 CONFIG_METADATA_KEY = "svrm_config"
-
-
-class CheckpointMismatch(ValueError):
-    """The file's tensors do not fit the model: it is not an SVRM checkpoint of this size."""
+DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4}
 
 
 def config_to_json(config: SVRMConfig) -> str:
@@ -50,47 +50,29 @@ def read_config(path: str | Path) -> SVRMConfig:
 
 
 def save_checkpoint(model: SVRM, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
-    """Write the model like the official file (all tensors in ``dtype``), with its config in the metadata."""
+    """Write the model like the official file (every tensor in ``dtype``), with its config in the metadata."""
     state = {key: tensor.detach().to("cpu", dtype).contiguous() for key, tensor in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": "pt", CONFIG_METADATA_KEY: config_to_json(model.config)})
 
 
-def load_into(module: nn.Module, path: str | Path, prefix: str, dtype: torch.dtype) -> nn.Module:
-    """Fill a module built on ``meta`` with the file's tensors under ``prefix``, strictly, in ``dtype`` on the CPU.
-
-    Storage-to-compute conversion (float16 on disk -> float32 for the CPU) happens here, once.
-    """
-    expected = module.state_dict()
-    state: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        names = [name for name in f.keys() if name.startswith(prefix)]  # noqa: SIM118 (safe_open is not iterable)
-        for name in names:
-            key = name[len(prefix):]
-            if key in expected:
-                state[key] = f.get_tensor(name).to(dtype)
-    unexpected = sorted({name[len(prefix):] for name in names} - set(expected))
-    missing = sorted(set(expected) - set(state))
-    wrong = sorted(f"{key} {tuple(state[key].shape)} (model {tuple(expected[key].shape)})"
-                   for key in state if state[key].shape != expected[key].shape)
-    if unexpected or missing or wrong:
-        problems = [f"{label}: {', '.join(prefix + k for k in keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise CheckpointMismatch(f"{Path(path).name} does not match the SVRM model: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True, assign=True)
-    return module.eval().requires_grad_(False)
+def component_bytes(path: str | Path) -> dict[str, int]:
+    """Stored size of each component's tensors, read from the file's header alone."""
+    sizes = dict.fromkeys(COMPONENT_PREFIXES, 0)
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+            part = next((part for part, prefix in COMPONENT_PREFIXES.items() if name.startswith(prefix)), None)
+            if part is not None:
+                tensor = f.get_slice(name)
+                sizes[part] += math.prod(tensor.get_shape()) * DTYPE_BYTES[tensor.get_dtype()]
+    return sizes
 
 
-def load_component(path: str | Path, name: str, dtype: torch.dtype, config: SVRMConfig | None = None) -> nn.Module:
-    """One of ``encoder``, ``triplane``, ``synthesizer`` from a checkpoint, on the CPU in ``dtype``."""
+def load_component(path: str | Path, name: str, config: SVRMConfig | None = None) -> nn.Module:
+    """``encoder``, ``triplane`` or ``synthesizer`` from a checkpoint, on the CPU in the file's dtype."""
     config = config or read_config(path)
-    with torch.device("meta"):
-        module = build_component(name, config)
-    return load_into(module, path, COMPONENT_PREFIXES[name], dtype)
+    prefix = COMPONENT_PREFIXES[name]
 
+    def own_key(key: str) -> str | None:
+        return key[len(prefix):] if key.startswith(prefix) else None
 
-def load_svrm(path: str | Path, dtype: torch.dtype = torch.float32, config: SVRMConfig | None = None) -> SVRM:
-    """The whole model from a checkpoint, on the CPU in ``dtype``."""
-    config = config or read_config(path)
-    with torch.device("meta"):
-        model = SVRM(config)
-    return load_into(model, path, "", dtype)
+    return load_safetensors_module(lambda: build_component(name, config), path, rename=own_key)

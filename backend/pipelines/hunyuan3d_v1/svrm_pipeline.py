@@ -1,0 +1,175 @@
+"""``hunyuan3d-1-svrm``: Hunyuan3D-1's reconstruction stage on its own.
+
+Takes the 3x2 grid of six views a Hunyuan3D-1 multiview model produces and the condition
+image they were generated from, and returns a vertex-coloured mesh. Steps:
+
+1. find ``svrm/svrm.safetensors`` and read the model's sizes from it;
+2. split the grid, order the views by azimuth, resize and normalise, attach the cameras;
+3. ``encode``: the camera-modulated DINOv2 encoder turns the seven images into tokens;
+4. ``triplane``: the transformer turns the tokens into the 3-plane feature volume;
+5. ``mesh``: the synthesizer's SDF is sampled on a grid, the surface extracted and coloured.
+
+Each model part is a memory-manager component, so ``stage`` and ``stream`` modes apply to it.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+from ...errors import BackendError
+from ...protocol import ErrorCode
+from ...weights import SVRM_WEIGHTS, locate, require
+from .. import register
+from ..base import MAX_FACES, JobContext, JobRequest, Param, Pipeline, PipelineOutput, WeightsReport
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .svrm import SVRMConfig
+
+RESOLUTION = Param(
+    "resolution", int, 384, "samples per axis of the grid the surface is extracted from (384 upstream; lower is faster, coarser)",
+    minimum=32, maximum=1024, advanced=True,
+)
+VIEW_LAYOUT = Param(
+    "view_layout", str, "std", "which multiview model drew the views grid: std (1024x1536) or lite (640x960); they order views differently",
+    choices=("std", "lite"), advanced=True,
+)
+# Half the side of the cube the triplane spans; SVRM's points live in [-0.6, 0.6]^3.
+BOUND = 0.6
+# SVRM's world is Z up with the front view's camera on +X; (y, z, x) is the Y-up, front-on-+Z mesh frame.
+MESH_AXES = (1, 2, 0)
+# Working memory of one SDF query point: three planes' features in float32, their copies and the MLP.
+BYTES_PER_QUERY_POINT = 4096
+QUERY_BUDGET_BYTES = 1 << 30
+# Memory-manager component name of each SVRM part.
+COMPONENTS = {"encoder": "svrm.encoder", "triplane": "svrm.triplane", "synthesizer": "svrm.synthesizer"}
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BackendError(ErrorCode.BAD_INPUT, f"the {name} input is not a readable image: {exc}", hint="send a PNG or JPEG") from None
+    return image
+
+
+@register
+class SVRMPipeline(Pipeline):
+    name = "hunyuan3d-1-svrm"
+    description = "Hunyuan3D-1 reconstruction only: a 3x2 grid of six views plus the condition image to a vertex-coloured mesh"
+    stages = ("encode", "triplane", "mesh")
+    params = (MAX_FACES, RESOLUTION, VIEW_LAYOUT)
+    inputs = ("views", "image")
+    requires_one_of = ("views",)
+
+    def check_weights(self) -> WeightsReport:
+        return locate(SVRM_WEIGHTS, self.weights_dir)[1]
+
+    def validate(self, request: JobRequest) -> JobRequest:
+        request = super().validate(request)
+        if "image" not in request.images:
+            raise BackendError(
+                ErrorCode.BAD_INPUT,
+                f"{self.name} needs the condition image as well as the views",
+                hint="pass the picture the views were generated from as the image input (--image)",
+            )
+        return request
+
+    @staticmethod
+    def register_components(memory: Any, path: Path, config: SVRMConfig) -> None:
+        """Tell the memory manager how to load each part (once per manager)."""
+        from .svrm.loading import component_bytes, load_component
+
+        block_lists = {
+            "encoder": lambda module: list(module.model.blocks),
+            "triplane": lambda module: list(module.img_to_triplane_decoder.transformer_blocks),
+            "synthesizer": None,
+        }
+        sizes = component_bytes(path)
+        for part, name in COMPONENTS.items():
+            if not memory.is_registered(name):
+                memory.register(
+                    name,
+                    lambda part=part: load_component(path, part, config),
+                    released_dtype="float16",
+                    blocks=block_lists[part],
+                    size_bytes=sizes[part],
+                )
+
+    def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
+        import torch
+
+        from ...mesh import extract_mesh
+        from .svrm.loading import read_config
+        from .svrm.preprocess import LITE_VIEW_ORDER, STD_VIEW_ORDER, prepare_inputs, split_view_grid
+
+        memory = ctx.memory
+        if memory is None:
+            raise BackendError(ErrorCode.INTERNAL, f"{self.name} needs the runtime's memory manager", hint="run it through the backend")
+        params = request.params
+        path = require(SVRM_WEIGHTS, self.weights_dir)
+        config = read_config(path)
+        order = STD_VIEW_ORDER if params["view_layout"] == "std" else LITE_VIEW_ORDER
+        views = split_view_grid(decode_image(request.images["views"], "views"), order)
+        images, cameras = prepare_inputs(views, decode_image(request.images["image"], "image"), config.image_size)
+        self.register_components(memory, path, config)
+        device = memory.device
+
+        ctx.progress("encode", 0, 1, "encoding the views")
+
+        def encode(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
+            dtype = memory.compute_dtype(COMPONENTS["encoder"])
+            with torch.inference_mode():
+                return modules[COMPONENTS["encoder"]](images.to(device, dtype), cameras.to(device, dtype))
+
+        context = memory.run_stage("encode", [COMPONENTS["encoder"]], encode, report=ctx.note)
+        ctx.progress("triplane", 0, 1, "building the triplane")
+
+        def build_triplane(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
+            dtype = memory.compute_dtype(COMPONENTS["triplane"])
+            with torch.inference_mode():
+                return modules[COMPONENTS["triplane"]](context.to(dtype))
+
+        triplane = memory.run_stage("triplane", [COMPONENTS["triplane"]], build_triplane, report=ctx.note)
+        ctx.progress("mesh", 0, 1, "extracting the surface")
+
+        def extract(modules: dict[str, torch.nn.Module]):
+            synthesizer = modules[COMPONENTS["synthesizer"]]
+
+            def sdf(points: torch.Tensor) -> torch.Tensor:
+                with torch.inference_mode():
+                    return synthesizer(triplane, points[None])[0][0]
+
+            def color(points: torch.Tensor) -> torch.Tensor:
+                with torch.inference_mode():
+                    return synthesizer(triplane, points[None])[1][0]
+
+            return extract_mesh(
+                sdf,
+                color,
+                resolution=params["resolution"],
+                bound=BOUND,
+                max_faces=params["max_faces"],
+                memory_budget=QUERY_BUDGET_BYTES,
+                bytes_per_point=BYTES_PER_QUERY_POINT,
+                device=device,
+                axes=MESH_AXES,
+                progress=lambda step, total: ctx.progress("mesh", step, total),
+                check_cancelled=ctx.check_cancelled,
+            )
+
+        mesh = memory.run_stage("mesh", [COMPONENTS["synthesizer"]], extract, report=ctx.note, activation_bytes=QUERY_BUDGET_BYTES)
+        if not mesh.face_count:
+            raise BackendError(
+                ErrorCode.JOB_FAILED,
+                "the reconstruction found no surface in the views",
+                hint="check that the views grid and the condition image show the same object on a white background",
+            )
+        return PipelineOutput(mesh=mesh, info={"weights": str(path), "triplane": list(triplane.shape)})
