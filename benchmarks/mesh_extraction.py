@@ -24,6 +24,7 @@ Needs the dev extra (pymeshlab). Run: python benchmarks/mesh_extraction.py [--re
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -34,8 +35,8 @@ from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.mesh import mesh_from_grid  # noqa: E402
-from backend.mesh.grid import grid_axis  # noqa: E402
+from backend.mesh import mesh_from_grid
+from backend.mesh.grid import grid_axis
 
 HUNYUAN3D_2_FLOATER_RATIO = 0.005
 
@@ -189,18 +190,20 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=500_000, help="surface samples per Hausdorff direction (default 500000)")
     args = parser.parse_args()
 
-    import os
-
     import pymeshlab  # noqa: F401  (fail before the long grid build if the dev extra is missing)
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, numpy {np.__version__}")
     shape = TorusKnotTube()
     start = time.perf_counter()
     grid = sample_grid(shape, args.resolution, args.bound)
-    print(f"grid: {args.resolution}^3 over [-{args.bound}, {args.bound}]^3, built in {time.perf_counter() - start:.1f} s (not timed below)")
+    print(
+        f"grid: {args.resolution}^3 over [-{args.bound}, {args.bound}]^3, built in {time.perf_counter() - start:.1f} s (not timed below)"
+    )
     low, high = shape.bounding_box()
     diagonal = float(np.linalg.norm(high - low))
-    print(f"shape: (2,3) torus knot tube, radius {shape.tube}, bounding-box diagonal {diagonal:.4f}, curve sample spacing {shape.spacing:.2e}")
+    print(
+        f"shape: (2,3) torus knot tube, radius {shape.tube}, bounding-box diagonal {diagonal:.4f}, curve sample spacing {shape.spacing:.2e}"
+    )
 
     results = {}
     for name, path in (("Hunyuan3D-2 (skimage + pymeshlab)", reference_path), ("ours (backend.mesh)", our_path)):
@@ -208,7 +211,11 @@ def main() -> None:
         results[name] = (times, len(faces), hausdorff(shape, vertices, faces, args.samples))
 
     phases = ["marching cubes", "clean-up", "decimation", "normals"]
-    header = f"{'path':<36}" + "".join(f"{p:>16}" for p in phases) + f"{'total s':>10}{'faces':>9}{'H mesh->surf %':>16}{'H surf->mesh %':>16}{'mean %':>9}"
+    header = (
+        f"{'path':<36}"
+        + "".join(f"{p:>16}" for p in phases)
+        + f"{'total s':>10}{'faces':>9}{'H mesh->surf %':>16}{'H surf->mesh %':>16}{'mean %':>9}"
+    )
     print(header)
     print("-" * len(header))
     totals = {}
@@ -221,7 +228,9 @@ def main() -> None:
         )
     reference, ours = totals.values()
     worst = max(results["ours (backend.mesh)"][2]["mesh_to_surface"], results["ours (backend.mesh)"][2]["surface_to_mesh"])
-    print(f"speed-up: {reference / ours:.2f}x (goal >= 2x); our Hausdorff {100 * worst / diagonal:.3f}% of the diagonal (goal <= 0.5%)")
+    print(
+        f"speed-up: {reference / ours:.2f}x (goal >= 2x); our Hausdorff {100 * worst / diagonal:.3f}% of the diagonal (goal <= 0.5%)"
+    )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from backend.errors import JobCancelled
-from backend.mesh import Mesh, chunk_points_for_budget, extract_mesh, mesh_from_grid, sample_grid
-from backend.mesh import cleanup
+from backend.mesh import Mesh, chunk_points_for_budget, cleanup, extract_mesh, mesh_from_grid, sample_grid
 from backend.mesh.grid import grid_axis
 
 
@@ -145,7 +144,9 @@ def test_grid_layout_matches_coordinates_for_any_chunk_size():
 
 def test_progress_and_cancellation_between_chunks():
     events = []
-    mesh = extract_mesh(sphere(0.3), resolution=32, chunk_points=32**3 // 4, progress=lambda step, total: events.append((step, total)))
+    mesh = extract_mesh(
+        sphere(0.3), resolution=32, chunk_points=32**3 // 4, progress=lambda step, total: events.append((step, total))
+    )
     assert mesh.face_count > 0
     assert events == [(step, 8) for step in range(1, 9)]
 

@@ -100,11 +100,11 @@ def test_extracted_mesh_round_trips(tmp_path):
 
     from backend.mesh import extract_mesh
 
-    mesh = extract_mesh(
-        lambda p: torch.linalg.norm(p, dim=1) - 0.3, lambda p: (p + 0.6) / 1.2, resolution=32, max_faces=500
-    )
+    mesh = extract_mesh(lambda p: torch.linalg.norm(p, dim=1) - 0.3, lambda p: (p + 0.6) / 1.2, resolution=32, max_faces=500)
     for suffix in (".glb", ".obj", ".ply"):
         loaded = read(save(mesh, tmp_path / f"mesh{suffix}"))
         np.testing.assert_allclose(loaded.vertices, mesh.positions, atol=1e-5, err_msg=suffix)
         np.testing.assert_array_equal(loaded.faces, mesh.faces, err_msg=suffix)
-        np.testing.assert_allclose(loaded.visual.vertex_colors.astype(int), mesh.colors_uint8().astype(int), atol=1, err_msg=suffix)
+        np.testing.assert_allclose(
+            loaded.visual.vertex_colors.astype(int), mesh.colors_uint8().astype(int), atol=1, err_msg=suffix
+        )

@@ -41,7 +41,11 @@ def doubled_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     ab = vertices[faces[:, 1]] - a
     ac = vertices[faces[:, 2]] - a
     cross = np.stack(
-        [ab[:, 1] * ac[:, 2] - ab[:, 2] * ac[:, 1], ab[:, 2] * ac[:, 0] - ab[:, 0] * ac[:, 2], ab[:, 0] * ac[:, 1] - ab[:, 1] * ac[:, 0]],
+        [
+            ab[:, 1] * ac[:, 2] - ab[:, 2] * ac[:, 1],
+            ab[:, 2] * ac[:, 0] - ab[:, 0] * ac[:, 2],
+            ab[:, 0] * ac[:, 1] - ab[:, 1] * ac[:, 0],
+        ],
         axis=1,
     )
     return np.sqrt(np.einsum("ij,ij->i", cross, cross))
@@ -89,7 +93,9 @@ def remove_small_components(
     return remove_unreferenced_vertices(vertices, faces[keep[labels]])
 
 
-def decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int, aggressiveness: float = 7.0) -> tuple[np.ndarray, np.ndarray]:
+def decimate(
+    vertices: np.ndarray, faces: np.ndarray, max_faces: int, aggressiveness: float = 7.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Quadric edge-collapse decimation to at most about ``max_faces`` triangles (fast-simplification).
 
     Args:

@@ -6,7 +6,7 @@ docs/mesh.md for the frames each model family uses.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

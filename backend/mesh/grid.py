@@ -7,7 +7,7 @@ coordinate k: ``grid[i, j, k]`` is the value at (x_i, y_j, z_k).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -80,7 +80,9 @@ def sample_grid(
             if check_cancelled is not None:
                 check_cancelled()
             index = torch.arange(start, end, device=device)
-            points = torch.stack([axis[index // plane], axis[(index // resolution) % resolution], axis[index % resolution]], dim=1)
+            points = torch.stack(
+                [axis[index // plane], axis[(index // resolution) % resolution], axis[index % resolution]], dim=1
+            )
             result = field(points).reshape(-1)
             if result.shape[0] != end - start:
                 raise ValueError(f"the field returned {result.shape[0]} values for {end - start} points")
