@@ -1,0 +1,172 @@
+"""Starting and stopping the bundled backend as a child process. No bpy.
+
+``launch`` blocks until the backend prints its ready line, so it runs on the connection
+thread, never on Blender's main thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STOP_GRACE_S = 3.0
+
+
+class LaunchError(Exception):
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How to start ``python -m backend serve``.
+
+    Args:
+        python: the interpreter of an environment that has torch and the backend's requirements.
+        package_dir: the folder holding the ``backend`` package (the add-on's own folder).
+        log_path: the backend's stderr goes here.
+        options: backend options (device, memory, weights, output folder) as command-line words.
+        extra_args: more words for ``serve``, for example ``--pipelines-from MODULE``.
+        extra_pythonpath: folders added to PYTHONPATH after ``package_dir`` (plug-in pipelines).
+    """
+
+    python: str
+    package_dir: str
+    log_path: str
+    options: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    extra_pythonpath: tuple[str, ...] = ()
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "backend", "serve", "--port", "0", "--parent-pid", str(os.getpid()),
+                *self.options, *self.extra_args]
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        env["PYTHONPATH"] = os.pathsep.join((self.package_dir, *self.extra_pythonpath))
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+
+@dataclass
+class Ready:
+    host: str
+    port: int
+    pid: int
+    token: str
+
+
+@dataclass
+class BackendProcess:
+    """A backend this Blender session started; ``stop`` ends it for sure."""
+
+    process: subprocess.Popen
+    log_path: str
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def exit_code(self) -> int | None:
+        return self.process.poll()
+
+    def stop(self) -> None:
+        """Give a backend already asked to shut down a moment to exit, then terminate, then kill."""
+        self._stopped.set()
+        for end in (None, self.process.terminate, self.process.kill):
+            if end is not None:
+                end()
+            try:
+                self.process.wait(STOP_GRACE_S)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+
+def start(settings: LaunchSettings) -> BackendProcess:
+    """Start the process; raises LaunchError when the interpreter can't be run at all."""
+    if not settings.python:
+        raise LaunchError("No Python interpreter is set for the backend",
+                          hint="Preferences > Add-ons > Hunyuan3D: choose the python of an environment with torch installed")
+    if shutil.which(settings.python) is None:
+        raise LaunchError(f"Python interpreter not found: {settings.python}",
+                          hint="choose an existing python executable in the add-on preferences")
+    Path(settings.log_path).parent.mkdir(parents=True, exist_ok=True)
+    log = open(settings.log_path, "wb")
+    try:
+        process = subprocess.Popen(
+            settings.command(), cwd=settings.package_dir, env=settings.environment(),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0,
+        )
+    except OSError as exc:
+        raise LaunchError(f"Could not run {settings.python}: {exc.strerror or exc}",
+                          hint="choose a python executable you can run in the add-on preferences") from None
+    finally:
+        log.close()
+    return BackendProcess(process, settings.log_path)
+
+
+def wait_ready(backend: BackendProcess, python: str) -> Ready:
+    """Read the ready line; if the process ends first, explain why from its log."""
+    line = backend.process.stdout.readline()
+    if not line:
+        backend.process.wait()
+        if backend.stopped:
+            raise LaunchError("Backend start was cancelled")
+        raise explain_early_exit(python, backend.process.returncode, read_tail(backend.log_path))
+    try:
+        ready = json.loads(line)
+        token = Path(ready["token_file"]).read_text(encoding="utf-8").strip()
+        result = Ready(ready["host"], int(ready["port"]), int(ready["pid"]), token)
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise LaunchError(f"The backend's ready line could not be used ({exc})",
+                          hint="the add-on and its bundled backend come from the same zip; reinstall it") from None
+    threading.Thread(target=_drain, args=(backend.process.stdout,), name="hy3d-backend-stdout", daemon=True).start()
+    return result
+
+
+def _drain(stream) -> None:
+    # Anything a library prints on stdout after the ready line must not fill the pipe and stall the backend.
+    try:
+        while stream.read(65536):
+            pass
+    except (OSError, ValueError):
+        pass
+
+
+def explain_early_exit(python: str, code: int, log_tail: str) -> LaunchError:
+    missing = re.findall(r"No module named '([\w.]+)'", log_tail)
+    if missing:
+        module = missing[-1].split(".")[0]
+        if module == "backend":
+            return LaunchError("The bundled backend package is missing from the add-on folder",
+                               hint="reinstall the add-on from the zip built by build.py")
+        return LaunchError(f"{python} can't run the backend: it has no '{module}' module",
+                           hint=f"install the backend's requirements into it ({python} -m pip install torch numpy ...), "
+                                "or choose the python of an environment that has them")
+    last = log_tail.strip().splitlines()[-1] if log_tail.strip() else "no output"
+    return LaunchError(f"The backend exited with code {code} before it was ready: {last}",
+                       hint="see the backend log for details")
+
+
+def read_tail(path: str, limit: int = 8192) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""

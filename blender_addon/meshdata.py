@@ -1,0 +1,77 @@
+"""Mesh payloads from the backend, made ready for Blender's bulk setters.
+
+numpy only, no bpy: the reader thread runs this, so the main thread receives arrays it
+can hand straight to ``foreach_set``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MeshArrays:
+    """A triangle mesh in Blender's frame (Z up), laid out as Blender stores it.
+
+    Args:
+        positions: float32 (N, 3), C-contiguous.
+        corner_verts: int32 (3 * M,), the vertex of each face corner.
+        colors: float32 (N, 4) RGBA per vertex, or None.
+    """
+
+    positions: np.ndarray
+    corner_verts: np.ndarray
+    colors: np.ndarray | None = None
+
+    @property
+    def vertex_count(self) -> int:
+        return len(self.positions)
+
+    @property
+    def face_count(self) -> int:
+        return len(self.corner_verts) // 3
+
+    def face_starts(self) -> np.ndarray:
+        return np.arange(0, len(self.corner_verts), 3, dtype=np.int32)
+
+
+def from_wire(arrays: dict[str, np.ndarray], frame: str = "y_up") -> MeshArrays:
+    """Turn the ``positions``/``faces``/``colors`` buffers of a result into MeshArrays.
+
+    ``frame`` is the result's ``mesh.frame``; "y_up" (glTF's convention) maps
+    (x, y, z) to (x, -z, y), "z_up" is taken as it is.
+    """
+    positions = np.asarray(arrays["positions"])
+    faces = np.asarray(arrays["faces"])
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions must be (N, 3), got {positions.shape}")
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"faces must be (M, 3) triangles, got {faces.shape}")
+    n = len(positions)
+    if len(faces) and (int(faces.min()) < 0 or int(faces.max()) >= n):
+        raise ValueError(f"face indices must lie in [0, {n})")
+
+    if frame == "y_up":
+        z_up = np.empty((n, 3), dtype=np.float32)
+        z_up[:, 0] = positions[:, 0]
+        np.negative(positions[:, 2], out=z_up[:, 1])
+        z_up[:, 2] = positions[:, 1]
+    elif frame == "z_up":
+        z_up = np.ascontiguousarray(positions, dtype=np.float32)
+    else:
+        raise ValueError(f"unknown mesh frame {frame!r}")
+
+    colors = arrays.get("colors")
+    if colors is not None:
+        colors = np.asarray(colors)
+        if colors.shape != (n, 4):
+            raise ValueError(f"colors must be ({n}, 4) RGBA, got {colors.shape}")
+        if colors.dtype == np.uint8:
+            colors = colors.astype(np.float32) * np.float32(1.0 / 255.0)
+        else:
+            colors = np.ascontiguousarray(colors, dtype=np.float32)
+
+    corner_verts = np.ascontiguousarray(faces, dtype=np.int32).reshape(-1)
+    return MeshArrays(z_up, corner_verts, colors)

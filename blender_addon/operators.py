@@ -1,0 +1,107 @@
+"""Operators: each gathers its inputs, makes one call into the session or the importer, and reports."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import IntProperty
+
+from . import app, importer
+from .preferences import connection_settings
+from .session import Phase, SessionError
+
+
+class HY3D_OT_connect(bpy.types.Operator):
+    """Start the bundled backend, or connect to the running one, as set in the preferences (restarts if connected)"""
+
+    bl_idname = "hy3d.connect"
+    bl_label = "Start Backend"
+
+    def execute(self, context):
+        app.session.connect(connection_settings(context))
+        return {"FINISHED"}
+
+
+class HY3D_OT_disconnect(bpy.types.Operator):
+    """Disconnect, and stop the backend if the add-on started it"""
+
+    bl_idname = "hy3d.disconnect"
+    bl_label = "Stop Backend"
+
+    def execute(self, context):
+        app.session.close()
+        return {"FINISHED"}
+
+
+class HY3D_OT_test_connection(bpy.types.Operator):
+    """Connect with the current preferences and show the server version, device, precision and free memory"""
+
+    bl_idname = "hy3d.test_connection"
+    bl_label = "Test Connection"
+
+    def execute(self, context):
+        if app.session.phase is Phase.READY:
+            app.session.request_status()
+        else:
+            app.session.connect(connection_settings(context))
+        return {"FINISHED"}
+
+
+class HY3D_OT_generate(bpy.types.Operator):
+    """Generate a mesh from the image or the prompt; it appears at the 3D cursor"""
+
+    bl_idname = "hy3d.generate"
+    bl_label = "Generate"
+
+    @classmethod
+    def poll(cls, context):
+        return app.session is not None and app.session.phase is Phase.READY and app.session.job is None
+
+    def execute(self, context):
+        try:
+            app.session.submit(context.window_manager.hy3d.request())
+        except SessionError as exc:
+            self.report({"ERROR"}, f"{exc.message}. {exc.hint}" if exc.hint else exc.message)
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class HY3D_OT_cancel(bpy.types.Operator):
+    """Stop the running job (the backend stops at its next step)"""
+
+    bl_idname = "hy3d.cancel"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context):
+        return app.session is not None and app.session.job is not None
+
+    def execute(self, context):
+        app.session.cancel()
+        return {"FINISHED"}
+
+
+class HY3D_OT_import_result(bpy.types.Operator):
+    """Put this result in the scene again, at the 3D cursor"""
+
+    bl_idname = "hy3d.import_result"
+    bl_label = "Import Result"
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: IntProperty(default=0, min=0, options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context):
+        return app.session is not None and len(app.session.history) > 0
+
+    def execute(self, context):
+        if self.index >= len(app.session.history):
+            self.report({"ERROR"}, "That result is no longer in the history")
+            return {"CANCELLED"}
+        entry = app.session.history[self.index]
+        obj = importer.build_object(context, entry.mesh, "Hunyuan3D")
+        entry.object_name = obj.name
+        return {"FINISHED"}
+
+
+classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_generate, HY3D_OT_cancel,
+           HY3D_OT_import_result)

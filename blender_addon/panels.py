@@ -1,0 +1,119 @@
+"""The "Hunyuan3D" tab in the 3D viewport's sidebar. Panels only draw."""
+
+from __future__ import annotations
+
+import bpy
+
+from . import app
+from .session import Phase
+
+
+class HY3D_PT_main(bpy.types.Panel):
+    bl_idname = "HY3D_PT_main"
+    bl_label = "Hunyuan3D"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Hunyuan3D"
+
+    def draw(self, context):
+        layout = self.layout
+        session = app.session
+        if session is None:
+            return
+        if session.phase is not Phase.READY:
+            draw_connection(layout, session)
+            return
+        if session.unresponsive:
+            layout.label(text="Backend not responding...", icon="ERROR")
+        inputs = context.window_manager.hy3d
+        layout.prop(inputs, "pipeline")
+        info = inputs.pipeline_info() or {}
+        accepted = info.get("inputs", [])
+        if "image" in accepted and "text" in accepted:
+            layout.row().prop(inputs, "source", expand=True)
+        layout.prop(inputs, "image_path" if inputs.source == "IMAGE" else "prompt")
+        col = layout.column(align=True)
+        for param in inputs.params:
+            if not param.advanced:
+                col.prop(param, param.value_field, text=param.name.replace("_", " ").title())
+        draw_job(layout, session)
+        draw_outcome(layout, session)
+
+
+class HY3D_PT_advanced(bpy.types.Panel):
+    bl_label = "Advanced"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Hunyuan3D"
+    bl_parent_id = "HY3D_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context):
+        return app.session is not None and any(p.advanced for p in context.window_manager.hy3d.params)
+
+    def draw(self, context):
+        col = self.layout.column(align=True)
+        for param in context.window_manager.hy3d.params:
+            if param.advanced:
+                col.prop(param, param.value_field, text=param.name.replace("_", " ").title())
+
+
+class HY3D_PT_history(bpy.types.Panel):
+    bl_label = "History"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Hunyuan3D"
+    bl_parent_id = "HY3D_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context):
+        return app.session is not None and len(app.session.history) > 0
+
+    def draw(self, context):
+        for index, entry in enumerate(app.session.history):
+            row = self.layout.row()
+            row.label(text=entry.label, icon="MESH_DATA")
+            row.operator("hy3d.import_result", text="", icon="IMPORT").index = index
+
+
+def draw_connection(layout, session) -> None:
+    if session.phase is Phase.STARTING:
+        layout.label(text="Starting the backend...", icon="SORTTIME")
+        layout.operator("hy3d.disconnect", text="Stop", icon="CANCEL")
+        return
+    if session.phase is Phase.FAILED and session.problem is not None:
+        box = layout.box()
+        box.label(text=session.problem.message, icon="ERROR")
+        if session.problem.hint:
+            box.label(text=session.problem.hint)
+    row = layout.row()
+    row.scale_y = 1.6
+    row.operator("hy3d.connect", text="Restart Backend" if session.phase is Phase.FAILED else "Start Backend", icon="PLAY")
+    draw_outcome(layout, session)
+
+
+def draw_job(layout, session) -> None:
+    job = session.job
+    if job is None:
+        row = layout.row()
+        row.scale_y = 1.8
+        row.operator("hy3d.generate", icon="MESH_MONKEY")
+        return
+    layout.progress(factor=job.fraction(), type="BAR", text=job.progress_text())
+    layout.operator("hy3d.cancel", icon="CANCEL")
+
+
+def draw_outcome(layout, session) -> None:
+    outcome = session.last
+    if outcome is None:
+        return
+    icon = {"result": "CHECKMARK", "cancelled": "CANCEL"}.get(outcome.kind, "ERROR")
+    box = layout.box()
+    box.label(text=outcome.message, icon=icon)
+    if outcome.hint:
+        box.label(text=outcome.hint, icon="INFO")
+
+
+classes = (HY3D_PT_main, HY3D_PT_advanced, HY3D_PT_history)

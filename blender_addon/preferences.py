@@ -1,0 +1,116 @@
+"""Add-on preferences: how to reach the backend and how it should run. Settings and the token live here only."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+
+import bpy
+from bpy.props import EnumProperty, IntProperty, StringProperty
+
+from . import app, launcher
+from .session import ConnectionSettings, Phase, device_summary
+
+MEMORY_MODES = (
+    ("auto", "Auto", "Pick from free memory and model sizes"),
+    ("resident", "Resident", "Keep every model on the GPU (fastest, most memory)"),
+    ("stage", "Stage", "Only the running stage on the GPU (like Hunyuan3D-1's --save_memory)"),
+    ("stream", "Stream", "Move weights block by block (least GPU memory)"),
+    ("cpu", "CPU", "Run on the CPU only"),
+)
+
+
+class HY3D_AddonPreferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    connection: EnumProperty(
+        name="Backend",
+        items=(("LAUNCH", "Launch Bundled Backend", "Start the backend that ships inside this add-on with a Python that has torch"),
+               ("ATTACH", "Attach to Running Backend", "Connect to a backend already running at host:port")),
+    )
+    python_path: StringProperty(name="Python", subtype="FILE_PATH",
+                                description="Python interpreter of an environment with torch and the backend's requirements")
+    extra_args: StringProperty(name="Extra Arguments",
+                               description="More options for 'python -m backend serve', e.g. --pipelines-from my_module")
+    extra_pythonpath: StringProperty(name="Extra Python Path",
+                                     description="Folders (separated like PATH) where plug-in pipeline modules live")
+    host: StringProperty(name="Host", default="127.0.0.1")
+    port: IntProperty(name="Port", default=8765, min=1, max=65535)
+    token: StringProperty(name="Token", subtype="PASSWORD",
+                          description="The token from the file named in the backend's ready line")
+    weights_dir: StringProperty(name="Weights Folder", subtype="DIR_PATH",
+                                description="Folder with the model weights (empty: the Hugging Face cache)")
+    device: StringProperty(name="Device", default="auto", description="auto, cpu, cuda, cuda:N or mps")
+    memory: EnumProperty(name="Memory Mode", items=MEMORY_MODES)
+    output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH",
+                               description="Every result is also saved here as GLB (empty: the backend's default)")
+
+    def draw(self, context):
+        layout = self.layout
+        layout.prop(self, "connection", expand=True)
+        col = layout.column()
+        if self.connection == "LAUNCH":
+            col.prop(self, "python_path")
+            col.prop(self, "weights_dir")
+            col.prop(self, "device")
+            col.prop(self, "memory")
+            col.prop(self, "output_dir")
+            col.prop(self, "extra_args")
+            col.prop(self, "extra_pythonpath")
+        else:
+            row = col.row()
+            row.prop(self, "host")
+            row.prop(self, "port")
+            col.prop(self, "token")
+        layout.operator("hy3d.test_connection", icon="LINKED")
+        draw_connection_report(layout)
+
+
+def draw_connection_report(layout) -> None:
+    session = app.session
+    if session is None:
+        return
+    box = layout.box()
+    if session.phase is Phase.STARTING:
+        box.label(text="Connecting...", icon="SORTTIME")
+    elif session.phase is Phase.FAILED and session.problem is not None:
+        box.label(text=session.problem.message, icon="ERROR")
+        if session.problem.hint:
+            box.label(text=session.problem.hint)
+    elif session.phase is Phase.READY and session.welcome is not None:
+        for line in device_summary({**session.welcome, **(session.status or {})}):
+            box.label(text=line)
+    else:
+        box.label(text="Not connected")
+
+
+def user_dir() -> str:
+    try:
+        return bpy.utils.extension_path_user(__package__, create=True)
+    except ValueError:  # installed as a legacy add-on
+        return os.path.join(tempfile.gettempdir(), "hunyuan3d-blender")
+
+
+def connection_settings(context) -> ConnectionSettings:
+    """Turn the preferences into plain data for the session (nothing bpy crosses into threads)."""
+    prefs = context.preferences.addons[__package__].preferences
+    if prefs.connection == "ATTACH":
+        return ConnectionSettings(host=prefs.host, port=prefs.port, token=prefs.token)
+    options = ["--device", prefs.device or "auto", "--memory", prefs.memory]
+    if prefs.weights_dir:
+        options += ["--weights", bpy.path.abspath(prefs.weights_dir)]
+    if prefs.output_dir:
+        options += ["--output-dir", bpy.path.abspath(prefs.output_dir)]
+    launch = launcher.LaunchSettings(
+        python=bpy.path.abspath(prefs.python_path) if prefs.python_path else "",
+        package_dir=os.path.dirname(os.path.abspath(__file__)),
+        log_path=os.path.join(user_dir(), "backend.log"),
+        options=tuple(options),
+        extra_args=tuple(shlex.split(prefs.extra_args, posix=os.name != "nt")),
+        extra_pythonpath=tuple(p for p in prefs.extra_pythonpath.split(os.pathsep) if p),
+    )
+    return ConnectionSettings(launch=launch)
+
+
+classes = (HY3D_AddonPreferences,)

@@ -1,0 +1,114 @@
+"""What the artist is about to generate: model, input and parameters (no secrets, not saved in .blend files).
+
+The parameter list is not hard-coded: it mirrors what the connected backend says each
+pipeline takes, so new models and plug-ins get their fields without an add-on update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from . import app
+from .session import GenerationRequest
+
+NO_PIPELINE = "NONE"
+_enum_cache: dict[str, list[tuple[str, str, str]]] = {}  # Blender needs enum item strings kept alive
+
+
+def _pipeline_items(self, context):
+    session = app.session
+    items = [(p["name"], p["name"], p.get("description", "")) for p in (session.pipelines() if session else [])]
+    _enum_cache["pipelines"] = items or [(NO_PIPELINE, "Connect First", "The model list comes from the backend")]
+    return _enum_cache["pipelines"]
+
+
+def _choice_items(self, context):
+    key = f"choices:{self.choices}"
+    if key not in _enum_cache:
+        _enum_cache[key] = [(c, c, "") for c in self.choices.split("\n") if c]
+    return _enum_cache[key]
+
+
+class HY3D_ParamValue(bpy.types.PropertyGroup):
+    """One pipeline parameter; ``kind`` says which of the value fields is used."""
+
+    kind: StringProperty()
+    advanced: BoolProperty()
+    choices: StringProperty()
+    int_value: IntProperty()
+    float_value: FloatProperty(precision=3)
+    string_value: StringProperty()
+    bool_value: BoolProperty()
+    choice_value: EnumProperty(items=_choice_items)
+
+    @property
+    def value_field(self) -> str:
+        if self.kind == "str" and self.choices:
+            return "choice_value"
+        return {"int": "int_value", "float": "float_value", "bool": "bool_value"}.get(self.kind, "string_value")
+
+    @property
+    def value(self) -> Any:
+        return getattr(self, self.value_field)
+
+    def set(self, value: Any) -> None:
+        if value is not None:
+            setattr(self, self.value_field, value)
+
+
+def _on_pipeline_change(self, context):
+    sync_params(self)
+
+
+class HY3D_GenerationInputs(bpy.types.PropertyGroup):
+    pipeline: EnumProperty(name="Model", items=_pipeline_items, update=_on_pipeline_change)
+    source: EnumProperty(name="Input", items=(("IMAGE", "Image", "Make the object shown in a picture"),
+                                              ("TEXT", "Text", "Describe the object in words")))
+    image_path: StringProperty(name="Image", subtype="FILE_PATH", description="PNG or JPEG of the object")
+    prompt: StringProperty(name="Prompt", description="What to make, e.g. a wooden chair")
+    params: CollectionProperty(type=HY3D_ParamValue)
+    show_advanced: BoolProperty(name="Advanced")
+
+    def pipeline_info(self) -> dict[str, Any] | None:
+        session = app.session
+        return next((p for p in (session.pipelines() if session else []) if p["name"] == self.pipeline), None)
+
+    def request(self) -> GenerationRequest:
+        params = {p.name: p.value for p in self.params}
+        if self.source == "IMAGE":
+            return GenerationRequest(self.pipeline, params, image_path=bpy.path.abspath(self.image_path))
+        return GenerationRequest(self.pipeline, params, text=self.prompt)
+
+
+def sync_params(inputs: HY3D_GenerationInputs) -> None:
+    """Rebuild the parameter fields for the chosen pipeline, keeping values of parameters it shares with the last one."""
+    info = inputs.pipeline_info()
+    kept = {p.name: (p.kind, p.value) for p in inputs.params}
+    inputs.params.clear()
+    if info is None:
+        return
+    for spec in info.get("params", []):
+        item = inputs.params.add()
+        item.name, item.kind, item.advanced = spec["name"], spec["type"], bool(spec.get("advanced"))
+        item.choices = "\n".join(spec.get("choices") or ())
+        old = kept.get(spec["name"])
+        item.set(old[1] if old and old[0] == item.kind else spec.get("default"))
+    accepted = info.get("inputs", [])
+    if inputs.source == "IMAGE" and "image" not in accepted and "text" in accepted:
+        inputs.source = "TEXT"
+    elif inputs.source == "TEXT" and "text" not in accepted and "image" in accepted:
+        inputs.source = "IMAGE"
+
+
+classes = (HY3D_ParamValue, HY3D_GenerationInputs)
+
+
+def register() -> None:
+    bpy.types.WindowManager.hy3d = bpy.props.PointerProperty(type=HY3D_GenerationInputs)
+
+
+def unregister() -> None:
+    del bpy.types.WindowManager.hy3d

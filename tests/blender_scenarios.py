@@ -1,0 +1,298 @@
+"""Scenarios that run inside a fresh Blender (the bpy module), one per process.
+
+Usage: python blender_scenarios.py NAME CONFIG_JSON. The caller (addon_support.run_scenario)
+points Blender's user folders at a temporary place first. Each scenario installs the built
+zip through Blender's extension machinery, drives the add-on through its operators and
+``pump``, and prints one line of JSON facts for the test to check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+import bpy
+
+PACKAGE = "bl_ext.user_default.hunyuan3d_blender"
+RESULT_PREFIX = "SCENARIO-RESULT "
+TIMEOUT_S = 60.0
+
+
+def install(config: dict) -> None:
+    result = bpy.ops.extensions.package_install_files(filepath=config["zip"], repo="user_default", enable_on_install=True)
+    assert result == {"FINISHED"}, result
+    assert PACKAGE in bpy.context.preferences.addons
+
+
+def addon_module(name: str):
+    return sys.modules[f"{PACKAGE}.{name}"]
+
+
+def configure(config: dict, **overrides) -> None:
+    prefs = bpy.context.preferences.addons[PACKAGE].preferences
+    prefs.connection = "LAUNCH"
+    prefs.python_path = sys.executable
+    prefs.extra_args = "--pipelines-from fixture_pipelines"
+    prefs.extra_pythonpath = config["tests"]
+    prefs.output_dir = os.path.join(config["workdir"], "outputs")
+    prefs.device = "cpu"
+    for key, value in overrides.items():
+        setattr(prefs, key, value)
+
+
+def pump_until(condition, timeout: float = TIMEOUT_S, on_pump=None) -> None:
+    app = addon_module("app")
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting; session phase {app.session.phase}, job {app.session.job}, "
+                               f"last {app.session.last}, problem {app.session.problem}")
+        app.pump()
+        if on_pump is not None:
+            on_pump()
+        time.sleep(0.005)
+
+
+def connect() -> None:
+    app = addon_module("app")
+    assert bpy.ops.hy3d.connect() == {"FINISHED"}
+    pump_until(lambda: app.session.phase.value != "starting")
+    assert app.session.phase.value == "ready", app.session.problem
+
+
+def set_inputs(source: str = "TEXT", image: str = "", **params) -> None:
+    inputs = bpy.context.window_manager.hy3d
+    inputs.pipeline = "test-shape"
+    inputs.source = source
+    inputs.prompt = "a small round stone"
+    inputs.image_path = image
+    for name, value in params.items():
+        inputs.params[name].set(value)
+
+
+def generate_and_wait(seen: list | None = None) -> None:
+    app = addon_module("app")
+    assert bpy.ops.hy3d.generate() == {"FINISHED"}
+
+    def record() -> None:
+        if seen is not None and app.session.job is not None:
+            text = app.session.job.progress_text()
+            if not seen or seen[-1] != text:
+                seen.append(text)
+
+    pump_until(lambda: app.session.job is None, on_pump=record)
+
+
+def write_png(path: str, width: int = 8, height: int = 8) -> None:
+    rows = b"".join(b"\x00" + b"".join(bytes((x * 30, y * 30, 128)) for x in range(width)) for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    with open(path, "wb") as f:
+        f.write(png)
+
+
+def object_facts(obj) -> dict:
+    mesh = obj.data
+    count = len(mesh.vertices)
+    positions = [0.0] * (3 * count)
+    mesh.attributes["position"].data.foreach_get("vector", positions)
+    colors = mesh.color_attributes.active_color
+    values = [0.0] * (4 * count)
+    colors.data.foreach_get("color", values)
+    material = mesh.materials[0] if mesh.materials else None
+    color_nodes = [n.layer_name for n in material.node_tree.nodes if n.bl_idname == "ShaderNodeVertexColor"] if material else []
+    return {
+        "name": obj.name, "vertices": count, "faces": len(mesh.polygons), "positions": positions,
+        "colors": values, "color_name": colors.name, "color_domain": colors.domain, "color_type": colors.data_type,
+        "material_color_nodes": color_nodes, "location": list(obj.location), "selected": obj.select_get(),
+        "active": bpy.context.view_layer.objects.active == obj,
+        "collections": [c.name for c in obj.users_collection], "smooth": all(p.use_smooth for p in mesh.polygons),
+        "invalid": mesh.validate(), "triangles_only": all(p.loop_total == 3 for p in mesh.polygons),
+    }
+
+
+# -- scenarios ------------------------------------------------------------------------------------
+
+
+def scenario_generate(config: dict) -> dict:
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    image = os.path.join(config["workdir"], "input.png")
+    write_png(image)
+    set_inputs("IMAGE", image, steps=12, subdivisions=3, radius=0.75, seed=7)
+    target = bpy.data.collections.new("Target")
+    bpy.context.scene.collection.children.link(target)
+    layer = bpy.context.view_layer.layer_collection.children["Target"]
+    bpy.context.view_layer.active_layer_collection = layer
+    bpy.context.scene.cursor.location = (1.0, -2.0, 0.5)
+    bpy.data.objects["Cube"].select_set(True)
+    before = set(bpy.data.objects.keys())
+    seen: list[str] = []
+    generate_and_wait(seen)
+    assert app.session.last.kind == "result", app.session.last
+    created = sorted(set(bpy.data.objects.keys()) - before)
+    obj = bpy.data.objects[created[0]]
+    facts = {"created": created, "progress": seen, "outcome": app.session.last.message,
+             "object": object_facts(obj), "cube_selected": bpy.data.objects["Cube"].select_get(),
+             "history": [e.label for e in app.session.history],
+             "import_operator_options": sorted(bpy.types.HY3D_OT_import_result.bl_options),
+             "saved": app.session.history[0].result.get("saved")}
+    bpy.context.scene.cursor.location = (0.0, 0.0, 3.0)
+    bpy.ops.hy3d.import_result(index=0)
+    again = bpy.context.view_layer.objects.active
+    facts["reimported"] = {"name": again.name, "location": list(again.location), "vertices": len(again.data.vertices),
+                           "objects": len(bpy.data.objects)}
+    return facts
+
+
+def scenario_cancel(config: dict) -> dict:
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    set_inputs(steps=400, step_delay=0.05)
+    before = len(bpy.data.objects)
+    assert bpy.ops.hy3d.generate() == {"FINISHED"}
+    pump_until(lambda: app.session.job is not None and app.session.job.stage == "shape" and (app.session.job.step or 0) >= 2)
+    started = time.monotonic()
+    assert bpy.ops.hy3d.cancel() == {"FINISHED"}
+    pump_until(lambda: app.session.job is None)
+    facts = {"outcome": [app.session.last.kind, app.session.last.message], "objects_added": len(bpy.data.objects) - before,
+             "cancel_seconds": time.monotonic() - started, "phase": app.session.phase.value}
+    set_inputs(steps=2, step_delay=0.0)
+    generate_and_wait()
+    facts["after"] = [app.session.last.kind, len(bpy.data.objects) - before]
+    return facts
+
+
+def scenario_backend_killed(config: dict) -> dict:
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    first_pid = app.session.backend_pid
+    set_inputs(steps=400, step_delay=0.05)
+    assert bpy.ops.hy3d.generate() == {"FINISHED"}
+    pump_until(lambda: app.session.job is not None and app.session.job.stage == "shape")
+    os.kill(first_pid, signal.SIGKILL)
+    pump_until(lambda: app.session.job is None)
+    facts = {"outcome": [app.session.last.kind, app.session.last.message, app.session.last.hint],
+             "phase": app.session.phase.value, "problem": [app.session.problem.message, app.session.problem.hint]}
+    connect()
+    facts["second_pid_differs"] = app.session.backend_pid not in (None, first_pid)
+    set_inputs(steps=2, step_delay=0.0)
+    generate_and_wait()
+    facts["after_restart"] = app.session.last.kind
+    return facts
+
+
+def scenario_disable(config: dict) -> dict:
+    install(config)
+    configure(config)
+    fds_before = socket_count()
+    threads_before = {t.name for t in threading.enumerate()}
+    connect()
+    app = addon_module("app")
+    session = app.session
+    pid = session.backend_pid
+    set_inputs(steps=400, step_delay=0.05)
+    assert bpy.ops.hy3d.generate() == {"FINISHED"}
+    pump_until(lambda: app.session.job is not None and app.session.job.stage == "shape")
+    tick = app._tick
+    bpy.ops.preferences.addon_disable(module=PACKAGE)
+    facts = {"enabled": PACKAGE in bpy.context.preferences.addons, "timer": bpy.app.timers.is_registered(tick),
+             "threads": sorted({t.name for t in threading.enumerate()} - threads_before),
+             "session_threads": session.threads_alive(), "sockets": socket_count() - fds_before,
+             "backend_alive": process_alive(pid), "hy3d_registered": hasattr(bpy.types, "HY3D_OT_generate")}
+    bpy.ops.preferences.addon_enable(module=PACKAGE)
+    configure(config)
+    connect()
+    facts["reenabled"] = addon_module("app").session.phase.value
+    return facts
+
+
+def scenario_launch_errors(config: dict) -> dict:
+    install(config)
+    app = addon_module("app")
+    facts = {}
+    for label, python in (("missing", os.path.join(config["workdir"], "no-such-python")), ("bare", config["bare_python"])):
+        configure(config, python_path=python)
+        bpy.ops.hy3d.connect()
+        pump_until(lambda: app.session.phase.value != "starting")
+        facts[label] = [app.session.phase.value, app.session.problem.message, app.session.problem.hint]
+    return facts
+
+
+def scenario_attach(config: dict) -> dict:
+    install(config)
+    app = addon_module("app")
+    facts = {}
+    for label, token in (("wrong", "not-the-token-at-all"), ("right", config["token"])):
+        configure(config, connection="ATTACH", host="127.0.0.1", port=config["port"], token=token)
+        bpy.ops.hy3d.test_connection()
+        pump_until(lambda: app.session.phase.value != "starting")
+        facts[label] = {"phase": app.session.phase.value,
+                        "problem": app.session.problem.message if app.session.problem else None}
+    pump_until(lambda: app.session.status is not None)
+    summary = addon_module("session").device_summary({**app.session.welcome, **app.session.status})
+    facts["summary"] = summary
+    facts["backend_pid"] = app.session.backend_pid
+    bpy.ops.hy3d.disconnect()
+    return facts
+
+
+def scenario_legacy(config: dict) -> dict:
+    result = bpy.ops.preferences.addon_install(filepath=config["zip"])
+    import addon_utils
+
+    addon_utils.enable("hunyuan3d_blender", default_set=True)
+    enabled = "hunyuan3d_blender" in bpy.context.preferences.addons
+    protocol = sys.modules["hunyuan3d_blender.backend.protocol"]
+    return {"install": sorted(result), "enabled": enabled, "protocol_file": protocol.__file__,
+            "generate_operator": hasattr(bpy.types, "HY3D_OT_generate")}
+
+
+def socket_count() -> int:
+    fd_dir = "/proc/self/fd"
+    count = 0
+    for fd in os.listdir(fd_dir):
+        try:
+            count += os.readlink(os.path.join(fd_dir, fd)).startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by us) counts as gone
+    status = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return bool(status) and not status.startswith("Z")
+
+
+def main() -> None:
+    name, config = sys.argv[1], json.loads(sys.argv[2])
+    facts = globals()[f"scenario_{name}"](config)
+    print(RESULT_PREFIX + json.dumps(facts), flush=True)
+    if PACKAGE in bpy.context.preferences.addons:
+        bpy.ops.preferences.addon_disable(module=PACKAGE)
+
+
+if __name__ == "__main__":
+    main()
