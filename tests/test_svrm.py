@@ -19,6 +19,7 @@ from backend.memory import MemoryManager, WeightsError
 from backend.pipelines.base import JobContext, JobRequest
 from backend.pipelines.hunyuan3d_v1.svrm import SVRM, SVRMConfig
 from backend.pipelines.hunyuan3d_v1.svrm.cameras import svrm_cameras
+from backend.pipelines.hunyuan3d_v1.svrm.layers import attention
 from backend.pipelines.hunyuan3d_v1.svrm.loading import component_bytes, load_component, read_config, save_checkpoint
 from backend.pipelines.hunyuan3d_v1.svrm.preprocess import prepare_inputs, split_view_grid
 from backend.pipelines.hunyuan3d_v1.svrm.synthesizer import PLANE_AXES
@@ -65,6 +66,14 @@ def test_camera_vectors_match_the_reference_values():
     np.testing.assert_allclose(cameras[1, :8].numpy(), [-0.866025, 0, 0.5, 0.75, 0.5, 0, 0.866025, 1.299038], atol=1e-5)
     np.testing.assert_allclose(cameras[4, :8].numpy(), [0.866025, 0, -0.5, -0.75, -0.5, 0, -0.866025, -1.299038], atol=1e-5)
     assert torch.all(cameras[6] == 0)
+
+
+def test_attention_in_query_slices_equals_whole():
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, n, 8, generator=generator) for n in (37, 50, 50))
+    whole = attention(q, k, v)
+    torch.testing.assert_close(attention(q, k, v, max_score_elements=2 * 50 * 5), whole)
+    torch.testing.assert_close(attention(q, k, v, max_score_elements=1), whole)
 
 
 def test_std_grid_is_split_into_views_in_azimuth_order():
@@ -152,7 +161,9 @@ def test_loading_rejects_a_checkpoint_that_does_not_fit(tmp_path):
         load_component(tmp_path / "reshaped.safetensors", "triplane", config)
 
 
-def sphere_svrm(radius: float = 0.3, centre: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> SVRM:
+def sphere_svrm(
+    radius: float = 0.3, centre: tuple[float, float, float] = (0.0, 0.0, 0.0), config: SVRMConfig | None = None
+) -> SVRM:
     """A tiny SVRM whose SDF, whatever the images, is a sphere-like surface around ``centre``.
 
     The transformer blocks' residual branches are zeroed, so the triplane is the upsampled
@@ -161,9 +172,10 @@ def sphere_svrm(radius: float = 0.3, centre: tuple[float, float, float] = (0.0, 
     the upsampler turns them into, at every texel, f = -(cos(a (u - cu)) + cos(a (v - cv))) / 2
     with a = pi/2 / half-box. Summed over the three planes that is -(cos(a (x - cx)) + cos(a
     (y - cy)) + cos(a (z - cz))), which the MLP shifts so its zero level passes through
-    ``radius`` on the axes through the centre. Colour is a constant orange.
+    ``radius`` on the axes through the centre. Colour is a constant orange. ``config`` defaults
+    to the tiny one; the GPU benchmark builds the full-size model the same way.
     """
-    config = SVRMConfig.tiny()
+    config = config or SVRMConfig.tiny()
     model = SVRM(config).eval()
     transformer = config.transformer
     side, up, width = transformer.plane_tokens, transformer.upsample, transformer.width

@@ -130,6 +130,7 @@ class SVRMPipeline(Pipeline):
                 return modules[COMPONENTS["encoder"]](images.to(device, dtype), cameras.to(device, dtype))
 
         context = memory.run_stage("encode", [COMPONENTS["encoder"]], encode, report=ctx.note)
+        ctx.progress("encode", 1, 1)
         ctx.progress("triplane", 0, 1, "building the triplane")
 
         def build_triplane(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
@@ -138,7 +139,7 @@ class SVRMPipeline(Pipeline):
                 return modules[COMPONENTS["triplane"]](context.to(dtype))
 
         triplane = memory.run_stage("triplane", [COMPONENTS["triplane"]], build_triplane, report=ctx.note)
-        ctx.progress("mesh", 0, 1, "extracting the surface")
+        ctx.progress("triplane", 1, 1)
 
         def extract(modules: dict[str, torch.nn.Module]):
             synthesizer = modules[COMPONENTS["synthesizer"]]

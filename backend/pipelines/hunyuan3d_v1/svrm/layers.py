@@ -11,11 +11,17 @@ from torch import nn
 MPS_SCORE_ELEMENTS = 1 << 27
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention over (batch, heads, tokens, head_dim) tensors, scaled by head_dim^-0.5."""
-    if q.device.type != "mps":
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_score_elements: int | None = None) -> torch.Tensor:
+    """Softmax attention over (batch, heads, tokens, head_dim) tensors, scaled by head_dim^-0.5.
+
+    With ``max_score_elements`` (the default on MPS) the queries go in slices whose score
+    matrices hold at most that many elements.
+    """
+    if max_score_elements is None and q.device.type == "mps":
+        max_score_elements = MPS_SCORE_ELEMENTS
+    if max_score_elements is None:
         return F.scaled_dot_product_attention(q, k, v)
-    rows = max(1, MPS_SCORE_ELEMENTS // (q.shape[0] * q.shape[1] * k.shape[2]))
+    rows = max(1, max_score_elements // (q.shape[0] * q.shape[1] * k.shape[2]))
     return torch.cat([F.scaled_dot_product_attention(part, k, v) for part in q.split(rows, dim=2)], dim=2)
 
 
