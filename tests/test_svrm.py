@@ -278,8 +278,9 @@ def test_pipeline_needs_both_inputs_and_says_how_to_get_the_weights(tmp_path):
     assert not report.ready
     assert report.download == f'hf download tencent/Hunyuan3D-1 --include "svrm/*" --local-dir "{tmp_path}"'
     with pytest.raises(BackendError) as missing_image:
-        pipeline.validate(JobRequest(pipeline.name, {}, images={"views": b"..."}))
+        pipeline.validate(JobRequest(pipeline.name, {}, images={"views": png(Image.new("RGB", (64, 96)))}))
     assert missing_image.value.code == ErrorCode.BAD_INPUT
+    assert "condition image" in missing_image.value.message
     with pytest.raises(BackendError) as missing_weights:
         pipeline.run(views_request(pipeline), JobContext(lambda event: None, lambda: False, SimpleNamespace(memory=MemoryManager())))
     assert missing_weights.value.code == ErrorCode.WEIGHTS_MISSING

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # On MPS, scaled_dot_product_attention may hold the whole score matrix; the triplane's
-# 12288 x 12288 self-attention would need ~9 GiB per head group, so queries go in slices.
+# 12288 x 12288 self-attention over 16 heads would need ~9 GiB in float32, so queries go in slices.
 MPS_SCORE_ELEMENTS = 1 << 27
 
 
