@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where model weights live: resident (all on the GPU), stage (only the running stage), "
                             "stream (block by block), cpu; auto picks from free memory (default)")
         p.add_argument("--save-memory", action="store_true", help="same as --memory stage (Hunyuan3D-1's flag)")
+        p.add_argument("--precision", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
+                       help="compute precision on the accelerator; auto follows the release precision where the device "
+                            "supports it (the CPU always computes in float32 unless bfloat16 is native and asked for)")
         p.add_argument("--weights", metavar="DIR", help="folder with the model weights (default: the Hugging Face cache)")
         p.add_argument("--pipelines-from", metavar="MODULE", action="append", default=[],
                        help="import MODULE, which registers extra pipelines (for plug-ins and tests); repeatable")
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 def _runtime(args: argparse.Namespace):
     from .runtime import Runtime
 
-    return Runtime.create(device=args.device, memory=args.memory)
+    return Runtime.create(device=args.device, memory=args.memory, precision=args.precision)
 
 
 def _pipeline_catalogue(weights_dir: str | None) -> list[dict[str, Any]]:

@@ -48,9 +48,9 @@ class ErrorCode:
     UNKNOWN_JOB = "unknown_job"
     BUSY = "busy"
     WEIGHTS_MISSING = "weights_missing"
+    WEIGHTS_CORRUPT = "weights_corrupt"  # present but truncated, damaged or of the wrong layout
     OUT_OF_MEMORY = "out_of_memory"
     JOB_FAILED = "job_failed"
-    OUTPUT_FAILED = "output_failed"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
 

@@ -92,8 +92,8 @@ class ClientSession:
                     message = reader.read()
                 except ProtocolError as exc:
                     self.send(exc.to_header())
-                    if exc.fatal:
-                        break
+                    if exc.fatal or not self.authenticated:
+                        break  # before the handshake, anything that isn't our protocol costs the connection
                     continue
                 if not self.handle(message):
                     break
@@ -130,7 +130,7 @@ class ClientSession:
                 return False
         except ProtocolError as exc:
             self.send({**exc.to_header(), **ref})
-            return not exc.fatal
+            return self.authenticated and not exc.fatal
         except BackendError as exc:
             self.send({**error_header(exc.code, exc.message, exc.hint), **ref})
         return True

@@ -7,13 +7,13 @@ progress per step, cancellation between steps, results, errors.
 
 from __future__ import annotations
 
-import io
 import time
 
 import numpy as np
 
 from backend import pipelines
 from backend.errors import BackendError
+from backend.images import decode_image, encode_png
 from backend.mesh import Mesh
 from backend.pipelines.base import MAX_FACES, SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput
 
@@ -68,13 +68,7 @@ class TestShapePipeline(Pipeline):
         ctx.progress("prepare", 0, 1)
         images = {}
         if "image" in request.images:
-            from PIL import Image
-
-            picture = Image.open(io.BytesIO(request.images["image"]))
-            picture.load()
-            buf = io.BytesIO()
-            picture.convert("RGBA").save(buf, format="PNG")
-            images["input"] = buf.getvalue()
+            images["input"] = encode_png(decode_image(request.images["image"]).convert("RGBA"))
         ctx.progress("prepare", 1, 1)
         for step in range(p["steps"]):
             if step == p["fail_at_step"]:

@@ -283,3 +283,53 @@ def test_no_torch_needed_to_answer_help():
     code = "import sys, backend.cli, backend.protocol; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=backend_env(Path(os.getcwd())), timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_garbage_before_the_handshake_costs_the_connection(backend):
+    client = Client(backend.port)
+    client.sock.sendall(struct.pack(">I", 4) + b"\x00\x01\x02\x03")
+    assert client.read().header["code"] == ErrorCode.BAD_JSON
+    with pytest.raises((ConnectionClosed, OSError)):
+        client.read()
+
+
+@pytest.mark.parametrize(
+    "data, hint",
+    [
+        (b"this is not a picture", "PNG"),
+        (None, "scale the picture down"),
+    ],
+)
+def test_bad_pictures_are_refused_at_submit(backend, data, hint):
+    from io import BytesIO
+
+    from PIL import Image
+
+    if data is None:  # a decompression bomb: tiny file, huge pixel count
+        png = BytesIO()
+        Image.new("1", (10000, 10000)).save(png, format="PNG")
+        data = png.getvalue()
+        assert len(data) < 100_000
+    client = backend.client()
+    reply = client.request({"op": "submit", "pipeline": "test-shape"}, [Buffer.from_bytes("image", data)]).header
+    assert reply["code"] == ErrorCode.BAD_INPUT and hint in reply["hint"]
+    assert client.request({"op": "ping"}).op == "pong"
+
+
+def test_cancel_storm_leaves_the_backend_consistent(backend):
+    client = backend.client()
+    jobs = [submit(client, steps=20, step_delay=0.005) for _ in range(10)]
+    for job in jobs:
+        client.send({"op": "cancel", "job": job})
+        client.send({"op": "cancel", "job": job})
+    endings = {}
+    while len(endings) < len(jobs):
+        message = client.read()
+        if message.op in ("result", "cancelled", "error") and "job" in message.header:
+            assert message.header["job"] not in endings, "a job ended twice"
+            endings[message.header["job"]] = message.op
+    assert set(endings) == set(jobs)
+    status = client.request({"op": "status"}).header
+    assert status["queue"] == [] and status["running"] is None
+    result, _ = client.until_done(submit(client, steps=1))
+    assert result.op == "result"

@@ -38,7 +38,7 @@ class WeightsError(BackendError):
     """A weights file is unreadable, truncated, or does not match the model it should fill."""
 
     def __init__(self, path: str | os.PathLike[str], problem: str, hint: str = "delete the file and download it again"):
-        super().__init__(ErrorCode.WEIGHTS_MISSING, f"{os.fspath(path)}: {problem}", hint)
+        super().__init__(ErrorCode.WEIGHTS_CORRUPT, f"{os.fspath(path)}: {problem}", hint)
 
 
 class MappedFile:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..errors import BackendError, JobCancelled
+from ..images import open_image
 from ..protocol import ErrorCode
 
 if TYPE_CHECKING:
@@ -171,6 +172,8 @@ class Pipeline:
         extra = sorted(given - set(self.inputs))
         if extra:
             raise BackendError(ErrorCode.BAD_INPUT, f"{self.name} does not take {', '.join(extra)}", hint="inputs: " + ", ".join(self.inputs))
+        for name, data in request.images.items():
+            open_image(data, name)
         if not given & set(self.requires_one_of):
             raise BackendError(
                 ErrorCode.BAD_INPUT,
