@@ -275,6 +275,10 @@ class TerminalProgress:
         self.stage = None
 
 
+def _gib(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**30:.1f} GiB"
+
+
 # -- doctor -----------------------------------------------------------------------------------
 
 
@@ -291,9 +295,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return 0
     out = [f"{SERVER_NAME} {__version__} (protocol {PROTOCOL_VERSION}), Python {report['backend']['python']}", "", "Devices:"]
     for dev in report["devices"]:
-        details = ", ".join(f"{k}={v}" for k, v in dev.items() if k not in ("name", "kind"))
-        out.append(f"  {dev['kind']:<5} {dev['name']}  ({details})")
-    out += ["", "Memory:"] + [f"  {k}: {v}" for k, v in report["memory"].items()]
+        marker = "*" if dev.get("selected") else " "
+        memory = f"{_gib(dev.get('free_bytes'))} free of {_gib(dev.get('total_bytes'))}"
+        extra = [f"compute capability {dev['compute_capability']}"] if dev.get("compute_capability") else []
+        extra += [f"{dev['cores']} cores"] if dev.get("cores") else []
+        out.append(f" {marker} {dev['device']:<7} {dev['name']}: {memory}; " + ", ".join(extra + [f"computes in {dev.get('compute_dtype')}"]))
+    memory = report["memory"]
+    out += ["", f"Memory: mode {memory['mode']} ({memory['why']})",
+            f"  precision: float16 weights compute in {memory['precision']['float16_components_compute_in']} "
+            f"({memory['precision']['why']})"]
     out += ["", "Models:"]
     for p in report["pipelines"]:
         w = p["weights"]
