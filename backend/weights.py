@@ -55,28 +55,23 @@ def find_in_hf_cache(file: WeightFile, cache_dir: str | Path | None = None) -> P
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
-def locate(file: WeightFile, weights_dir: str | None, cache_dir: str | Path | None = None) -> tuple[Path | None, WeightsReport]:
-    """Where ``file`` is, and the report ``check_weights`` returns for it."""
+def find(file: WeightFile, weights_dir: str | None, cache_dir: str | Path | None = None) -> Path | None:
+    """The file in ``weights_dir`` if given and there, else in the Hugging Face cache; unchecked."""
     path = find_in_folder(file, weights_dir) if weights_dir else None
+    return path if path is not None else find_in_hf_cache(file, cache_dir)
+
+
+def locate(file: WeightFile, weights_dir: str | None, cache_dir: str | Path | None = None) -> tuple[Path | None, WeightsReport]:
+    """Where ``file`` is (None when absent or unreadable), and the report ``check_weights`` returns for it."""
+    path = find(file, weights_dir, cache_dir)
+    download = file.download_command(weights_dir)
     if path is None:
-        path = find_in_hf_cache(file, cache_dir)
-    if path is not None:
-        problem = unreadable_reason(path)
-        if problem is None:
-            return path, WeightsReport(ready=True, where=str(path))
-        return None, WeightsReport(
-            ready=False,
-            where=str(path),
-            missing=[f"{file.path} ({problem})"],
-            download=file.download_command(weights_dir),
-        )
-    searched = f"{weights_dir} and the Hugging Face cache" if weights_dir else "the Hugging Face cache"
-    return None, WeightsReport(
-        ready=False,
-        where=f"searched {searched}",
-        missing=[f"{file.repo_id}: {file.path}"],
-        download=file.download_command(weights_dir),
-    )
+        searched = f"{weights_dir} and the Hugging Face cache" if weights_dir else "the Hugging Face cache"
+        return None, WeightsReport(ready=False, where=f"searched {searched}", missing=[f"{file.repo_id}: {file.path}"], download=download)
+    problem = unreadable_reason(path)
+    if problem is not None:
+        return None, WeightsReport(ready=False, where=str(path), missing=[f"{file.path} ({problem})"], download=download)
+    return path, WeightsReport(ready=True, where=str(path))
 
 
 def unreadable_reason(path: Path) -> str | None:
@@ -92,8 +87,11 @@ def unreadable_reason(path: Path) -> str | None:
 
 
 def require(file: WeightFile, weights_dir: str | None, cache_dir: str | Path | None = None) -> Path:
-    """The file's path, or a WEIGHTS_MISSING error carrying the download command."""
+    """The file's path, or a WEIGHTS_MISSING / WEIGHTS_CORRUPT error carrying the download command."""
     path, report = locate(file, weights_dir, cache_dir)
-    if path is None:
+    if path is not None:
+        return path
+    if find(file, weights_dir, cache_dir) is None:
         raise BackendError(ErrorCode.WEIGHTS_MISSING, f"missing {', '.join(report.missing)} ({report.where})", hint=report.download)
-    return path
+    raise BackendError(ErrorCode.WEIGHTS_CORRUPT, f"{report.where}: {', '.join(report.missing)}",
+                       hint=f"delete it and download it again: {report.download}")

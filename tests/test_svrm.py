@@ -25,6 +25,7 @@ from backend.pipelines.hunyuan3d_v1.svrm.preprocess import prepare_inputs, split
 from backend.pipelines.hunyuan3d_v1.svrm.synthesizer import PLANE_AXES
 from backend.pipelines.hunyuan3d_v1.svrm_pipeline import COMPONENTS, SVRMPipeline
 from backend.protocol import ErrorCode
+from backend.weights import SVRM_WEIGHTS, require
 
 MANIFEST = Path(__file__).parent / "data" / "svrm_state_dict.json"
 OFFICIAL_PARAMETERS = 458_688_965
@@ -303,3 +304,6 @@ def test_weights_are_found_in_the_hugging_face_cache(hf_cache):
     report = SVRMPipeline().check_weights()
     assert not report.ready and "unreadable" in report.missing[0]
     assert report.download == 'hf download tencent/Hunyuan3D-1 --include "svrm/*"'
+    with pytest.raises(BackendError) as corrupt:
+        require(SVRM_WEIGHTS, None)
+    assert corrupt.value.code == ErrorCode.WEIGHTS_CORRUPT and "hf download" in corrupt.value.hint

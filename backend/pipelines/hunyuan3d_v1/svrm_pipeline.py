@@ -14,10 +14,10 @@ Each model part is a memory-manager component, so ``stage`` and ``stream`` modes
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BackendError
+from ...images import decode_image
 from ...protocol import ErrorCode
 from ...weights import SVRM_WEIGHTS, locate, require
 from .. import register
@@ -25,8 +25,6 @@ from ..base import MAX_FACES, JobContext, JobRequest, Param, Pipeline, PipelineO
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from PIL import Image
 
     from .svrm import SVRMConfig
 
@@ -47,17 +45,6 @@ BYTES_PER_QUERY_POINT = 4096
 QUERY_BUDGET_BYTES = 1 << 30
 # Memory-manager component name of each SVRM part.
 COMPONENTS = {"encoder": "svrm.encoder", "triplane": "svrm.triplane", "synthesizer": "svrm.synthesizer"}
-
-
-def decode_image(data: bytes, name: str) -> Image.Image:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise BackendError(ErrorCode.BAD_INPUT, f"the {name} input is not a readable image: {exc}", hint="send a PNG or JPEG") from None
-    return image
 
 
 @register
