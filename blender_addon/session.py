@@ -450,7 +450,12 @@ class Session:
         elif op == "result" and mesh is not None:
             self.history.appendleft(HistoryEntry(job.label, mesh, header))
             self.job = None
-            name = self._import_result(0)
+            try:
+                name = self._import_result(0)
+            except (RuntimeError, MemoryError, ValueError) as exc:  # raising here would stop Blender's timer for good
+                self.last = Outcome("error", f"The mesh arrived but could not be imported: {exc}",
+                                    "it is kept in History; import it from there")
+                return True
             seconds = header.get("timings", {}).get("total", 0.0)
             self.last = Outcome("result", f"{name}: {mesh.vertex_count:,} vertices, {mesh.face_count:,} faces "
                                           f"in {seconds:.1f} s")

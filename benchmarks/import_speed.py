@@ -1,0 +1,160 @@
+"""How fast a generated mesh reaches the scene, and how light the add-on's pump is.
+
+    python benchmarks/import_speed.py            (Python 3.11 with the bpy wheel, like the tests)
+
+1. A 1,000,000-triangle mesh with per-vertex colours, as the backend sends it (Y up,
+   float32 positions, int32 faces, float32 RGBA), goes from raw arrays to a linked,
+   coloured object through the add-on's importer, and through the Hunyuan3D-2 add-on's path
+   (write the mesh as GLB, then ``bpy.ops.import_scene.gltf``), in the same process.
+2. The add-on, installed from the zip build.py makes, runs a 200-step job on a real backend
+   (the test pipeline) while every ``pump()`` call is timed.
+Blender's user folders point at a temporary directory for the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "bl_ext.user_default.hunyuan3d_blender"
+
+
+def grid_mesh(rows: int, cols: int):
+    """A wavy height field of ``2 * rows * cols`` triangles with colours, Y up like the backend's output."""
+    import numpy as np
+
+    u, v = np.meshgrid(np.linspace(-1, 1, cols + 1, dtype=np.float32), np.linspace(-1, 1, rows + 1, dtype=np.float32))
+    height = 0.1 * np.sin(6 * u) * np.cos(4 * v)
+    positions = np.stack([u, height, v], axis=-1).reshape(-1, 3)
+    index = np.arange((rows + 1) * (cols + 1), dtype=np.int32).reshape(rows + 1, cols + 1)
+    a, b, c, d = index[:-1, :-1], index[:-1, 1:], index[1:, :-1], index[1:, 1:]
+    faces = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])
+    colors = np.empty((len(positions), 4), dtype=np.float32)
+    colors[:, 0] = (u.reshape(-1) + 1) / 2
+    colors[:, 1] = (v.reshape(-1) + 1) / 2
+    colors[:, 2] = height.reshape(-1) * 5 + 0.5
+    colors[:, 3] = 1.0
+    return positions, np.ascontiguousarray(faces), colors
+
+
+def remove_object(obj) -> None:
+    import bpy
+
+    mesh = obj.data
+    bpy.data.objects.remove(obj)
+    bpy.data.meshes.remove(mesh)
+
+
+def time_direct(arrays: dict, repeats: int) -> list[float]:
+    import bpy
+
+    meshdata, importer = sys.modules[f"{PACKAGE}.meshdata"], sys.modules[f"{PACKAGE}.importer"]
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        obj = importer.build_object(bpy.context, meshdata.from_wire(arrays, "y_up"), "Direct")
+        times.append(time.perf_counter() - started)
+        assert len(obj.data.polygons) == len(arrays["faces"]) and obj.data.color_attributes.active_color is not None
+        remove_object(obj)
+    return times
+
+
+def time_glb(arrays: dict, repeats: int, folder: str) -> list[float]:
+    import bpy
+
+    sys.path.insert(0, str(ROOT))
+    from backend.mesh import Mesh
+    from backend.mesh.export import encode_glb
+
+    times = []
+    for i in range(repeats):
+        path = os.path.join(folder, f"mesh-{i}.glb")
+        before = set(bpy.data.objects)
+        started = time.perf_counter()
+        with open(path, "wb") as f:
+            f.write(encode_glb(Mesh(arrays["positions"], arrays["faces"], arrays["colors"])))
+        bpy.ops.import_scene.gltf(filepath=path)
+        times.append(time.perf_counter() - started)
+        for obj in set(bpy.data.objects) - before:
+            remove_object(obj)
+    return times
+
+
+def time_pump(steps: int, step_delay: float, folder: str) -> tuple[list[float], float]:
+    """Durations of every pump() while the job streams progress, and of the tick that imports the result."""
+    import bpy
+
+    app = sys.modules[f"{PACKAGE}.app"]
+    prefs = bpy.context.preferences.addons[PACKAGE].preferences
+    prefs.python_path = sys.executable
+    prefs.extra_args = "--pipelines-from fixture_pipelines"
+    prefs.extra_pythonpath = str(ROOT / "tests")
+    prefs.output_dir = os.path.join(folder, "outputs")
+    bpy.ops.hy3d.connect()
+    while app.session.phase.value == "starting":
+        app.pump()
+        time.sleep(0.01)
+    assert app.session.phase.value == "ready", app.session.problem
+    inputs = bpy.context.window_manager.hy3d
+    inputs.pipeline, inputs.source, inputs.prompt = "test-shape", "TEXT", "benchmark"
+    inputs.params["steps"].set(steps)
+    inputs.params["step_delay"].set(step_delay)
+    bpy.ops.hy3d.generate()
+    during, import_tick = [], 0.0
+    while app.session.job is not None:
+        started = time.perf_counter()
+        app.pump()
+        elapsed = time.perf_counter() - started
+        if app.session.job is None:
+            import_tick = elapsed
+        else:
+            during.append(elapsed)
+        time.sleep(0.005)
+    assert app.session.last.kind == "result", app.session.last
+    bpy.ops.hy3d.disconnect()
+    return during, import_tick
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=500, help="grid rows; triangles = 2 * rows * cols (default 500)")
+    parser.add_argument("--cols", type=int, default=1000, help="grid columns (default 1000)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each import path (default 3)")
+    parser.add_argument("--steps", type=int, default=200, help="steps of the streamed job (default 200)")
+    parser.add_argument("--step-delay", type=float, default=0.02, help="seconds per job step (default 0.02)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["BLENDER_USER_RESOURCES"] = os.path.join(folder, "blender-user")
+        os.environ["HY3D_HOME"] = os.path.join(folder, "hy3d-home")
+        built = subprocess.run([sys.executable, str(ROOT / "build.py"), "--output-dir", folder],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        import bpy
+
+        bpy.ops.extensions.package_install_files(filepath=built, repo="user_default", enable_on_install=True)
+        positions, faces, colors = grid_mesh(args.rows, args.cols)
+        arrays = {"positions": positions, "faces": faces, "colors": colors}
+        print(f"mesh: {len(faces):,} triangles, {len(positions):,} vertices, float32 RGBA colours")
+        direct = time_direct(arrays, args.repeats)
+        glb = time_glb(arrays, args.repeats, folder)
+        print(f"add-on import (arrays -> linked coloured object): best {min(direct):.3f} s, "
+              f"median {statistics.median(direct):.3f} s  (goal <= 0.3 s)")
+        print(f"Hunyuan3D-2 path (write GLB + import_scene.gltf): best {min(glb):.3f} s, median {statistics.median(glb):.3f} s")
+        print(f"speed-up: {statistics.median(glb) / statistics.median(direct):.1f}x by median  (goal >= 5x)")
+        during, import_tick = time_pump(args.steps, args.step_delay, folder)
+        print(f"pump() during a {args.steps}-step job: {len(during)} calls, longest {max(during) * 1000:.2f} ms, "
+              f"median {statistics.median(during) * 1000:.3f} ms  (goal <= 5 ms); "
+              f"the tick that imported the result took {import_tick * 1000:.1f} ms")
+        bpy.ops.preferences.addon_disable(module=PACKAGE)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
