@@ -328,7 +328,9 @@ class MemoryManager:
     def _release_cached_memory(self) -> None:
         import torch
 
-        gc.collect()
+        if self.device.type == "cpu":
+            return  # nothing cached to hand back, and a full gc pass would stall the server's other threads
+        gc.collect()  # tensors caught in reference cycles hold device memory until collected
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         elif self.device.type == "mps":
