@@ -98,7 +98,7 @@ class Buffer:
         """Wrap a numpy array (converted to little-endian, C-contiguous) without copying when possible."""
         import numpy as np
 
-        arr = np.ascontiguousarray(array)
+        arr = np.asarray(array, order="C")  # unlike ascontiguousarray, keeps 0-d arrays 0-d
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         dtype = arr.dtype.str
