@@ -96,7 +96,7 @@ def find_validator(args: argparse.Namespace) -> list[str]:
 
 
 def validate(command: list[str], target: Path) -> None:
-    result = subprocess.run([*command, str(target)], capture_output=True, text=True)
+    result = subprocess.run([*command, str(target)], check=False, capture_output=True, text=True)
     if result.returncode != 0 or "error" in result.stdout.lower():
         raise BuildError(f"Blender's validator rejected {target.name}:\n{result.stdout}{result.stderr}")
 

@@ -104,18 +104,16 @@ def start(settings: LaunchSettings) -> BackendProcess:
         raise LaunchError(f"Python interpreter not found: {settings.python}",
                           hint="choose an existing python executable in the add-on preferences")
     Path(settings.log_path).parent.mkdir(parents=True, exist_ok=True)
-    log = open(settings.log_path, "wb")
     try:
-        process = subprocess.Popen(
-            settings.command(), cwd=settings.package_dir, env=settings.environment(),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0,
-        )
+        with open(settings.log_path, "wb") as log:
+            process = subprocess.Popen(
+                settings.command(), cwd=settings.package_dir, env=settings.environment(),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0,
+            )
     except OSError as exc:
         raise LaunchError(f"Could not run {settings.python}: {exc.strerror or exc}",
                           hint="choose a python executable you can run in the add-on preferences") from None
-    finally:
-        log.close()
     return BackendProcess(process, settings.log_path)
 
 

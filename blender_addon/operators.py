@@ -85,7 +85,7 @@ class HY3D_OT_import_result(bpy.types.Operator):
 
     bl_idname = "hy3d.import_result"
     bl_label = "Import Result"
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options = {"REGISTER", "UNDO"}  # noqa: RUF012 (Blender wants a set)
 
     index: IntProperty(default=0, min=0, options={"SKIP_SAVE"})
 

@@ -46,7 +46,7 @@ class HY3D_PT_advanced(bpy.types.Panel):
     bl_region_type = "UI"
     bl_category = "Hunyuan3D"
     bl_parent_id = "HY3D_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
+    bl_options = {"DEFAULT_CLOSED"}  # noqa: RUF012 (Blender wants a set)
 
     @classmethod
     def poll(cls, context):
@@ -65,7 +65,7 @@ class HY3D_PT_history(bpy.types.Panel):
     bl_region_type = "UI"
     bl_category = "Hunyuan3D"
     bl_parent_id = "HY3D_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
+    bl_options = {"DEFAULT_CLOSED"}  # noqa: RUF012 (Blender wants a set)
 
     @classmethod
     def poll(cls, context):

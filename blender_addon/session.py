@@ -16,9 +16,10 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable
+from typing import Any
 
 from . import launcher, meshdata
 from .backend import protocol
@@ -414,9 +415,7 @@ class Session:
         if isinstance(event, Connected):
             self.phase, self.welcome = Phase.READY, event.welcome
             self.request_status()
-        elif isinstance(event, ConnectFailed):
-            self._on_lost(event)
-        elif isinstance(event, Disconnected):
+        elif isinstance(event, (ConnectFailed, Disconnected)):
             self._on_lost(event)
         elif isinstance(event, Received):
             return self._on_message(event.header, event.mesh)

@@ -19,7 +19,7 @@ RESULT_PREFIX = "SCENARIO-RESULT "
 
 def build_zip(output_dir: Path) -> Path:
     done = subprocess.run([sys.executable, str(ROOT / "build.py"), "--output-dir", str(output_dir)],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return Path(done.stdout.strip())
 
@@ -32,7 +32,7 @@ def run_scenario(name: str, zip_path: Path, workdir: Path, **options) -> dict:
     env["HY3D_HOME"] = str(workdir / "hy3d-home")
     config = {"zip": str(zip_path), "workdir": str(workdir), "tests": str(TESTS), **options}
     done = subprocess.run([sys.executable, str(TESTS / "blender_scenarios.py"), name, json.dumps(config)],
-                          capture_output=True, text=True, timeout=150, env=env, cwd=workdir)
+                          check=False, capture_output=True, text=True, timeout=150, env=env, cwd=workdir)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     assert done.returncode == 0 and lines, f"scenario {name} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
     return json.loads(lines[-1][len(RESULT_PREFIX):])
