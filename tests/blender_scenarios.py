@@ -199,6 +199,23 @@ def scenario_backend_killed(config: dict) -> dict:
     return facts
 
 
+def scenario_frozen_backend(config: dict) -> dict:
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    pid = app.session.backend_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        pump_until(lambda: app.session.unresponsive, timeout=30)
+        facts = {"flagged": True, "phase_while_frozen": app.session.phase.value}
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    pump_until(lambda: not app.session.unresponsive, timeout=30)
+    facts["recovered_phase"] = app.session.phase.value
+    return facts
+
+
 def scenario_disable(config: dict) -> dict:
     install(config)
     configure(config)

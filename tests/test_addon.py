@@ -94,6 +94,11 @@ def test_killed_backend_gives_a_clear_error_and_restart_works(addon_zip, tmp_pat
     assert facts["second_pid_differs"] and facts["after_restart"] == "result"
 
 
+def test_a_frozen_backend_is_flagged_and_recovers(addon_zip, tmp_path):
+    facts = run_scenario("frozen_backend", addon_zip, tmp_path)
+    assert facts == {"flagged": True, "phase_while_frozen": "ready", "recovered_phase": "ready"}
+
+
 def test_disabling_mid_job_leaves_nothing_running(addon_zip, tmp_path):
     facts = run_scenario("disable", addon_zip, tmp_path)
     assert not facts["enabled"] and not facts["hy3d_registered"]
