@@ -114,12 +114,15 @@ def _runtime(args: argparse.Namespace):
 
 
 def _pipeline_catalogue(weights_dir: str | None) -> list[dict[str, Any]]:
+    """Every pipeline with its weights report; the one ``--model auto`` would pick first, marked default."""
     from . import pipelines
 
+    default = pipelines.best_available(weights_dir)
     catalogue = []
     for name in pipelines.names():
         pipeline = pipelines.get(name)(weights_dir=weights_dir)
-        catalogue.append({**pipeline.describe(), "weights": pipeline.check_weights().describe()})
+        catalogue.append({**pipeline.describe(), "weights": pipeline.check_weights().describe(), "default": name == default})
+    catalogue.sort(key=lambda p: not p["default"])
     return catalogue
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backend.colors import srgb_to_linear
+
 
 @dataclass(frozen=True)
 class MeshArrays:
@@ -18,7 +20,7 @@ class MeshArrays:
     Args:
         positions: float32 (N, 3), C-contiguous.
         corner_verts: int32 (3 * M,), the vertex of each face corner.
-        colors: float32 (N, 4) RGBA per vertex, or None.
+        colors: float32 (N, 4) linear RGBA per vertex, or None.
     """
 
     positions: np.ndarray
@@ -70,8 +72,7 @@ def from_wire(arrays: dict[str, np.ndarray], frame: str = "y_up") -> MeshArrays:
             raise ValueError(f"colors must be ({n}, 4) RGBA, got {colors.shape}")
         if colors.dtype == np.uint8:
             colors = colors.astype(np.float32) * np.float32(1.0 / 255.0)
-        else:
-            colors = np.ascontiguousarray(colors, dtype=np.float32)
+        colors = srgb_to_linear(colors)  # the wire carries sRGB; Blender's float colours are linear
 
     corner_verts = np.ascontiguousarray(faces, dtype=np.int32).reshape(-1)
     return MeshArrays(z_up, corner_verts, colors)

@@ -61,9 +61,10 @@ def test_generate_puts_the_coloured_mesh_at_the_cursor(addon_zip, tmp_path):
     expected = np.stack([positions[:, 0], -positions[:, 2], positions[:, 1]], axis=1)
     assert np.allclose(np.reshape(obj["positions"], (-1, 3)), expected, atol=1e-5)
     rng = np.random.default_rng(7)
-    expected_colors = np.clip(rng.random(3) + 0.3 * positions / 0.75, 0, 1)
+    expected_srgb = np.clip(rng.random(3) + 0.3 * positions / 0.75, 0, 1)
+    expected_linear = np.where(expected_srgb <= 0.04045, expected_srgb / 12.92, ((expected_srgb + 0.055) / 1.055) ** 2.4)
     colors = np.reshape(obj["colors"], (-1, 4))
-    assert np.allclose(colors[:, :3], expected_colors, atol=1e-5) and np.allclose(colors[:, 3], 1.0)
+    assert np.allclose(colors[:, :3], expected_linear, atol=1e-5) and np.allclose(colors[:, 3], 1.0)
     assert (obj["color_domain"], obj["color_type"]) == ("POINT", "FLOAT_COLOR")
     assert obj["material_color_nodes"] == [obj["color_name"]]
     assert obj["location"] == pytest.approx([1.0, -2.0, 0.5])

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import trimesh
 
+from backend.colors import srgb_to_linear
+
 from backend.mesh import Mesh
 from backend.mesh.export import encode, save
 
@@ -16,6 +18,13 @@ def tetrahedron(colors: bool = True, normals: bool = False) -> Mesh:
     rgba = np.array([[255, 0, 0, 255], [0, 255, 0, 255], [0, 0, 255, 255], [10, 20, 30, 255]], dtype=np.uint8)
     unit = positions / np.linalg.norm(positions, axis=1, keepdims=True)
     return Mesh(positions, faces, colors=rgba if colors else None, normals=unit if normals else None)
+
+
+def stored_colors(mesh: Mesh, suffix: str) -> np.ndarray:
+    """8-bit colours as a reader sees them: linear in GLB (glTF's rule), sRGB in OBJ and PLY."""
+    if suffix == ".glb":
+        return np.round(srgb_to_linear(mesh.colors_float()) * 255).astype(int)
+    return mesh.colors_uint8().astype(int)
 
 
 def read(path) -> trimesh.Trimesh:
@@ -30,7 +39,7 @@ def test_round_trip_positions_faces_colours(tmp_path, suffix):
     loaded = read(save(mesh, tmp_path / f"mesh{suffix}"))
     np.testing.assert_allclose(loaded.vertices, mesh.positions, atol=1e-6)
     np.testing.assert_array_equal(loaded.faces, mesh.faces)
-    np.testing.assert_array_equal(loaded.visual.vertex_colors, mesh.colors_uint8())
+    np.testing.assert_allclose(loaded.visual.vertex_colors.astype(int), stored_colors(mesh, suffix), atol=1)
 
 
 def test_round_trip_normals(tmp_path):
@@ -57,10 +66,9 @@ def test_float_colours_are_quantised_the_same_in_every_format(tmp_path):
     rng = np.random.default_rng(1)
     base = tetrahedron(colors=False)
     mesh = Mesh(base.positions, base.faces, colors=rng.random((4, 3), dtype=np.float32))
-    expected = mesh.colors_uint8()
     for suffix in (".glb", ".obj", ".ply"):
         loaded = read(save(mesh, tmp_path / f"mesh{suffix}"))
-        np.testing.assert_allclose(loaded.visual.vertex_colors.astype(int), expected.astype(int), atol=1, err_msg=suffix)
+        np.testing.assert_allclose(loaded.visual.vertex_colors.astype(int), stored_colors(mesh, suffix), atol=1, err_msg=suffix)
 
 
 def test_glb_bounds_and_layout(tmp_path):
@@ -105,6 +113,4 @@ def test_extracted_mesh_round_trips(tmp_path):
         loaded = read(save(mesh, tmp_path / f"mesh{suffix}"))
         np.testing.assert_allclose(loaded.vertices, mesh.positions, atol=1e-5, err_msg=suffix)
         np.testing.assert_array_equal(loaded.faces, mesh.faces, err_msg=suffix)
-        np.testing.assert_allclose(
-            loaded.visual.vertex_colors.astype(int), mesh.colors_uint8().astype(int), atol=1, err_msg=suffix
-        )
+        np.testing.assert_allclose(loaded.visual.vertex_colors.astype(int), stored_colors(mesh, suffix), atol=1, err_msg=suffix)

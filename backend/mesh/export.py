@@ -1,6 +1,7 @@
 """Mesh files: GLB (vertex colours), OBJ with vertex colours, binary PLY.
 
-Written with numpy alone (fast, no heavy dependency) and always atomically: the bytes go
+Colours are sRGB-encoded in OBJ and PLY (as those formats are read everywhere) and linear in GLB
+(as glTF requires). Written with numpy alone (fast, no heavy dependency) and always atomically: the bytes go
 to a temporary file in the destination folder, which is renamed over the target, so a
 reader never sees a partial file and a failed write leaves nothing behind.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..colors import srgb_to_linear
 from .types import Mesh
 
 FORMATS = (".glb", ".obj", ".ply")
@@ -62,11 +64,9 @@ def encode_glb(mesh: Mesh) -> bytes:
     accessors: list[dict] = []
     attributes: dict[str, int] = {}
 
-    def add(data: np.ndarray, component: int, kind: str, target: int | None, normalized: bool = False, bounds: bool = False) -> int:
+    def add(data: np.ndarray, component: int, kind: str, target: int | None, bounds: bool = False) -> int:
         views.append((data.tobytes(), target))
         acc = {"bufferView": len(views) - 1, "componentType": component, "count": int(data.shape[0]), "type": kind}
-        if normalized:
-            acc["normalized"] = True
         if bounds and len(data):
             acc["min"] = data.min(axis=0).tolist()
             acc["max"] = data.max(axis=0).tolist()
@@ -77,7 +77,8 @@ def encode_glb(mesh: Mesh) -> bytes:
     if mesh.normals is not None:
         attributes["NORMAL"] = add(mesh.normals, 5126, "VEC3", 34962)
     if mesh.colors is not None:
-        attributes["COLOR_0"] = add(mesh.colors_uint8(), 5121, "VEC4", 34962, normalized=True)
+        # glTF colours are linear; float keeps the dark tones that 8 bits of linear would band.
+        attributes["COLOR_0"] = add(srgb_to_linear(mesh.colors_float()), 5126, "VEC4", 34962)
     indices = add(mesh.faces.reshape(-1).astype(np.uint32), 5125, "SCALAR", 34963)
 
     blob = bytearray()

@@ -16,7 +16,8 @@ class Mesh:
     Args:
         positions: float32 (N, 3).
         faces: int32 (M, 3), counter-clockwise seen from outside.
-        colors: per-vertex RGBA, float32 in [0, 1] or uint8, (N, 4); RGB (N, 3) is widened.
+        colors: per-vertex RGBA, sRGB-encoded (like a picture's pixels), float32 in [0, 1] or uint8, (N, 4);
+            RGB (N, 3) is widened.
         normals: float32 (N, 3), unit length.
     """
 

@@ -60,15 +60,23 @@ def get(name: str) -> type[Pipeline]:
         ) from None
 
 
+def best_available(weights_dir: str | None = None) -> str | None:
+    """The first pipeline of AUTO_PREFERENCE whose weights are present, or None."""
+    _load_builtins()
+    for candidate in AUTO_PREFERENCE:
+        if candidate in _REGISTRY and get(candidate)(weights_dir=weights_dir).check_weights().ready:
+            return candidate
+    return None
+
+
 def choose(name: str, weights_dir: str | None = None) -> str:
     """Resolve ``auto`` to the best pipeline whose weights are present; check any other name exists."""
     if name != "auto":
         get(name)
         return name
-    _load_builtins()
-    for candidate in AUTO_PREFERENCE:
-        if candidate in _REGISTRY and get(candidate)(weights_dir=weights_dir).check_weights().ready:
-            return candidate
+    best = best_available(weights_dir)
+    if best is not None:
+        return best
     raise BackendError(
         ErrorCode.WEIGHTS_MISSING,
         "no model with its weights present (tried " + ", ".join(AUTO_PREFERENCE) + ")",
