@@ -19,9 +19,10 @@ TESTS = Path(__file__).resolve().parent
 FATAL_CODES = {"frame_too_large", "bad_frame", "handshake_required", "unauthorized", "protocol_mismatch"}
 
 
-def backend_env(home: Path) -> dict[str, str]:
+def backend_env(home: Path, extra_pythonpath: list[Path] = ()) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    paths = [str(p) for p in extra_pythonpath] + [str(REPO), str(TESTS)]
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["HY3D_HOME"] = str(home)
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -30,17 +31,20 @@ def backend_env(home: Path) -> dict[str, str]:
 class BackendProcess:
     """``python -m backend serve`` with the test pipelines, started and read like the add-on does."""
 
-    def __init__(self, home: Path, *extra: str):
+    def __init__(self, home: Path, *extra: str, extra_pythonpath: list[Path] = ()):
         self.home = home
         self.output_dir = home / "outputs"
+        self.log = home / "backend.log"  # a file, not a pipe: a pipe nobody reads would block the backend
+        self._log_file = self.log.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backend", "serve", "--pipelines-from", "fixture_pipelines",
              "--output-dir", str(self.output_dir), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=backend_env(home), text=True,
+            stdout=subprocess.PIPE, stderr=self._log_file, env=backend_env(home, extra_pythonpath), text=True,
         )
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError("backend exited before it was ready: " + self.proc.stderr.read())
+            self.proc.wait(10)
+            raise RuntimeError("backend exited before it was ready: " + self.log.read_text())
         self.ready = json.loads(line)
         self.port = self.ready["port"]
         self.token = Path(self.ready["token_file"]).read_text().strip()
@@ -57,7 +61,7 @@ class BackendProcess:
             self.proc.kill()
         self.proc.wait(10)
         self.proc.stdout.close()
-        self.proc.stderr.close()
+        self._log_file.close()
 
 
 class Client:
@@ -109,3 +113,11 @@ def backend(tmp_path):
     process = BackendProcess(tmp_path)
     yield process
     process.stop()
+
+
+def icosphere_mesh():
+    from backend.mesh import Mesh
+    from fixture_pipelines import icosphere
+
+    positions, faces = icosphere(2, 0.5)
+    return Mesh(positions, faces, colors=(positions + 0.5))

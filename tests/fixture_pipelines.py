@@ -80,3 +80,39 @@ class TestShapePipeline(Pipeline):
         base = rng.random(3)
         colors = np.clip(base + 0.3 * positions / p["radius"], 0, 1)
         return PipelineOutput(Mesh(positions, faces, colors), images=images, info={"seed_color": base.tolist()})
+
+
+@pipelines.register
+class TestMemoryPipeline(Pipeline):
+    """Runs one tiny float16 component through the memory manager; can fake out-of-memory errors."""
+
+    name = "test-memory"
+    description = "One stage through the memory manager, with injectable out-of-memory errors"
+    stages = ("compute",)
+    inputs = ("text",)
+    requires_one_of = ("text",)
+    params = (Param("fail_times", int, 0, "the stage raises out-of-memory this many times", minimum=0, maximum=5),)
+
+    def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
+        import torch
+
+        memory = ctx.memory
+        if not memory.is_registered("test.linear"):
+            def load():
+                torch.manual_seed(0)
+                return torch.nn.Linear(3, 3).to(torch.float16)
+
+            memory.register("test.linear", load, released_dtype=torch.float16)
+        failures = [request.params["fail_times"]]
+
+        def compute(modules):
+            if failures[0] > 0:
+                failures[0] -= 1
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            layer = modules["test.linear"]
+            points = torch.tensor(icosphere(1, 0.5)[0], dtype=memory.compute_dtype("test.linear"), device=memory.device)
+            return (points + 0.01 * layer(points)).float().cpu().numpy()
+
+        positions = memory.run_stage("compute", ["test.linear"], compute, report=ctx.note)
+        ctx.progress("compute", 1, 1)
+        return PipelineOutput(Mesh(positions, icosphere(1, 0.5)[1]), info={"dtype": str(memory.compute_dtype("test.linear"))})

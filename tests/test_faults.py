@@ -1,0 +1,75 @@
+"""Faults injected into a running backend: it explains each one and keeps serving."""
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from backend.mesh import export
+from conftest import BackendProcess
+
+
+def test_injected_out_of_memory_steps_down_and_the_job_completes(backend):
+    client = backend.client()
+    job = client.request({"op": "submit", "pipeline": "test-memory", "text": "x", "params": {"fail_times": 1}}).header["job"]
+    result, events = client.until_done(job)
+    assert result.op == "result", result.header
+    downgrades = [e.header["downgrade"] for e in events if e.op == "progress" and "downgrade" in e.header]
+    assert len(downgrades) == 1 and downgrades[0]["stage"] == "compute"
+    assert "out of memory" in downgrades[0]["error"]
+    assert result.header["info"]["dtype"] == "torch.float32"  # float16 weights computed in float32 on the CPU
+
+
+def test_out_of_memory_twice_is_a_clear_error_and_the_backend_keeps_serving(backend):
+    client = backend.client()
+    job = client.request({"op": "submit", "pipeline": "test-memory", "text": "x", "params": {"fail_times": 2}}).header["job"]
+    closing, _ = client.until_done(job)
+    assert closing.op == "error" and closing.header["code"] == "out_of_memory" and closing.header["hint"]
+    job = client.request({"op": "submit", "pipeline": "test-memory", "text": "x"}).header["job"]
+    assert client.until_done(job)[0].op == "result"
+
+
+def test_status_shows_what_is_resident(backend):
+    client = backend.client()
+    job = client.request({"op": "submit", "pipeline": "test-memory", "text": "x"}).header["job"]
+    client.until_done(job)
+    memory = client.request({"op": "status"}).header["memory"]
+    assert [c["name"] for c in memory["components"]] == ["test.linear"]
+    assert memory["recent_stages"][-1]["stage"] == "compute"
+
+
+def test_disk_full_leaves_no_partial_file(tmp_path, monkeypatch):
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(export.os, "fsync", full_disk)
+    target = tmp_path / "out" / "mesh.glb"
+    from conftest import icosphere_mesh
+
+    with pytest.raises(OSError):
+        export.save(icosphere_mesh(), target)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_disk_full_while_saving_a_result_still_delivers_the_mesh(tmp_path):
+    # A sitecustomize in the backend's path makes every fsync fail as on a full disk.
+    hook = tmp_path / "hooks"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import errno, os\n"
+        "def _full(fd):\n    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "os.fsync = _full\n"
+    )
+    process = BackendProcess(tmp_path, extra_pythonpath=[hook])
+    try:
+        client = process.client()
+        job = client.request({"op": "submit", "pipeline": "test-shape", "text": "x", "params": {"steps": 1}}).header["job"]
+        result, _ = client.until_done(job)
+        assert result.op == "result" and result.header["saved"] is None
+        assert "No space left" in result.header["save_error"]
+        assert result.buffer("positions").to_array().shape == (162, 3)
+        leftovers = list(Path(process.output_dir).iterdir()) if process.output_dir.exists() else []
+        assert leftovers == []
+    finally:
+        process.stop()
