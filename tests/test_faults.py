@@ -73,3 +73,37 @@ def test_disk_full_while_saving_a_result_still_delivers_the_mesh(tmp_path):
         assert leftovers == []
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize("stage", ["encode", "triplane", "mesh"])
+def test_cancel_during_every_reconstruction_stage_leaves_the_engine_consistent(tmp_path, stage):
+    from backend.jobs import Job, JobEngine
+    from backend.pipelines.base import JobRequest
+    from backend.pipelines.hunyuan3d_v1.svrm.loading import save_checkpoint
+    from backend.runtime import Runtime
+    from test_svrm import sphere_svrm, views_request
+
+    weights = tmp_path / "weights" / "svrm"
+    weights.mkdir(parents=True)
+    save_checkpoint(sphere_svrm(radius=0.25), weights / "svrm.safetensors")
+    engine = JobEngine(Runtime.create(device="cpu", memory="cpu"), output_dir=tmp_path / "out", weights_dir=str(weights.parent))
+    pipeline = engine.pipeline("hunyuan3d-1-svrm")
+    request: JobRequest = views_request(pipeline, resolution=32, max_faces=2000)
+
+    def run(cancel_in: str | None) -> list[dict]:
+        events: list[dict] = []
+
+        def sink(header, buffers):
+            events.append(header)
+            if header["op"] == "progress" and header["stage"] == cancel_in:
+                job.cancel.set()
+
+        job = Job(id=f"cancel-{cancel_in}", request=request, owner=None, sink=sink)
+        engine.execute(job)
+        return events
+
+    events = run(stage)
+    assert events[-1] == {"op": "cancelled", "job": f"cancel-{stage}", "stage": stage}
+    assert not (tmp_path / "out").exists()  # nothing saved for a cancelled job
+    finished = run(None)[-1]
+    assert finished["op"] == "result" and finished["mesh"]["faces"] > 0
