@@ -26,6 +26,9 @@ from ..base import MAX_FACES, JobContext, JobRequest, Param, Pipeline, PipelineO
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from PIL import Image
+
+    from ...mesh import Mesh
     from .svrm import SVRMConfig
 
 RESOLUTION = Param(
@@ -91,73 +94,83 @@ class SVRMPipeline(Pipeline):
                 )
 
     def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
-        import torch
+        from .svrm.preprocess import LITE_VIEW_ORDER, STD_VIEW_ORDER, split_view_grid
 
-        from ...mesh import extract_mesh
-        from .svrm.loading import read_config
-        from .svrm.preprocess import LITE_VIEW_ORDER, STD_VIEW_ORDER, prepare_inputs, split_view_grid
-
-        memory = ctx.memory
-        if memory is None:
-            raise BackendError(ErrorCode.INTERNAL, f"{self.name} needs the runtime's memory manager", hint="run it through the backend")
         params = request.params
         path = require(SVRM_WEIGHTS, self.weights_dir)
-        config = read_config(path)
         order = STD_VIEW_ORDER if params["view_layout"] == "std" else LITE_VIEW_ORDER
         views = split_view_grid(decode_image(request.images["views"], "views"), order)
-        images, cameras = prepare_inputs(views, decode_image(request.images["image"], "image"), config.image_size)
-        self.register_components(memory, path, config)
-        device = memory.device
+        mesh, info = reconstruct(path, views, decode_image(request.images["image"], "image"), ctx,
+                                 resolution=params["resolution"], max_faces=params["max_faces"])
+        return PipelineOutput(mesh=mesh, info=info)
 
-        ctx.progress("encode", 0, 1, "encoding the views")
 
-        def encode(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
-            dtype = memory.compute_dtype(COMPONENTS["encoder"])
+def reconstruct(path: Path, views: list[Image.Image], condition: Image.Image, ctx: JobContext, *,
+                resolution: int, max_faces: int) -> tuple[Mesh, dict[str, Any]]:
+    """SVRM's three stages: six views (azimuth 0..300) and the condition image to a coloured mesh."""
+    import torch
+
+    from ...mesh import extract_mesh
+    from .svrm.loading import read_config
+    from .svrm.preprocess import prepare_inputs
+
+    memory = ctx.memory
+    if memory is None:
+        raise BackendError(ErrorCode.INTERNAL, "the reconstruction needs the runtime's memory manager", hint="run it through the backend")
+    config = read_config(path)
+    images, cameras = prepare_inputs(views, condition, config.image_size)
+    SVRMPipeline.register_components(memory, path, config)
+    device = memory.device
+
+    ctx.progress("encode", 0, 1, "encoding the views")
+
+    def encode(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
+        dtype = memory.compute_dtype(COMPONENTS["encoder"])
+        with torch.inference_mode():
+            return modules[COMPONENTS["encoder"]](images.to(device, dtype), cameras.to(device, dtype))
+
+    context = memory.run_stage("encode", [COMPONENTS["encoder"]], encode, report=ctx.note)
+    ctx.progress("encode", 1, 1)
+    ctx.progress("triplane", 0, 1, "building the triplane")
+
+    def build_triplane(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
+        dtype = memory.compute_dtype(COMPONENTS["triplane"])
+        with torch.inference_mode():
+            return modules[COMPONENTS["triplane"]](context.to(dtype))
+
+    triplane = memory.run_stage("triplane", [COMPONENTS["triplane"]], build_triplane, report=ctx.note)
+    ctx.progress("triplane", 1, 1)
+
+    def extract(modules: dict[str, torch.nn.Module]) -> Mesh:
+        synthesizer = modules[COMPONENTS["synthesizer"]]
+
+        def sdf(points: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                return modules[COMPONENTS["encoder"]](images.to(device, dtype), cameras.to(device, dtype))
+                return synthesizer(triplane, points[None])[0][0]
 
-        context = memory.run_stage("encode", [COMPONENTS["encoder"]], encode, report=ctx.note)
-        ctx.progress("encode", 1, 1)
-        ctx.progress("triplane", 0, 1, "building the triplane")
-
-        def build_triplane(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
-            dtype = memory.compute_dtype(COMPONENTS["triplane"])
+        def color(points: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                return modules[COMPONENTS["triplane"]](context.to(dtype))
+                return synthesizer(triplane, points[None])[1][0]
 
-        triplane = memory.run_stage("triplane", [COMPONENTS["triplane"]], build_triplane, report=ctx.note)
-        ctx.progress("triplane", 1, 1)
+        return extract_mesh(
+            sdf,
+            color,
+            resolution=resolution,
+            bound=BOUND,
+            max_faces=max_faces,
+            memory_budget=QUERY_BUDGET_BYTES,
+            bytes_per_point=BYTES_PER_QUERY_POINT,
+            device=device,
+            axes=MESH_AXES,
+            progress=lambda step, total: ctx.progress("mesh", step, total),
+            check_cancelled=ctx.check_cancelled,
+        )
 
-        def extract(modules: dict[str, torch.nn.Module]):
-            synthesizer = modules[COMPONENTS["synthesizer"]]
-
-            def sdf(points: torch.Tensor) -> torch.Tensor:
-                with torch.inference_mode():
-                    return synthesizer(triplane, points[None])[0][0]
-
-            def color(points: torch.Tensor) -> torch.Tensor:
-                with torch.inference_mode():
-                    return synthesizer(triplane, points[None])[1][0]
-
-            return extract_mesh(
-                sdf,
-                color,
-                resolution=params["resolution"],
-                bound=BOUND,
-                max_faces=params["max_faces"],
-                memory_budget=QUERY_BUDGET_BYTES,
-                bytes_per_point=BYTES_PER_QUERY_POINT,
-                device=device,
-                axes=MESH_AXES,
-                progress=lambda step, total: ctx.progress("mesh", step, total),
-                check_cancelled=ctx.check_cancelled,
-            )
-
-        mesh = memory.run_stage("mesh", [COMPONENTS["synthesizer"]], extract, report=ctx.note, activation_bytes=QUERY_BUDGET_BYTES)
-        if not mesh.face_count:
-            raise BackendError(
-                ErrorCode.JOB_FAILED,
-                "the reconstruction found no surface in the views",
-                hint="check that the views grid and the condition image show the same object on a white background",
-            )
-        return PipelineOutput(mesh=mesh, info={"weights": str(path), "triplane": list(triplane.shape)})
+    mesh = memory.run_stage("mesh", [COMPONENTS["synthesizer"]], extract, report=ctx.note, activation_bytes=QUERY_BUDGET_BYTES)
+    if not mesh.face_count:
+        raise BackendError(
+            ErrorCode.JOB_FAILED,
+            "the reconstruction found no surface in the views",
+            hint="check that the views grid and the condition image show the same object on a white background",
+        )
+    return mesh, {"weights": str(path), "triplane": list(triplane.shape)}
