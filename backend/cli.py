@@ -1,4 +1,4 @@
-"""Command line: ``python -m backend serve | generate | doctor``.
+"""Command line: ``python -m backend serve | generate | doctor | setup-env``.
 
 Only the standard library is imported at module level, so ``--help`` answers at once; torch
 and the model code load inside the commands that need them.
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import SERVER_NAME, __version__
+from .envsetup import add_setup_env_parser, cmd_setup_env
 from .errors import BackendError
 from .protocol import DEFAULT_MAX_BUFFER_BYTES, PROTOCOL_VERSION
 
@@ -81,11 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
                                              "download what is missing).")
     doctor.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_runtime_options(doctor)
+    add_setup_env_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "setup-env":  # runs in a bare Python, before anything beyond the standard library loads
+        return cmd_setup_env(args)
     if getattr(args, "save_memory", False):
         args.memory = "stage"
     try:
