@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -204,7 +205,7 @@ def test_a_real_cpu_environment_resumes_after_an_interruption_and_passes_doctor(
     messages = [p.message for p in resumed]
     assert "Creating the environment: already done" in messages
     assert any(m.startswith("Installing torch 2.13.0 (cpu) (repairing)") for m in messages)
-    assert resumed[-1].fraction == 1.0 and all(a.fraction <= b.fraction for a, b in zip(resumed, resumed[1:]))
+    assert resumed[-1].fraction == 1.0 and all(a.fraction <= b.fraction for a, b in itertools.pairwise(resumed))
     assert report.torch_version.startswith("2.13.0") and report.python == str(plan.python)
     assert report.device_line.startswith("cpu") and "float32" in report.device_line
     assert envsetup.read_report(env_dir) == report
