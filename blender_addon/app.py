@@ -1,4 +1,4 @@
-"""The add-on's single session and the main-thread pump that drives it.
+"""The add-on's single session, its environment task and the main-thread pump that drives both.
 
 A persistent ``bpy.app.timers`` timer calls ``pump``; tests (where timers never fire) call
 it directly. Each call applies a couple of milliseconds' worth of events, refreshes the
@@ -10,29 +10,34 @@ from __future__ import annotations
 
 import bpy
 
+from .environment import EnvironmentTask
 from .session import Phase, Session
 
 BUSY_INTERVAL_S = 0.05
 IDLE_INTERVAL_S = 0.5
 
 session: Session | None = None
+environment: EnvironmentTask | None = None
 _synced_welcome: dict | None = None
 
 
 def start() -> None:
-    global session
+    global session, environment
     session = Session(import_result=_import_result)
+    environment = EnvironmentTask()
     bpy.app.timers.register(_tick, first_interval=IDLE_INTERVAL_S, persistent=True)
 
 
 def stop() -> None:
-    """Stop the timer, the threads, the socket and any backend we started."""
-    global session, _synced_welcome
+    """Stop the timer, the threads, the socket, any backend we started and any setup under way."""
+    global session, environment, _synced_welcome
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
     if session is not None:
         session.close()
-    session, _synced_welcome = None, None
+    if environment is not None:
+        environment.close()
+    session, environment, _synced_welcome = None, None, None
 
 
 def pump() -> None:
@@ -40,6 +45,8 @@ def pump() -> None:
     if session is None:
         return
     changed = session.pump()
+    if environment is not None:
+        changed = environment.pump() or changed
     if session.phase is Phase.READY and session.welcome is not _synced_welcome:
         _synced_welcome = session.welcome
         from .properties import sync_params
@@ -52,7 +59,8 @@ def pump() -> None:
 
 def _tick() -> float:
     pump()
-    return BUSY_INTERVAL_S if session is not None and session.busy else IDLE_INTERVAL_S
+    busy = session is not None and session.busy or environment is not None and environment.running
+    return BUSY_INTERVAL_S if busy else IDLE_INTERVAL_S
 
 
 def _redraw() -> None:

@@ -98,8 +98,9 @@ class BackendProcess:
 def start(settings: LaunchSettings) -> BackendProcess:
     """Start the process; raises LaunchError when the interpreter can't be run at all."""
     if not settings.python:
-        raise LaunchError("No Python interpreter is set for the backend",
-                          hint="Preferences > Add-ons > Hunyuan3D: choose the python of an environment with torch installed")
+        raise LaunchError("The backend has no Python environment yet",
+                          hint="Preferences > Add-ons > Hunyuan3D: press Set Up Backend, or choose the python of an "
+                               "environment with torch installed")
     if shutil.which(settings.python) is None:
         raise LaunchError(f"Python interpreter not found: {settings.python}",
                           hint="choose an existing python executable in the add-on preferences")

@@ -6,7 +6,7 @@ import bpy
 from bpy.props import IntProperty
 
 from . import app, importer
-from .preferences import connection_settings
+from .preferences import connection_settings, environment_dir, setup_request
 from .session import Phase, SessionError
 
 
@@ -103,5 +103,53 @@ class HY3D_OT_import_result(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class HY3D_OT_setup_backend(bpy.types.Operator):
+    """Make the backend's own Python environment with the torch build for this machine (resumes or repairs one)"""
+
+    bl_idname = "hy3d.setup_backend"
+    bl_label = "Set Up Backend"
+
+    @classmethod
+    def poll(cls, context):
+        return app.environment is not None and not app.environment.running
+
+    def execute(self, context):
+        app.environment.start(setup_request(context))
+        return {"FINISHED"}
+
+
+class HY3D_OT_cancel_setup(bpy.types.Operator):
+    """Stop the setup; Set Up Backend resumes it later"""
+
+    bl_idname = "hy3d.cancel_setup"
+    bl_label = "Cancel Setup"
+
+    @classmethod
+    def poll(cls, context):
+        return app.environment is not None and app.environment.running
+
+    def execute(self, context):
+        app.environment.cancel()
+        return {"FINISHED"}
+
+
+class HY3D_OT_remove_backend_env(bpy.types.Operator):
+    """Delete the environment Set Up Backend made (stops the backend first)"""
+
+    bl_idname = "hy3d.remove_backend_env"
+    bl_label = "Remove"
+
+    @classmethod
+    def poll(cls, context):
+        return app.environment is not None and not app.environment.running
+
+    def execute(self, context):
+        prefs = context.preferences.addons[__package__].preferences
+        if not prefs.python_path:  # a backend running from this environment would hold files open
+            app.session.close()
+        app.environment.remove(environment_dir(prefs))
+        return {"FINISHED"}
+
+
 classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_generate, HY3D_OT_cancel,
-           HY3D_OT_import_result)
+           HY3D_OT_import_result, HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import shlex
 import tempfile
+from pathlib import Path
 
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from . import app, launcher
+from .backend import envsetup
+from .environment import SetupRequest
 from .session import ConnectionSettings, Phase, device_summary
 
 MEMORY_MODES = (
@@ -20,6 +23,15 @@ MEMORY_MODES = (
     ("cpu", "CPU", "Run on the CPU only"),
 )
 
+TORCH_BUILDS = (
+    ("auto", "Automatic", "CUDA build matching the NVIDIA driver, the default build on Apple Silicon, else the CPU build"),
+    ("cuda", "CUDA", "NVIDIA GPUs: the newest CUDA build the installed driver runs"),
+    ("rocm", "ROCm", "AMD GPUs on Linux"),
+    ("mps", "Apple (MPS)", "Apple Silicon Macs"),
+    ("cpu", "CPU", "No GPU: the small CPU-only build"),
+)
+ENVIRONMENT_FOLDER = "backend-env"
+
 
 class HY3D_AddonPreferences(bpy.types.AddonPreferences):
     bl_idname = __package__
@@ -29,8 +41,16 @@ class HY3D_AddonPreferences(bpy.types.AddonPreferences):
         items=(("LAUNCH", "Launch Bundled Backend", "Start the backend that ships inside this add-on with a Python that has torch"),
                ("ATTACH", "Attach to Running Backend", "Connect to a backend already running at host:port")),
     )
-    python_path: StringProperty(name="Python", subtype="FILE_PATH",
-                                description="Python interpreter of an environment with torch and the backend's requirements")
+    python_path: StringProperty(name="Existing Python", subtype="FILE_PATH",
+                                description="Python of an environment you made, with torch and the backend's requirements "
+                                            "(empty: the environment Set Up Backend makes)")
+    torch_build: EnumProperty(name="Torch Build", items=TORCH_BUILDS,
+                              description="Which PyTorch build Set Up Backend installs")
+    env_dir: StringProperty(name="Environment Folder", subtype="DIR_PATH",
+                            description="Where Set Up Backend makes the environment (empty: the add-on's user folder). "
+                                        "On Windows a short path such as C:\\hy3d-env avoids path-length limits")
+    wheels_dir: StringProperty(name="Offline Wheels", subtype="DIR_PATH",
+                               description="Install only from this folder of wheels, downloading nothing (see docs/setup.md)")
     extra_args: StringProperty(name="Extra Arguments",
                                description="More options for 'python -m backend serve', e.g. --pipelines-from my_module")
     extra_pythonpath: StringProperty(name="Extra Python Path",
@@ -51,6 +71,7 @@ class HY3D_AddonPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "connection", expand=True)
         col = layout.column()
         if self.connection == "LAUNCH":
+            draw_environment(col.box(), self)
             col.prop(self, "python_path")
             col.prop(self, "weights_dir")
             col.prop(self, "device")
@@ -85,6 +106,58 @@ def draw_connection_report(layout) -> None:
         box.label(text="Not connected")
 
 
+def draw_environment(layout, prefs) -> None:
+    layout.label(text="Backend Environment", icon="CONSOLE")
+    task = app.environment
+    if task is not None and task.running:
+        layout.progress(factor=task.fraction, type="BAR", text=task.message)
+        layout.operator("hy3d.cancel_setup", icon="CANCEL")
+        return
+    for line in environment_status(prefs):
+        layout.label(text=line)
+    row = layout.row()
+    row.prop(prefs, "torch_build")
+    row.operator("hy3d.setup_backend", icon="IMPORT")
+    row.operator("hy3d.remove_backend_env", text="", icon="TRASH")
+    layout.prop(prefs, "env_dir")
+    layout.prop(prefs, "wheels_dir")
+    outcome = task.last if task is not None else None
+    if outcome is not None:
+        box = layout.box()
+        box.label(text=outcome.message, icon={"ready": "CHECKMARK", "removed": "TRASH", "cancelled": "CANCEL"}.get(outcome.kind, "ERROR"))
+        if outcome.hint:
+            box.label(text=outcome.hint, icon="INFO")
+
+
+def environment_status(prefs) -> list[str]:
+    """The status line: which Python the backend will run with, and what setup found in it."""
+    if prefs.python_path:
+        return [f"Using the existing environment: {bpy.path.abspath(prefs.python_path)}"]
+    report = envsetup.read_report(Path(environment_dir(prefs)))
+    if report is None:
+        return ["Not set up: press Set Up Backend (or choose an existing Python below)"]
+    return ["Ready", *report.summary()]
+
+
+def environment_dir(prefs) -> str:
+    return bpy.path.abspath(prefs.env_dir) if prefs.env_dir else os.path.join(user_dir(), ENVIRONMENT_FOLDER)
+
+
+def setup_request(context) -> SetupRequest:
+    prefs = context.preferences.addons[__package__].preferences
+    return SetupRequest(env_dir=environment_dir(prefs), torch=prefs.torch_build,
+                        wheels_dir=bpy.path.abspath(prefs.wheels_dir) if prefs.wheels_dir else "",
+                        allow_online=bool(bpy.app.online_access), backend_root=os.path.dirname(os.path.abspath(__file__)))
+
+
+def backend_python(prefs) -> str:
+    """The chosen existing Python, else the one in the environment Set Up Backend made (if it finished)."""
+    if prefs.python_path:
+        return bpy.path.abspath(prefs.python_path)
+    report = envsetup.read_report(Path(environment_dir(prefs)))
+    return report.python if report is not None else ""
+
+
 def user_dir() -> str:
     try:
         return bpy.utils.extension_path_user(__package__, create=True)
@@ -103,7 +176,7 @@ def connection_settings(context) -> ConnectionSettings:
     if prefs.output_dir:
         options += ["--output-dir", bpy.path.abspath(prefs.output_dir)]
     launch = launcher.LaunchSettings(
-        python=bpy.path.abspath(prefs.python_path) if prefs.python_path else "",
+        python=backend_python(prefs),
         package_dir=os.path.dirname(os.path.abspath(__file__)),
         log_path=os.path.join(user_dir(), "backend.log"),
         options=tuple(options),

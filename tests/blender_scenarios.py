@@ -271,6 +271,48 @@ def scenario_attach(config: dict) -> dict:
     return facts
 
 
+def scenario_environment_setup(config: dict) -> dict:
+    install(config)
+    prefs = bpy.context.preferences.addons[PACKAGE].preferences
+    preferences_module = addon_module("preferences")
+    task = addon_module("app").environment
+    env_dir = os.path.join(config["workdir"], "backend-env")
+    prefs.env_dir = env_dir
+    prefs.torch_build = "cpu"
+    facts = {"online_access": bpy.app.online_access, "status_before": preferences_module.environment_status(prefs)}
+
+    def press_and_wait(operator, seen: list | None = None, on_pump=None) -> list:
+        def watch() -> None:
+            if seen is not None and task.progress is not None and (not seen or seen[-1] != task.message):
+                seen.append(task.message)
+            if on_pump is not None:
+                on_pump()
+
+        assert operator() == {"FINISHED"}
+        pump_until(lambda: not task.running, on_pump=watch)
+        return [task.last.kind, task.last.message, task.last.hint]
+
+    facts["offline"] = press_and_wait(bpy.ops.hy3d.setup_backend)
+    facts["offline_created"] = os.path.exists(env_dir)
+
+    prefs.wheels_dir = config["wheels"]
+    seen: list[str] = []
+    facts["empty_wheels"] = press_and_wait(bpy.ops.hy3d.setup_backend, seen)
+    facts["messages"] = seen
+    facts["log_exists"] = os.path.isfile(os.path.join(env_dir, "hy3d-setup", "setup.log"))
+    facts["launch_python"] = preferences_module.backend_python(prefs)
+
+    def cancel_once_running() -> None:
+        if task.running and task.progress is not None and not facts.get("cancel_pressed"):
+            facts["cancel_pressed"] = bpy.ops.hy3d.cancel_setup() == {"FINISHED"}
+
+    facts["cancelled"] = press_and_wait(bpy.ops.hy3d.setup_backend, on_pump=cancel_once_running)
+    facts["removed"] = press_and_wait(bpy.ops.hy3d.remove_backend_env)
+    facts["exists_after_remove"] = os.path.exists(env_dir)
+    facts["status_after"] = preferences_module.environment_status(prefs)
+    return facts
+
+
 def scenario_legacy(config: dict) -> dict:
     result = bpy.ops.preferences.addon_install(filepath=config["zip"])
     import addon_utils

@@ -144,6 +144,26 @@ def test_attach_to_a_running_backend_with_its_token(addon_zip, tmp_path):
     assert facts["backend_pid"] is None
 
 
+def test_set_up_backend_respects_online_access_reports_progress_cancels_and_removes(addon_zip, tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    facts = run_scenario("environment_setup", addon_zip, tmp_path / "run", wheels=str(wheels))
+    assert facts["online_access"] is False
+    assert facts["status_before"][0].startswith("Not set up")
+    kind, message, hint = facts["offline"]
+    assert kind == "error" and "Online access is off" in message and "Allow Online Access" in hint and "wheels" in hint
+    assert not facts["offline_created"]
+    kind, message, hint = facts["empty_wheels"]
+    env_dir = tmp_path / "run" / "backend-env"
+    assert kind == "error" and message.startswith("Installing torch 2.13.0 (cpu) failed") and "No matching distribution" in message
+    assert str(env_dir / "hy3d-setup" / "setup.log") in hint and facts["log_exists"]
+    assert facts["messages"][0] == "Creating the environment" and "Installing torch 2.13.0 (cpu)" in facts["messages"]
+    assert facts["launch_python"] == ""
+    assert facts["cancel_pressed"] and facts["cancelled"][0] == "cancelled" and "resume" in facts["cancelled"][2]
+    assert facts["removed"] == ["removed", f"Removed {env_dir}", ""]
+    assert not facts["exists_after_remove"] and facts["status_after"][0].startswith("Not set up")
+
+
 def test_the_same_zip_installs_as_a_legacy_add_on(addon_zip, tmp_path):
     facts = run_scenario("legacy", addon_zip, tmp_path)
     assert facts["install"] == ["FINISHED"] and facts["enabled"] and facts["generate_operator"]
