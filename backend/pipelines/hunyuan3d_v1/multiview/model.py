@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ....errors import BackendError
 from ....protocol import ErrorCode
+from ..background import white_out_background
 from ..components import ComponentSpec, ImageNormalizer, load_scheduler
 from .reference_attention import READ, WRITE, ReferenceBank, install_reference_attention
 
@@ -119,7 +120,8 @@ class MultiviewModel:
         import torch
 
         view_size = view_size or self.default_view_size
-        condition_image = rgb_on_white(image)
+        # Upstream whites out the nearly transparent pixels again here, after framing resampled the edges.
+        condition_image = rgb_on_white(white_out_background(image))
         generator = torch.Generator("cpu").manual_seed(seed)
         scheduler = load_scheduler(self.root / "scheduler")
         scheduler.set_timesteps(steps)

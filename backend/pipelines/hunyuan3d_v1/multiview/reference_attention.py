@@ -64,5 +64,6 @@ def install_reference_attention(unet: "nn.Module", bank: ReferenceBank) -> int:
     for name in unet.attn_processors:
         is_self_attention = name.endswith("attn1.processor")
         processors[name] = ReferenceAttentionProcessor(name, bank) if is_self_attention else AttnProcessor2_0()
-    unet.set_attn_processor(processors)
-    return sum(isinstance(p, ReferenceAttentionProcessor) for p in processors.values())
+    count = sum(isinstance(p, ReferenceAttentionProcessor) for p in processors.values())
+    unet.set_attn_processor(processors)  # empties the dict it is given
+    return count
