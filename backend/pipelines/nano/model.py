@@ -6,8 +6,8 @@ The same family as Hunyuan3D-1's SVRM, small enough to train on a laptop CPU:
 2. its deepest features are flattened into one latent vector, which a convolutional decoder
    unfolds into three feature planes (XY, XZ, YZ);
 3. the encoder's mid-level feature map, which sees the object face-on, is added to the YZ
-   plane (the camera looks along -X, so the picture's columns run along +Y and its rows
-   down -Z);
+   plane together with the picture itself at that size (the camera looks along -X, so the
+   picture's columns run along +Y and its rows down -Z);
 4. a point's features are sampled bilinearly from the three planes, concatenated with its
    coordinates, and a small MLP maps them to the signed distance and the RGB colour.
 """
@@ -95,13 +95,14 @@ class Encoder(nn.Module):
         self.aligned_level = config.aligned_level
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 4, S, S) in [0, 1] -> latent (B, latent_dim) and the plane-sized feature map."""
+        """(B, 4, S, S) in [0, 1] -> latent (B, latent_dim) and the plane-sized feature map (+ the picture)."""
         x = images * 2.0 - 1.0
         aligned = x
         for level, stage in enumerate(self.stages):
             x = stage(x)
             if level == self.aligned_level:
-                aligned = x
+                # The picture itself, averaged down, rides along: colours read straight off it.
+                aligned = torch.cat([x, F.adaptive_avg_pool2d(images, x.shape[-2:])], dim=1)
         return self.to_latent(x.flatten(1)), aligned
 
 
@@ -129,7 +130,7 @@ class TriplaneDecoder(nn.Module):
             width = narrower
         self.up = nn.Sequential(*layers)
         self.to_planes = nn.Conv2d(width, 3 * config.plane_channels, 1)
-        self.from_aligned = nn.Conv2d(config.encoder_channels[config.aligned_level], config.plane_channels, 1)
+        self.from_aligned = nn.Conv2d(config.encoder_channels[config.aligned_level] + 4, config.plane_channels, 1)
         self.width = config.encoder_channels[-1]
         self.channels = config.plane_channels
 
