@@ -33,6 +33,7 @@ PYTORCH_INDEX = "https://download.pytorch.org/whl/"
 ROCM_BUILD = "rocm6.4"
 REQUIREMENTS_FILE = Path(__file__).with_name("requirements.txt")
 STATE_DIR = "hy3d-setup"
+STATE_NAME = "state.json"
 LOG_NAME = "setup.log"
 REPORT_NAME = "report.json"
 PTH_NAME = "hunyuan3d_backend.pth"
@@ -418,7 +419,7 @@ def read_report(env_dir: Path) -> Report | None:
     """The report of a finished setup in ``env_dir``, or None when it isn't set up (or was changed since)."""
     env_dir = Path(env_dir)
     try:
-        state = json.loads((env_dir / STATE_DIR / "state.json").read_text(encoding="utf-8"))
+        state = json.loads((env_dir / STATE_DIR / STATE_NAME).read_text(encoding="utf-8"))
         report = Report.from_json(json.loads((env_dir / STATE_DIR / REPORT_NAME).read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -614,7 +615,7 @@ class Setup:
 
     def _load_state(self) -> dict:
         try:
-            state = json.loads((self.plan.state_dir / "state.json").read_text(encoding="utf-8"))
+            state = json.loads((self.plan.state_dir / STATE_NAME).read_text(encoding="utf-8"))
             if isinstance(state.get("done"), dict):
                 return state
         except (OSError, ValueError):
@@ -622,7 +623,7 @@ class Setup:
         return {"done": {}, "running": None, "complete": False}
 
     def _save_state(self, state: dict) -> None:
-        path = self.plan.state_dir / "state.json"
+        path = self.plan.state_dir / STATE_NAME
         partial = path.with_suffix(".part")
         partial.write_text(json.dumps(state, indent=2), encoding="utf-8")
         partial.replace(path)
