@@ -366,6 +366,10 @@ def test_a_damaged_embedding_file_is_refused(weights, tmp_path):
     with pytest.raises(BackendError) as error:
         StdMultiview(broken)
     assert error.value.code == ErrorCode.WEIGHTS_CORRUPT
+    (broken / "uc_text_emb.pt").write_bytes(b"PK\x03\x04 an interrupted download")
+    with pytest.raises(BackendError) as error:
+        StdMultiview(broken)
+    assert error.value.code == ErrorCode.WEIGHTS_CORRUPT and "uc_text_emb.pt" in error.value.message
 
 
 def test_weights_are_found_in_the_hugging_face_cache(weights, hf_cache):
