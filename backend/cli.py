@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
                                              "download what is missing).")
     doctor.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_runtime_options(doctor)
+
+    from .weights import DOWNLOADS
+
+    download = commands.add_parser("download", help="download a model's weights from Hugging Face (nothing else goes online)",
+                                   description="Fetch just the folders a model needs, into --weights DIR in upstream's layout "
+                                               "or into the Hugging Face cache, then check them as a job would.")
+    download.add_argument("model", choices=sorted(DOWNLOADS), help="what to download (hunyuandit: text-to-image, for prompts)")
+    download.add_argument("--weights", metavar="DIR", help="folder to download into (default: the Hugging Face cache)")
     add_setup_env_parser(commands)
     return parser
 
@@ -95,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from . import pipelines
 
-        for module in args.pipelines_from:
+        for module in getattr(args, "pipelines_from", []):
             pipelines.load_plugin(module)
-        return {"serve": cmd_serve, "generate": cmd_generate, "doctor": cmd_doctor}[args.command](args)
+        return {"serve": cmd_serve, "generate": cmd_generate, "doctor": cmd_doctor, "download": cmd_download}[args.command](args)
     except BackendError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:
@@ -287,6 +295,14 @@ def _gib(n: int | None) -> str:
 
 
 # -- doctor -----------------------------------------------------------------------------------
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .weights import download
+
+    for path in download(args.model, args.weights, progress=lambda line: print(line, file=sys.stderr)):
+        print(path)
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
