@@ -459,3 +459,17 @@ def test_end_to_end_through_the_server(weights, tmp_path, hf_cache, monkeypatch,
             assert modes == {memory}
     finally:
         backend.stop()
+
+
+def test_the_download_command_fetches_into_the_weights_folder(weights, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from backend.cli import main
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, local_dir=None, **_kwargs):
+        copy_tree(weights / "svrm", Path(local_dir) / "svrm")
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert main(["download", "hunyuan3d-1-svrm", "--weights", str(tmp_path / "w")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "w" / "svrm")
