@@ -8,9 +8,9 @@ asks for one (``python -m backend download``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import BackendError
 from .pipelines.base import WeightsReport

@@ -15,7 +15,12 @@ from PIL import Image
 from backend.errors import BackendError
 from backend.memory import MemoryManager
 from backend.pipelines.base import JobContext, JobRequest
-from backend.pipelines.hunyuan3d_v1.background import frame_object, has_meaningful_alpha, prepare_condition_image, white_out_background
+from backend.pipelines.hunyuan3d_v1.background import (
+    frame_object,
+    has_meaningful_alpha,
+    prepare_condition_image,
+    white_out_background,
+)
 from backend.pipelines.hunyuan3d_v1.multiview import LiteMultiview, StdMultiview, split_grid
 from backend.pipelines.hunyuan3d_v1.multiview.lite import guidance_ramp
 from backend.pipelines.hunyuan3d_v1.pipeline import Hunyuan3D1LitePipeline, Hunyuan3D1StdPipeline
@@ -230,7 +235,12 @@ def test_lite_guidance_is_per_view_and_fades_with_noise():
 
 def test_reference_attention_records_then_attends_to_the_reference(weights):
     from backend.pipelines.hunyuan3d_v1.components import load_diffusers_model
-    from backend.pipelines.hunyuan3d_v1.multiview.reference_attention import READ, WRITE, ReferenceBank, install_reference_attention
+    from backend.pipelines.hunyuan3d_v1.multiview.reference_attention import (
+        READ,
+        WRITE,
+        ReferenceBank,
+        install_reference_attention,
+    )
 
     unet = load_diffusers_model("UNet2DConditionModel", weights / "mvd_lite" / "unet").float()
     bank = ReferenceBank()
@@ -282,7 +292,7 @@ def test_cancel_stops_between_denoising_steps(weights):
     pipeline = Hunyuan3D1LitePipeline(weights_dir=str(weights))
     request = pipeline.validate(JobRequest(pipeline.name, {**FAST, "steps": 5}, images={"image": png(object_picture())}))
     events: list[dict] = []
-    cancelled = lambda: any(event["stage"] == "multiview" and event["step"] == 2 for event in events)  # noqa: E731
+    cancelled = lambda: any(event["stage"] == "multiview" and event["step"] == 2 for event in events)
     with pytest.raises(JobCancelled):
         pipeline.run(request, JobContext(events.append, cancelled, SimpleNamespace(memory=MemoryManager())))
     assert max(event["step"] for event in events if event["stage"] == "multiview") == 2

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ...memory.loading import WeightsError, load_safetensors_module
 
@@ -75,7 +76,7 @@ def _legacy_rename(key: str) -> str:
     return key
 
 
-def load_diffusers_model(class_name: str, folder: Path) -> "nn.Module":
+def load_diffusers_model(class_name: str, folder: Path) -> nn.Module:
     """A diffusers model (``UNet2DConditionModel``, ``AutoencoderKL``, ``HunyuanDiT2DModel``) from its folder."""
     import diffusers
 
@@ -88,7 +89,7 @@ def load_diffusers_model(class_name: str, folder: Path) -> "nn.Module":
                                    rename=_legacy_rename)
 
 
-def load_transformers_model(class_name: str, folder: Path) -> "nn.Module":
+def load_transformers_model(class_name: str, folder: Path) -> nn.Module:
     """A transformers model (CLIP, BERT, T5 encoders) from its folder, in the dtype of its file."""
     import transformers
 
@@ -105,7 +106,7 @@ def load_transformers_model(class_name: str, folder: Path) -> "nn.Module":
     return model.eval()
 
 
-def block_list(module: "nn.Module") -> list["nn.Module"]:
+def block_list(module: nn.Module) -> list[nn.Module]:
     """The longest list of repeated blocks in a transformer (what ``stream`` mode moves one at a time)."""
     from torch import nn
 
@@ -114,7 +115,7 @@ def block_list(module: "nn.Module") -> list["nn.Module"]:
     return list(max(lists, key=len)) if lists else []
 
 
-def unet_blocks(unet: "nn.Module") -> list["nn.Module"]:
+def unet_blocks(unet: nn.Module) -> list[nn.Module]:
     return [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
 
 
@@ -134,12 +135,12 @@ class ComponentSpec:
     subfolder: str
     class_name: str
     library: str
-    blocks: Callable[["nn.Module"], list["nn.Module"]] | None = None
+    blocks: Callable[[nn.Module], list[nn.Module]] | None = None
 
     def files(self, root: Path) -> list[Path]:
         return weight_files(root / self.subfolder, _DIFFUSERS_STEM if self.library == "diffusers" else _TRANSFORMERS_STEM)
 
-    def load(self, root: Path) -> "nn.Module":
+    def load(self, root: Path) -> nn.Module:
         loader = load_diffusers_model if self.library == "diffusers" else load_transformers_model
         return loader(self.class_name, root / self.subfolder)
 
@@ -187,7 +188,7 @@ class ImageNormalizer:
     std: tuple[float, ...]
 
     @classmethod
-    def from_folder(cls, folder: Path) -> "ImageNormalizer":
+    def from_folder(cls, folder: Path) -> ImageNormalizer:
         path = folder / "preprocessor_config.json"
         try:
             config = json.loads(path.read_text())
@@ -211,7 +212,7 @@ class ImageNormalizer:
             std=tuple(std) if isinstance(std, list) else (float(std),) * 3,
         )
 
-    def __call__(self, image: "Image.Image") -> "torch.Tensor":
+    def __call__(self, image: Image.Image) -> torch.Tensor:
         """(1, 3, H, W) float32."""
         import numpy as np
         import torch

@@ -9,8 +9,9 @@ every device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .components import ComponentSpec, block_list, load_scheduler
 
@@ -42,8 +43,8 @@ def full_prompt(prompt: str) -> str:
     return prompt.strip() + PROMPT_SUFFIX
 
 
-def generate_image(root: Path, modules: dict[str, Any], device: "torch.device", prompt: str, *, seed: int,
-                   steps: int = STEPS, size: int = IMAGE_SIZE, on_step: Callable[[int, int], None] | None = None) -> "Image.Image":
+def generate_image(root: Path, modules: dict[str, Any], device: torch.device, prompt: str, *, seed: int,
+                   steps: int = STEPS, size: int = IMAGE_SIZE, on_step: Callable[[int, int], None] | None = None) -> Image.Image:
     """One picture of ``prompt`` from the HunyuanDiT folder at ``root``; ``modules`` holds PARTS by subfolder.
 
     ``size`` other than 1024 is for tests and previews: resolution binning is off, which leaves

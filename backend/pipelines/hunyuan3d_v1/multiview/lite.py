@@ -46,13 +46,13 @@ class LiteMultiview(MultiviewModel):
         super().__init__(root)
         self.clip_normalizer = ImageNormalizer.from_folder(root / "feature_extractor_clip")
 
-    def _empty_prompt_tokens(self) -> "torch.Tensor":
+    def _empty_prompt_tokens(self) -> torch.Tensor:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(self.root / "tokenizer"), local_files_only=True)
         return tokenizer([""], padding="max_length", max_length=MAX_TEXT_TOKENS, truncation=True, return_tensors="pt").input_ids
 
-    def condition(self, modules: dict[str, Any], stages: StageRunner, image: "Image.Image", generator: "torch.Generator",
+    def condition(self, modules: dict[str, Any], stages: StageRunner, image: Image.Image, generator: torch.Generator,
                   view_size: int) -> Conditioning:
         import torch
 
@@ -67,7 +67,7 @@ class LiteMultiview(MultiviewModel):
                              f"{tuple(image_embedding.shape)} of {self.root} do not fit together")
         return Conditioning(reference, torch.cat([text, text + image_embedding * ramp]))
 
-    def guide(self, unconditional: "torch.Tensor", conditional: "torch.Tensor", timestep: float, scale: float) -> "torch.Tensor":
+    def guide(self, unconditional: torch.Tensor, conditional: torch.Tensor, timestep: float, scale: float) -> torch.Tensor:
         import torch
 
         rows, cols = unconditional.shape[-2:]

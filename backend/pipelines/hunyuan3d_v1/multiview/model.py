@@ -14,9 +14,10 @@ Latents stay float32 between steps; the UNet computes in its component's compute
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ....errors import BackendError
 from ....protocol import ErrorCode
@@ -48,7 +49,7 @@ class StageRunner:
     """
 
     def __init__(self, run: Callable[[str, list[str], Callable[[dict[str, Any]], Any]], Any],
-                 dtype: Callable[[str], "torch.dtype"], device: "torch.device",
+                 dtype: Callable[[str], torch.dtype], device: torch.device,
                  progress: Callable[[str, int, int], None]):
         self.run, self.dtype, self.device, self.progress = run, dtype, device, progress
 
@@ -57,16 +58,16 @@ class StageRunner:
 class Conditioning:
     """What the denoising loop needs besides the noise; batch 2 = (unconditional, conditional)."""
 
-    reference_latents: "torch.Tensor"
-    encoder_hidden_states: "torch.Tensor"
-    added_cond_kwargs: dict[str, "torch.Tensor"] = field(default_factory=dict)
+    reference_latents: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+    added_cond_kwargs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
 class MultiviewOutput:
-    grid: "Image.Image"  # 3 rows x 2 columns of views, in the model's own layout
-    views: list["Image.Image"]  # azimuth 0, 60, ..., 300
-    condition: "Image.Image"  # the condition image as the model saw it (RGB on white)
+    grid: Image.Image  # 3 rows x 2 columns of views, in the model's own layout
+    views: list[Image.Image]  # azimuth 0, 60, ..., 300
+    condition: Image.Image  # the condition image as the model saw it (RGB on white)
 
 
 class MultiviewModel:
@@ -104,17 +105,17 @@ class MultiviewModel:
 
     # -- to be provided by the variants ------------------------------------------------------
 
-    def condition(self, modules: dict[str, Any], stages: StageRunner, image: "Image.Image", generator: "torch.Generator",
+    def condition(self, modules: dict[str, Any], stages: StageRunner, image: Image.Image, generator: torch.Generator,
                   view_size: int) -> Conditioning:
         """Reference latents and embeddings from the condition image; ``modules`` holds ``condition_parts()``."""
         raise NotImplementedError
 
-    def guide(self, unconditional: "torch.Tensor", conditional: "torch.Tensor", timestep: float, scale: float) -> "torch.Tensor":
+    def guide(self, unconditional: torch.Tensor, conditional: torch.Tensor, timestep: float, scale: float) -> torch.Tensor:
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------------
 
-    def generate(self, stages: StageRunner, image: "Image.Image", *, seed: int, steps: int, guidance: float,
+    def generate(self, stages: StageRunner, image: Image.Image, *, seed: int, steps: int, guidance: float,
                  view_size: int | None = None) -> MultiviewOutput:
         """Six views of the object in ``image`` (RGBA, background removed, centred on a square)."""
         import torch
@@ -145,7 +146,7 @@ class MultiviewModel:
     def condition_parts(self) -> list[str]:
         return [spec.subfolder for spec in self.parts if spec.subfolder != "unet"]
 
-    def _condition(self, modules: dict[str, Any], stages: StageRunner, image: "Image.Image", generator: "torch.Generator",
+    def _condition(self, modules: dict[str, Any], stages: StageRunner, image: Image.Image, generator: torch.Generator,
                    view_size: int) -> Conditioning:
         import torch
 
@@ -181,8 +182,8 @@ class MultiviewModel:
         except (OSError, ValueError) as exc:
             raise BackendError(ErrorCode.WEIGHTS_CORRUPT, f"{path} is not readable ({exc})", hint="download the folder again") from None
 
-    def encode_reference(self, vae: "nn.Module", pixels: "torch.Tensor", generator: "torch.Generator",
-                         dtype: "torch.dtype", device: "torch.device") -> "torch.Tensor":
+    def encode_reference(self, vae: nn.Module, pixels: torch.Tensor, generator: torch.Generator,
+                         dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(unconditional, conditional) VAE latents, unscaled as upstream: the grey image's first, then the picture's."""
         import torch
 
@@ -190,8 +191,8 @@ class MultiviewModel:
         unconditional = _sample_posterior(vae, torch.zeros_like(pixels), generator, dtype, device)
         return torch.cat([unconditional, conditional])
 
-    def _denoise(self, stages: StageRunner, unet: "nn.Module", scheduler: Any, latents: "torch.Tensor",
-                 conditioning: Conditioning, generator: "torch.Generator", guidance: float) -> "torch.Tensor":
+    def _denoise(self, stages: StageRunner, unet: nn.Module, scheduler: Any, latents: torch.Tensor,
+                 conditioning: Conditioning, generator: torch.Generator, guidance: float) -> torch.Tensor:
         import torch
 
         device, dtype = stages.device, stages.dtype("unet")
@@ -224,7 +225,7 @@ class MultiviewModel:
             bank.clear()
         return latents
 
-    def _decode(self, stages: StageRunner, vae: "nn.Module", latents: "torch.Tensor") -> "Image.Image":
+    def _decode(self, stages: StageRunner, vae: nn.Module, latents: torch.Tensor) -> Image.Image:
         import numpy as np
         import torch
         from PIL import Image
@@ -238,8 +239,8 @@ class MultiviewModel:
         return Image.fromarray(array)
 
 
-def _sample_posterior(vae: "nn.Module", pixels: "torch.Tensor", generator: "torch.Generator",
-                      dtype: "torch.dtype", device: "torch.device") -> "torch.Tensor":
+def _sample_posterior(vae: nn.Module, pixels: torch.Tensor, generator: torch.Generator,
+                      dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     import torch
 
     posterior = vae.encode(pixels.to(device, dtype)).latent_dist
@@ -247,7 +248,7 @@ def _sample_posterior(vae: "nn.Module", pixels: "torch.Tensor", generator: "torc
     return posterior.mean.float() + posterior.std.float() * noise
 
 
-def rgb_on_white(image: "Image.Image") -> "Image.Image":
+def rgb_on_white(image: Image.Image) -> Image.Image:
     """An RGBA picture composited on white (upstream's ``to_rgb_image``)."""
     from PIL import Image
 
@@ -258,7 +259,7 @@ def rgb_on_white(image: "Image.Image") -> "Image.Image":
     return canvas
 
 
-def split_grid(grid: "Image.Image", order: tuple[int, ...]) -> list["Image.Image"]:
+def split_grid(grid: Image.Image, order: tuple[int, ...]) -> list[Image.Image]:
     """The six square cells of a 3 x 2 grid, in azimuth order 0, 60, ..., 300 given each azimuth's cell."""
     width, height = grid.size
     cell = width // GRID_COLS

@@ -23,7 +23,7 @@ class ReferenceBank:
 
     def __init__(self) -> None:
         self.mode: str | None = None
-        self.states: dict[str, "torch.Tensor"] = {}
+        self.states: dict[str, torch.Tensor] = {}
 
     def clear(self) -> None:
         self.mode = None
@@ -40,8 +40,8 @@ class ReferenceAttentionProcessor:
         self.bank = bank
         self.inner = AttnProcessor2_0()
 
-    def __call__(self, attn: Any, hidden_states: "torch.Tensor", encoder_hidden_states: "torch.Tensor | None" = None,
-                 attention_mask: "torch.Tensor | None" = None, temb: "torch.Tensor | None" = None) -> "torch.Tensor":
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
         import torch
 
         if self.bank.mode == WRITE:
@@ -52,7 +52,7 @@ class ReferenceAttentionProcessor:
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
-def install_reference_attention(unet: "nn.Module", bank: ReferenceBank) -> int:
+def install_reference_attention(unet: nn.Module, bank: ReferenceBank) -> int:
     """Give every ``attn1`` (self-attention) of ``unet`` a reference processor; the rest get plain SDPA.
 
     Returns the number of reference layers. Setting processors moves no weights, so this is safe

@@ -43,7 +43,7 @@ class StdMultiview(MultiviewModel):
         self.text_embedding = self._load_embedding(TEXT_EMBEDDING_FILE, dims=3)
         self.pooled_embedding = self._load_embedding(POOLED_EMBEDDING_FILE, dims=2)
 
-    def _load_embedding(self, name: str, dims: int) -> "torch.Tensor":
+    def _load_embedding(self, name: str, dims: int) -> torch.Tensor:
         import torch
 
         path = self.root / name
@@ -56,7 +56,7 @@ class StdMultiview(MultiviewModel):
             raise BackendError(ErrorCode.WEIGHTS_CORRUPT, f"{path} does not hold a {dims}-d tensor", hint="download the folder again")
         return tensor.float()
 
-    def condition(self, modules: dict[str, Any], stages: StageRunner, image: "Image.Image", generator: "torch.Generator",
+    def condition(self, modules: dict[str, Any], stages: StageRunner, image: Image.Image, generator: torch.Generator,
                   view_size: int) -> Conditioning:
         import torch
 
@@ -86,12 +86,12 @@ class StdMultiview(MultiviewModel):
         )
 
     @staticmethod
-    def size_conditioning(grid_size: tuple[int, int]) -> "torch.Tensor":
+    def size_conditioning(grid_size: tuple[int, int]) -> torch.Tensor:
         """SDXL's (original size, crop top-left, target size) for a grid of (height, width)."""
         import torch
 
         height, width = grid_size
         return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
 
-    def guide(self, unconditional: "torch.Tensor", conditional: "torch.Tensor", timestep: float, scale: float) -> "torch.Tensor":
+    def guide(self, unconditional: torch.Tensor, conditional: torch.Tensor, timestep: float, scale: float) -> torch.Tensor:
         return unconditional + scale * (conditional - unconditional)
