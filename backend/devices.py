@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from .errors import BackendError
 
@@ -222,13 +223,13 @@ def smoke_test(torch_device: str, dtype: str) -> str | None:
     torch_dtype = getattr(torch, dtype)
     generator = torch.Generator().manual_seed(0)
 
-    def rand(*shape: int) -> "torch.Tensor":
+    def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator)
 
     x, w = rand(16, 32), rand(32, 24)
     image, kernel = rand(1, 8, 12, 12), rand(8, 8, 3, 3)
     q, k, v = rand(1, 2, 8, 16), rand(1, 2, 8, 16), rand(1, 2, 8, 16)
-    checks: list[tuple[str, Callable[..., "torch.Tensor"], tuple["torch.Tensor", ...]]] = [
+    checks: list[tuple[str, Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]] = [
         ("matmul", torch.matmul, (x, w)),
         ("conv2d", lambda a, b: F.conv2d(a, b, padding=1), (image, kernel)),
         ("layer_norm", lambda a: F.layer_norm(a, (32,)), (x,)),

@@ -20,7 +20,7 @@ MAX_IMAGE_PIXELS = 40_000_000  # e.g. 8000 x 5000; far beyond what any stage use
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
 
 
-def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> "Image.Image":
+def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode ``data`` (an encoded picture) fully, refusing anything oversized, unknown or damaged."""
     picture = open_image(data, name, max_pixels)
     try:
@@ -31,7 +31,7 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_P
     return picture
 
 
-def open_image(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> "Image.Image":
+def open_image(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Check format, byte size and pixel count from the header alone (cheap: nothing is decoded)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -51,7 +51,7 @@ def open_image(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIX
     return picture
 
 
-def encode_png(picture: "Image.Image") -> bytes:
+def encode_png(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()

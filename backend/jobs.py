@@ -14,9 +14,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import pipelines
 from .errors import BackendError, JobCancelled
@@ -204,7 +205,7 @@ class JobEngine:
             job.state = "failed"
             job.sink(error_header(ErrorCode.OUT_OF_MEMORY, "the machine ran out of memory", job=job.id, stage=job.stage or None,
                                   hint="try --memory stage or stream, a lower resolution, or close other programs"), [])
-        except Exception as exc:  # a bug in a pipeline must not take the backend down
+        except Exception as exc:  # noqa: BLE001 - a bug in a pipeline must not take the backend down
             job.state = "failed"
             traceback.print_exc(file=sys.stderr)
             code = ErrorCode.OUT_OF_MEMORY if "out of memory" in str(exc).lower() else ErrorCode.JOB_FAILED

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
@@ -94,7 +95,7 @@ class Buffer:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "nbytes": self.nbytes}
 
     @classmethod
-    def from_array(cls, name: str, array: Any) -> "Buffer":
+    def from_array(cls, name: str, array: Any) -> Buffer:
         """Wrap a numpy array (converted to little-endian, C-contiguous) without copying when possible."""
         import numpy as np
 
@@ -107,7 +108,7 @@ class Buffer:
         return cls(name, dtype, tuple(int(s) for s in arr.shape), memoryview(arr.reshape(-1).view(np.uint8)))
 
     @classmethod
-    def from_bytes(cls, name: str, data: bytes) -> "Buffer":
+    def from_bytes(cls, name: str, data: bytes) -> Buffer:
         """An opaque byte string, for example an encoded PNG."""
         return cls(name, "|u1", (len(data),), data)
 

@@ -6,8 +6,9 @@ handed to every job through ``JobContext.runtime``. torch is imported only when 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import BackendError
 from .protocol import ErrorCode
@@ -20,9 +21,9 @@ if TYPE_CHECKING:
 @dataclass
 class Runtime:
     device: str
-    memory: "MemoryManager | None" = None
-    devices: list["DeviceInfo"] = field(default_factory=list)
-    policy: "PrecisionPolicy | None" = None
+    memory: MemoryManager | None = None
+    devices: list[DeviceInfo] = field(default_factory=list)
+    policy: PrecisionPolicy | None = None
 
     @classmethod
     def create(
@@ -31,11 +32,11 @@ class Runtime:
         memory: str = "auto",
         precision: str = "auto",
         *,
-        probe: "HardwareProbe | None" = None,
+        probe: HardwareProbe | None = None,
         smoke: Callable[[str, str], str | None] | None = None,
         budget_bytes: int | None = None,
         free_memory: Callable[[], tuple[int, int]] | None = None,
-    ) -> "Runtime":
+    ) -> Runtime:
         """Discover the devices, pick one, smoke-test its precision and start the memory manager.
 
         Args:

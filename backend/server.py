@@ -44,7 +44,7 @@ class ClientSession:
 
     _ids = itertools.count(1)
 
-    def __init__(self, server: "Server", conn: socket.socket, address: Any):
+    def __init__(self, server: Server, conn: socket.socket, address: Any):
         self.server = server
         self.conn = conn
         self.address = address
@@ -237,7 +237,7 @@ class Server:
             while not self._stop.is_set():
                 try:
                     conn, address = self.sock.accept()
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     break

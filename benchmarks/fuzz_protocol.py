@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import struct
 import sys
 import time
@@ -117,7 +116,7 @@ def main() -> int:
                     error_codes[reply.header.get("code", reply.op)] = error_codes.get(reply.header.get("code", reply.op), 0) + 1
                 except protocol.ConnectionClosed:
                     pass  # a partial frame: the server waits for more bytes, then we hang up
-                except (protocol.ProtocolError, socket.timeout):
+                except (TimeoutError, protocol.ProtocolError):
                     pass  # the frame announced more bytes than we sent; the server is still waiting
                 probe.close()
                 continue
@@ -136,7 +135,7 @@ def main() -> int:
             if reply.header.get("code") in ("frame_too_large", "bad_frame"):
                 conn.close()
                 conn = backend.connect(timeout=args.timeout)
-        except socket.timeout:
+        except TimeoutError:
             problems["hangs"] += 1
             conn.close()
             conn = backend.connect(timeout=args.timeout)

@@ -86,7 +86,7 @@ def pinned_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
 def run_mode(mode: str, paths: list[Path], tokens: int, steps: int, budget: int | None) -> dict:
     import torch
 
-    from backend.devices import PrecisionPolicy, SystemProbe, pick_device, discover
+    from backend.devices import PrecisionPolicy, SystemProbe, discover, pick_device
     from backend.memory import MemoryManager, load_safetensors_module
 
     policy = PrecisionPolicy(pick_device(discover(SystemProbe()), "cuda"))

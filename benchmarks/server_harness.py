@@ -28,7 +28,7 @@ class Backend:
         self.port = ready["port"]
         self.token = Path(ready["token_file"]).read_text().strip()
 
-    def connect(self, hello: bool = True, timeout: float = 5.0) -> "Connection":
+    def connect(self, hello: bool = True, timeout: float = 5.0) -> Connection:
         conn = Connection(self.port, timeout)
         if hello:
             conn.send({"op": "hello", "protocol": protocol.PROTOCOL_VERSION, "token": self.token})

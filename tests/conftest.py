@@ -49,7 +49,7 @@ class BackendProcess:
         self.port = self.ready["port"]
         self.token = Path(self.ready["token_file"]).read_text().strip()
 
-    def client(self, hello: bool = True) -> "Client":
+    def client(self, hello: bool = True) -> Client:
         client = Client(self.port)
         if hello:
             welcome = client.hello(self.token)
@@ -116,8 +116,9 @@ def backend(tmp_path):
 
 
 def icosphere_mesh():
-    from backend.mesh import Mesh
     from fixture_pipelines import icosphere
+
+    from backend.mesh import Mesh
 
     positions, faces = icosphere(2, 0.5)
     return Mesh(positions, faces, colors=(positions + 0.5))

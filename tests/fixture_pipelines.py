@@ -18,6 +18,16 @@ from backend.mesh import Mesh
 from backend.pipelines.base import MAX_FACES, SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput
 
 
+def _midpoint(vertices: list, cache: dict[tuple[int, int], int], a: int, b: int) -> int:
+    """Index of the unit-sphere point halfway between vertices a and b, added once per edge."""
+    key = (min(a, b), max(a, b))
+    if key not in cache:
+        m = vertices[a] + vertices[b]
+        vertices.append(m / np.linalg.norm(m))
+        cache[key] = len(vertices) - 1
+    return cache[key]
+
+
 def icosphere(subdivisions: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
     t = (1.0 + 5**0.5) / 2.0
     verts = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
@@ -29,18 +39,9 @@ def icosphere(subdivisions: int, radius: float) -> tuple[np.ndarray, np.ndarray]
     f = faces
     for _ in range(subdivisions):
         cache: dict[tuple[int, int], int] = {}
-
-        def midpoint(a: int, b: int) -> int:
-            key = (min(a, b), max(a, b))
-            if key not in cache:
-                m = v[a] + v[b]
-                v.append(m / np.linalg.norm(m))
-                cache[key] = len(v) - 1
-            return cache[key]
-
         new_faces = []
         for a, b, c in f:
-            ab, bc, ca = midpoint(a, b), midpoint(b, c), midpoint(c, a)
+            ab, bc, ca = (_midpoint(v, cache, p, q) for p, q in ((a, b), (b, c), (c, a)))
             new_faces += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
         f = new_faces
     return np.array(v) * radius, np.array(f)

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import trimesh
-
 from conftest import backend_env
 
 

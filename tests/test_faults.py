@@ -5,9 +5,9 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import BackendProcess
 
 from backend.mesh import export
-from conftest import BackendProcess
 
 
 def test_injected_out_of_memory_steps_down_and_the_job_completes(backend):
@@ -77,11 +77,12 @@ def test_disk_full_while_saving_a_result_still_delivers_the_mesh(tmp_path):
 
 @pytest.mark.parametrize("stage", ["encode", "triplane", "mesh"])
 def test_cancel_during_every_reconstruction_stage_leaves_the_engine_consistent(tmp_path, stage):
+    from test_svrm import sphere_svrm, views_request
+
     from backend.jobs import Job, JobEngine
     from backend.pipelines.base import JobRequest
     from backend.pipelines.hunyuan3d_v1.svrm.loading import save_checkpoint
     from backend.runtime import Runtime
-    from test_svrm import sphere_svrm, views_request
 
     weights = tmp_path / "weights" / "svrm"
     weights.mkdir(parents=True)

@@ -292,7 +292,10 @@ def test_cancel_stops_between_denoising_steps(weights):
     pipeline = Hunyuan3D1LitePipeline(weights_dir=str(weights))
     request = pipeline.validate(JobRequest(pipeline.name, {**FAST, "steps": 5}, images={"image": png(object_picture())}))
     events: list[dict] = []
-    cancelled = lambda: any(event["stage"] == "multiview" and event["step"] == 2 for event in events)
+
+    def cancelled() -> bool:
+        return any(event["stage"] == "multiview" and event["step"] == 2 for event in events)
+
     with pytest.raises(JobCancelled):
         pipeline.run(request, JobContext(events.append, cancelled, SimpleNamespace(memory=MemoryManager())))
     assert max(event["step"] for event in events if event["stage"] == "multiview") == 2

@@ -7,7 +7,6 @@ import pytest
 import trimesh
 
 from backend.colors import srgb_to_linear
-
 from backend.mesh import Mesh
 from backend.mesh.export import encode, save
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BackendProcess, Client, backend_env
 
 from backend.protocol import PROTOCOL_VERSION, Buffer, ConnectionClosed, ErrorCode
-from conftest import BackendProcess, Client, backend_env
 
 
 def submit(client: Client, **params) -> str:

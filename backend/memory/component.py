@@ -8,8 +8,9 @@ installs the host copy again, so weights are never copied back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -22,20 +23,20 @@ _ARENA_ALIGNMENT = 64
 
 @dataclass
 class Slot:
-    owners: list[tuple["nn.Module", str]]
+    owners: list[tuple[nn.Module, str]]
     is_param: bool
-    host: "torch.Tensor"
-    mapping: "MappedFile | None" = None
+    host: torch.Tensor
+    mapping: MappedFile | None = None
 
     @property
     def nbytes(self) -> int:
         return self.host.numel() * self.host.element_size()
 
-    def current(self) -> "torch.Tensor":
+    def current(self) -> torch.Tensor:
         module, key = self.owners[0]
         return module._parameters[key] if self.is_param else module._buffers[key]
 
-    def install(self, tensor: "torch.Tensor") -> None:
+    def install(self, tensor: torch.Tensor) -> None:
         if self.is_param:
             from torch import nn
 
@@ -49,7 +50,7 @@ class Slot:
             self.mapping.release(self.host)
 
 
-def collect_slots(module: "nn.Module") -> list[Slot]:
+def collect_slots(module: nn.Module) -> list[Slot]:
     """One slot per distinct parameter or buffer (tied weights share a slot)."""
     mappings = getattr(module, "file_mappings", [])
     by_identity: dict[int, Slot] = {}
@@ -71,16 +72,16 @@ def collect_slots(module: "nn.Module") -> list[Slot]:
 @dataclass
 class Component:
     name: str
-    loader: Callable[[], "nn.Module"]
+    loader: Callable[[], nn.Module]
     released_dtype: str
-    blocks: Callable[["nn.Module"], list["nn.Module"]] | None
+    blocks: Callable[[nn.Module], list[nn.Module]] | None
     declared_bytes: int | None
     compute_dtype: str = "float32"
-    module: "nn.Module | None" = None
+    module: nn.Module | None = None
     slots: list[Slot] = field(default_factory=list)
     block_slots: list[list[Slot]] = field(default_factory=list)
     on_device: bool = False
-    arena: "torch.Tensor | None" = None
+    arena: torch.Tensor | None = None
     pinned: bool = False
     last_used: int = 0
 
@@ -101,7 +102,7 @@ class Component:
             return (self.declared_bytes or 0) * itemsize // released_itemsize
         return sum(_compute_nbytes(slot.host, itemsize) for slot in self.slots)
 
-    def attach(self, module: "nn.Module") -> None:
+    def attach(self, module: nn.Module) -> None:
         self.module = module
         self.slots = collect_slots(module)
         self.block_slots = []
@@ -131,5 +132,5 @@ class Component:
         self.arena, self.pinned = None, False
 
 
-def _compute_nbytes(tensor: "torch.Tensor", itemsize: int) -> int:
+def _compute_nbytes(tensor: torch.Tensor, itemsize: int) -> int:
     return tensor.numel() * (itemsize if tensor.is_floating_point() else tensor.element_size())

@@ -15,8 +15,9 @@ import math
 import mmap
 import os
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import BackendError
 from ..protocol import ErrorCode
@@ -75,7 +76,7 @@ class MappedFile:
             raise WeightsError(self.path, "has a corrupt header (not a JSON object)")
         return header, 8 + length
 
-    def _view(self, name: str, entry: object, data_start: int, size: int) -> "torch.Tensor":
+    def _view(self, name: str, entry: object, data_start: int, size: int) -> torch.Tensor:
         import torch
 
         try:
@@ -93,10 +94,10 @@ class MappedFile:
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(self._map, dtype=dtype, count=count, offset=data_start + begin).view(shape)
 
-    def owns(self, tensor: "torch.Tensor") -> bool:
+    def owns(self, tensor: torch.Tensor) -> bool:
         return self._map is not None and self._base <= tensor.data_ptr() < self._base + len(self._map)
 
-    def release(self, tensor: "torch.Tensor") -> None:
+    def release(self, tensor: torch.Tensor) -> None:
         """Hand the pages under ``tensor`` back to the kernel; they are re-read from the file if touched again."""
         if not self.owns(tensor) or not hasattr(mmap, "MADV_DONTNEED"):
             return
@@ -130,11 +131,11 @@ def parameters_on_meta() -> Iterator[None]:
 
 
 def load_safetensors_module(
-    factory: Callable[[], "nn.Module"],
+    factory: Callable[[], nn.Module],
     paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     rename: Callable[[str], str | None] | None = None,
-) -> "nn.Module":
+) -> nn.Module:
     """Build ``factory()`` and fill it from the safetensors file(s) at ``paths``, zero-copy.
 
     Args:

@@ -6,7 +6,8 @@ import gc
 import itertools
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..devices import FLOAT16, DeviceInfo, PrecisionPolicy, dtype_name
 from ..errors import BackendError
@@ -80,10 +81,10 @@ class MemoryManager:
     def register(
         self,
         name: str,
-        loader: Callable[[], "nn.Module"],
+        loader: Callable[[], nn.Module],
         *,
         released_dtype: Any = FLOAT16,
-        blocks: Callable[["nn.Module"], list["nn.Module"]] | None = None,
+        blocks: Callable[[nn.Module], list[nn.Module]] | None = None,
         size_bytes: int | None = None,
     ) -> None:
         """Declare a component; nothing is loaded until a stage asks for it.
@@ -105,7 +106,7 @@ class MemoryManager:
     def is_registered(self, name: str) -> bool:
         return name in self._components
 
-    def compute_dtype(self, name: str) -> "torch.dtype":
+    def compute_dtype(self, name: str) -> torch.dtype:
         import torch
 
         return getattr(torch, self._component(name).compute_dtype)
@@ -124,7 +125,7 @@ class MemoryManager:
         self,
         stage: str,
         names: list[str],
-        fn: Callable[[dict[str, "nn.Module"]], T],
+        fn: Callable[[dict[str, nn.Module]], T],
         report: Callable[..., None] | None = None,
         *,
         activation_bytes: int | None = None,
@@ -176,7 +177,7 @@ class MemoryManager:
                 self._decision = (lower, why)
                 downgraded_from, mode = mode, lower
 
-    def _run_once(self, stage: str, components: list[Component], fn: Callable[[dict[str, "nn.Module"]], T],
+    def _run_once(self, stage: str, components: list[Component], fn: Callable[[dict[str, nn.Module]], T],
                   mode: str, activation: int, downgraded_from: str | None, report: Callable[..., None] | None) -> T:
         import contextlib
 

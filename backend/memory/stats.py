@@ -63,7 +63,7 @@ class HostPeak:
         self._thread: threading.Thread | None = None
         self._kernel = False
 
-    def __enter__(self) -> "HostPeak":
+    def __enter__(self) -> HostPeak:
         try:
             with open(self._CLEAR_REFS, "w") as f:
                 f.write("5")

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class BlockStreamer:
-    def __init__(self, component: Component, device: "torch.device", dtype: "torch.dtype", transfers: Transfers):
+    def __init__(self, component: Component, device: torch.device, dtype: torch.dtype, transfers: Transfers):
         import torch
 
         self._component, self._device, self._dtype, self._transfers = component, device, dtype, transfers
@@ -27,7 +27,7 @@ class BlockStreamer:
         self._pending: dict[int, tuple[list[torch.Tensor], torch.cuda.Event]] = {}
         self._hooks: list[Any] = []
 
-    def __enter__(self) -> "BlockStreamer":
+    def __enter__(self) -> BlockStreamer:
         component = self._component
         try:
             rest = component.rest_slots

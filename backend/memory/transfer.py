@@ -9,8 +9,9 @@ pinned quota) the file-backed copy stays and copies are merely slower.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from .component import _ARENA_ALIGNMENT, Component, Slot
 
@@ -26,9 +27,9 @@ class Transfers:
 
     h2d_bytes: int = 0
     d2h_bytes: int = 0
-    _events: list[tuple["torch.cuda.Event", "torch.cuda.Event"]] = field(default_factory=list)
+    _events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = field(default_factory=list)
 
-    def timed(self, device: "torch.device") -> "_CopyTimer":
+    def timed(self, device: torch.device) -> _CopyTimer:
         return _CopyTimer(self, device)
 
     def seconds(self) -> float:
@@ -40,10 +41,10 @@ class Transfers:
 
 
 class _CopyTimer:
-    def __init__(self, transfers: Transfers, device: "torch.device"):
+    def __init__(self, transfers: Transfers, device: torch.device):
         self._transfers, self._cuda = transfers, device.type == "cuda"
 
-    def __enter__(self) -> "_CopyTimer":
+    def __enter__(self) -> _CopyTimer:
         if self._cuda:
             import torch
 
@@ -60,7 +61,7 @@ class _CopyTimer:
             self._transfers._events.append((self._start, end))
 
 
-def executable_copies(slots: Iterable[Slot], device: "torch.device", dtype: "torch.dtype", transfers: Transfers) -> list["torch.Tensor"]:
+def executable_copies(slots: Iterable[Slot], device: torch.device, dtype: torch.dtype, transfers: Transfers) -> list[torch.Tensor]:
     """Each slot's host tensor on ``device`` with floating tensors in ``dtype``; installs nothing.
 
     On the CPU a tensor already in ``dtype`` is used as is; a converted one releases the file
@@ -84,7 +85,7 @@ def executable_copies(slots: Iterable[Slot], device: "torch.device", dtype: "tor
     return copies
 
 
-def move_to_device(component: Component, device: "torch.device", dtype: "torch.dtype", transfers: Transfers) -> None:
+def move_to_device(component: Component, device: torch.device, dtype: torch.dtype, transfers: Transfers) -> None:
     """Install device copies of every slot, all or nothing: on failure the component stays parked."""
     with transfers.timed(device):
         copies = executable_copies(component.slots, device, dtype, transfers)
@@ -121,7 +122,7 @@ def pin_host_copies(component: Component, limit_bytes: int) -> bool:
     return True
 
 
-def _register(buffer: "torch.Tensor") -> bool:
+def _register(buffer: torch.Tensor) -> bool:
     import torch
 
     result = torch.cuda.cudart().cudaHostRegister(buffer.data_ptr(), buffer.numel(), 0)
@@ -146,7 +147,7 @@ def _clear_last_cuda_error() -> None:
             continue
 
 
-def unpin(buffer: "torch.Tensor") -> None:
+def unpin(buffer: torch.Tensor) -> None:
     import torch
 
     torch.cuda.cudart().cudaHostUnregister(buffer.data_ptr())

@@ -78,6 +78,6 @@ class Mesh:
         return out
 
     @classmethod
-    def from_buffers(cls, buffers: dict[str, Buffer]) -> "Mesh":
+    def from_buffers(cls, buffers: dict[str, Buffer]) -> Mesh:
         arrays = {name: buffers[name].to_array() for name in MESH_BUFFERS if name in buffers}
         return cls(**arrays)

@@ -8,8 +8,9 @@ module import, so the server answers ``hello`` instantly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import BackendError, JobCancelled
 from ..images import open_image
@@ -92,7 +93,7 @@ class JobRequest:
 
 @dataclass
 class PipelineOutput:
-    mesh: "Mesh"
+    mesh: Mesh
     images: dict[str, bytes] = field(default_factory=dict)  # intermediate pictures, PNG-encoded
     info: dict[str, Any] = field(default_factory=dict)  # anything worth recording with the result
 
@@ -153,7 +154,7 @@ class Pipeline:
             "params": [p.describe() for p in self.params],
         }
 
-    def check_weights(self) -> "WeightsReport":
+    def check_weights(self) -> WeightsReport:
         """Where the weights were found, or what is missing and how to get it."""
         return WeightsReport(ready=True, where="built in")
 
