@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from backend.pipelines.nano.model import NanoConfig, NanoModel
 from backend.pipelines.nano.pipeline import NanoPipeline, picture_to_rgba
 from backend.pipelines.nano.render import frame_object, render
 
+REPO = Path(__file__).resolve().parents[1]
 # Small enough to train for a few steps in seconds; the input size is the real one.
 TINY = {"encoder_channels": [8, 16, 16, 16, 16], "latent_dim": 16, "plane_size": 16, "plane_channels": 8, "hidden_dim": 16}
 
@@ -193,13 +195,13 @@ def test_mesh_occupancy_matches_the_shape_it_was_extracted_from():
 
 
 @pytest.mark.skipif(not BUNDLED_WEIGHTS.is_file(), reason="the trained Nano weights are not in this checkout")
-def test_shipped_weights_reconstruct_a_held_out_example_above_the_bar():
-    from backend.pipelines.nano.evaluate import example_png
-
-    seed = data.HELD_OUT_SEED_START + 3
-    shape, _, _ = data.aligned_shape(seed)
+def test_shipped_weights_reconstruct_the_first_example_above_the_bar():
+    examples = REPO / "examples"
+    first = json.loads((examples / "nano_examples.json").read_text())[0]
+    shape, _, _ = data.aligned_shape(first["seed"])
     pipeline = NanoPipeline()
-    request = pipeline.validate(JobRequest("nano", {"resolution": 96, "max_faces": 20000}, images={"image": example_png(seed)}))
+    image = (examples / first["image"]).read_bytes()
+    request = pipeline.validate(JobRequest("nano", {"resolution": 96, "max_faces": 20000}, images={"image": image}))
     mesh = pipeline.run(request, context([])).mesh
     # The mesh is Y up with the view along -Z: mesh (x, y, z) is the field's (y, z, x).
     field_frame = mesh.positions[:, [2, 0, 1]]

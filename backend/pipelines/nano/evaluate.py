@@ -58,7 +58,9 @@ def score_held_out(weights: Path, shapes: int, resolution: int, log=print) -> di
         "grid": resolution,
         "mean_iou": float(np.mean([r["iou"] for r in per_shape])),
         "median_iou": float(np.median([r["iou"] for r in per_shape])),
-        "mean_chamfer": float(np.mean([r["chamfer"] for r in per_shape])),
+        # A prediction with no surface at all has no Chamfer distance; those are counted instead.
+        "mean_chamfer": float(np.mean([r["chamfer"] for r in per_shape if np.isfinite(r["chamfer"])] or [np.inf])),
+        "no_surface": sum(1 for r in per_shape if not np.isfinite(r["chamfer"])),
         "mean_color_error": float(np.mean([r["color_error"] for r in per_shape])),
         "iou_by_shape": {name: round(float(np.mean(v)), 3) for name, v in sorted(by_name.items())},
         "per_shape": per_shape,
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"scoring {args.weights.name} on {args.shapes} held-out shapes (seeds {HELD_OUT_SEED_START}+), grid {args.grid}")
     figures = score_held_out(args.weights, args.shapes, args.grid)
     print(f"mean IoU            {figures['mean_iou']:.3f}  (median {figures['median_iou']:.3f})")
-    print(f"mean Chamfer        {figures['mean_chamfer']:.4f}  (scene units; the object spans 1.0)")
+    print(f"mean Chamfer        {figures['mean_chamfer']:.4f}  (scene units; the object spans 1.0; "
+          f"{figures['no_surface']} predictions without a surface left out)")
     print(f"mean colour error   {figures['mean_color_error']:.3f}  (mean |RGB| difference, 0..1)")
     print("IoU by shape        " + ", ".join(f"{name} {iou:.2f}" for name, iou in figures["iou_by_shape"].items()))
     if args.timing_runs:

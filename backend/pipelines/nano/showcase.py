@@ -4,7 +4,8 @@
 
 For a few held-out seeds (never trained on) this writes ``<name>.png``, the picture a user
 would give (RGBA, transparent background), and ``results/<name>.png``: the input, then the
-model's reconstruction and the true shape, both seen from another angle. The reconstruction
+model's reconstruction and the true shape, both seen from another angle. ``nano_examples.json``
+lists each picture's seed, from which ``data.aligned_shape`` rebuilds its true shape. The reconstruction
 is drawn by sphere tracing the model's own signed distance field, the same field the
 pipeline's mesh is extracted from.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 from pathlib import Path
 
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(2)
     model = load_model(args.weights)
     (args.out / "results").mkdir(parents=True, exist_ok=True)
+    index = []
     for seed in SEEDS:
         shape, _, elevation = aligned_shape(seed)
         example = straight_alpha(render_input(shape, elevation, EXAMPLE_SIZE))
@@ -81,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         given = torch.from_numpy(example.astype(np.float32) / 255.0)
         strip = np.concatenate([on_white(given), on_white(predicted), on_white(true)], axis=1)
         Image.fromarray(strip).save(args.out / "results" / f"{shape.name}.png")
+        index.append({"image": f"{shape.name}.png", "result": f"results/{shape.name}.png", "seed": seed, "shape": shape.name})
         print(f"{shape.name}: seed {seed}")
+    # The seed gives the ground truth: ``data.aligned_shape(seed)``.
+    (args.out / "nano_examples.json").write_text(json.dumps(index, indent=1) + "\n")
 
 
 if __name__ == "__main__":

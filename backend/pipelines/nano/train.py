@@ -122,7 +122,7 @@ def validate(model: NanoModel, seeds: list[int], resolution: int = 48) -> dict[s
     model.train()
     return {
         "iou": float(np.mean([s.iou for s in scores])),
-        "chamfer": float(np.mean([s.chamfer for s in scores])),
+        "chamfer": float(np.mean([s.chamfer for s in scores if np.isfinite(s.chamfer)] or [np.inf])),
         "color_error": float(np.mean([s.color_error for s in scores])),
     }
 
