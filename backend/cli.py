@@ -290,6 +290,17 @@ class TerminalProgress:
         self.stage = None
 
 
+def _summarise_missing(missing: list[str]) -> str:
+    """``repo: folder/a``, ``repo: folder/b`` -> ``repo: folder/ (2 files)``; `doctor --json` keeps the full list."""
+    groups: dict[str, list[str]] = {}
+    for item in missing:
+        repo, _, path = item.rpartition(": ")
+        head, sep, _ = path.partition("/")
+        key = f"{repo}: {head}{sep}" if repo else f"{head}{sep}"
+        groups.setdefault(key, []).append(item)
+    return ", ".join(items[0] if len(items) == 1 else f"{key} ({len(items)} files)" for key, items in groups.items())
+
+
 def _gib(n: int | None) -> str:
     return "?" if n is None else f"{n / 2**30:.1f} GiB"
 
@@ -333,7 +344,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         if w["ready"]:
             out.append(f"  {p['name']:<22} ready ({w['where']})")
         else:
-            out.append(f"  {p['name']:<22} missing: {', '.join(w['missing'])}")
+            out.append(f"  {p['name']:<22} missing: {_summarise_missing(w['missing'])}")
             if w["download"]:
                 out.append(f"  {'':<22} get it with: {w['download']}")
     if not report["pipelines"]:
