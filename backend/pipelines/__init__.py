@@ -14,7 +14,11 @@ from .base import Pipeline
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 # Model families shipped with the backend; imported on first use (their modules import no torch at top level).
-_BUILTIN_MODULES: tuple[str, ...] = ("backend.pipelines.hunyuan3d_v1.svrm_pipeline", "backend.pipelines.hunyuan3d_v1.pipeline")
+_BUILTIN_MODULES: tuple[str, ...] = (
+    "backend.pipelines.hunyuan3d_v1.svrm_pipeline",
+    "backend.pipelines.hunyuan3d_v1.pipeline",
+    "backend.pipelines.nano.pipeline",
+)
 # What ``--model auto`` tries, best first.
 AUTO_PREFERENCE = ("hunyuan3d-1-std", "hunyuan3d-1-lite", "nano")
 _builtins_loaded = False
