@@ -1,15 +1,19 @@
-"""The add-on's single session, its environment task and the main-thread pump that drives both.
+"""The add-on's single session, its environment and download tasks and the main-thread pump that drives them.
 
 A persistent ``bpy.app.timers`` timer calls ``pump``; tests (where timers never fire) call
 it directly. Each call applies a couple of milliseconds' worth of events, refreshes the
 parameter fields when a new model list arrives and redraws the sidebar when something
-visible changed.
+visible changed. After a download the backend the add-on launched is restarted (once it is
+idle), because a backend lists its pipelines' weights only when it starts.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import bpy
 
+from .downloads import DownloadTask
 from .environment import EnvironmentTask
 from .session import Phase, Session
 
@@ -18,26 +22,31 @@ IDLE_INTERVAL_S = 0.5
 
 session: Session | None = None
 environment: EnvironmentTask | None = None
+downloads: DownloadTask | None = None
 _synced_welcome: dict | None = None
+_restart_when_idle = False
 
 
 def start() -> None:
-    global session, environment
+    global session, environment, downloads
     session = Session(import_result=_import_result)
     environment = EnvironmentTask()
+    downloads = DownloadTask()
     bpy.app.timers.register(_tick, first_interval=IDLE_INTERVAL_S, persistent=True)
 
 
 def stop() -> None:
-    """Stop the timer, the threads, the socket, any backend we started and any setup under way."""
-    global session, environment, _synced_welcome
+    """Stop the timer, the threads, the socket, any backend we started and any setup or download under way."""
+    global session, environment, downloads, _synced_welcome, _restart_when_idle
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
     if session is not None:
         session.close()
     if environment is not None:
         environment.close()
-    session, environment, _synced_welcome = None, None, None
+    if downloads is not None:
+        downloads.close()
+    session, environment, downloads, _synced_welcome, _restart_when_idle = None, None, None, None, False
 
 
 def pump() -> None:
@@ -47,6 +56,14 @@ def pump() -> None:
     changed = session.pump()
     if environment is not None:
         changed = environment.pump() or changed
+    if downloads is not None:
+        finished_before = downloads.last
+        changed = downloads.pump() or changed
+        if downloads.last is not finished_before and downloads.last.kind == "done":
+            _use_downloaded_weights()
+    if _restart_when_idle and session.job is None:
+        _restart_backend()
+        changed = True
     if session.phase is Phase.READY and session.welcome is not _synced_welcome:
         _synced_welcome = session.welcome
         from .properties import sync_params
@@ -57,9 +74,32 @@ def pump() -> None:
         _redraw()
 
 
+def _use_downloaded_weights() -> None:
+    """Have the model list show the new weights: restart a backend we launched, else say what to do."""
+    global _restart_when_idle
+    if session.backend_pid is not None:
+        _restart_when_idle = True
+        note = "restarting the backend so it finds them" + (" once this job ends" if session.job else "")
+    elif session.phase is Phase.READY:
+        note = "restart the backend you attached to so it finds them"
+    else:
+        note = "the backend finds them when it starts"
+    downloads.last = replace(downloads.last, hint=note)
+
+
+def _restart_backend() -> None:
+    global _restart_when_idle
+    _restart_when_idle = False
+    if session.backend_pid is not None:
+        from .preferences import connection_settings
+
+        session.connect(connection_settings(bpy.context))
+
+
 def _tick() -> float:
     pump()
-    busy = session is not None and session.busy or environment is not None and environment.running
+    busy = (session is not None and session.busy or environment is not None and environment.running
+            or downloads is not None and downloads.running)
     return BUSY_INTERVAL_S if busy else IDLE_INTERVAL_S
 
 

@@ -51,10 +51,15 @@ class LaunchSettings:
                 *self.options, *self.extra_args]
 
     def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        env["PYTHONPATH"] = os.pathsep.join((self.package_dir, *self.extra_pythonpath))
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+        return backend_environment(self.package_dir, self.extra_pythonpath)
+
+
+def backend_environment(package_dir: str, extra_pythonpath: tuple[str, ...] = ()) -> dict[str, str]:
+    """Blender's environment without its Python settings, the bundled backend first on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PYTHONPATH"] = os.pathsep.join((package_dir, *extra_pythonpath))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 @dataclass
@@ -97,13 +102,7 @@ class BackendProcess:
 
 def start(settings: LaunchSettings) -> BackendProcess:
     """Start the process; raises LaunchError when the interpreter can't be run at all."""
-    if not settings.python:
-        raise LaunchError("The backend has no Python environment yet",
-                          hint="Preferences > Add-ons > Hunyuan3D: press Set Up Backend, or choose the python of an "
-                               "environment with torch installed")
-    if shutil.which(settings.python) is None:
-        raise LaunchError(f"Python interpreter not found: {settings.python}",
-                          hint="choose an existing python executable in the add-on preferences")
+    check_python(settings.python)
     Path(settings.log_path).parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(settings.log_path, "wb") as log:
@@ -116,6 +115,17 @@ def start(settings: LaunchSettings) -> BackendProcess:
         raise LaunchError(f"Could not run {settings.python}: {exc.strerror or exc}",
                           hint="choose a python executable you can run in the add-on preferences") from None
     return BackendProcess(process, settings.log_path)
+
+
+def check_python(python: str) -> None:
+    """Raise LaunchError with the fix when there is no backend interpreter to run."""
+    if not python:
+        raise LaunchError("The backend has no Python environment yet",
+                          hint="Preferences > Add-ons > Hunyuan3D: press Set Up Backend, or choose the python of an "
+                               "environment with torch installed")
+    if shutil.which(python) is None:
+        raise LaunchError(f"Python interpreter not found: {python}",
+                          hint="choose an existing python executable in the add-on preferences")
 
 
 def wait_ready(backend: BackendProcess, python: str) -> Ready:

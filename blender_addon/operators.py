@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import IntProperty
+from bpy.props import IntProperty, StringProperty
 
 from . import app, importer
-from .preferences import connection_settings, environment_dir, setup_request
+from .downloads import DownloadError
+from .preferences import connection_settings, download_request, environment_dir, setup_request
 from .session import Phase, SessionError
 
 
@@ -151,5 +152,42 @@ class HY3D_OT_remove_backend_env(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class HY3D_OT_download_weights(bpy.types.Operator):
+    """Download this model's weights from Hugging Face with the backend's Python (needs Allow Online Access)"""
+
+    bl_idname = "hy3d.download_weights"
+    bl_label = "Download Weights"
+
+    model: StringProperty(name="Model", description="What 'python -m backend download' fetches", options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context):
+        return app.downloads is not None and not app.downloads.running
+
+    def execute(self, context):
+        try:
+            app.downloads.start(download_request(context, self.model))
+        except DownloadError as exc:
+            self.report({"ERROR"}, f"{exc.message}. {exc.hint}" if exc.hint else exc.message)
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class HY3D_OT_cancel_download(bpy.types.Operator):
+    """Stop the download; Download Weights goes on from the files already fetched"""
+
+    bl_idname = "hy3d.cancel_download"
+    bl_label = "Cancel Download"
+
+    @classmethod
+    def poll(cls, context):
+        return app.downloads is not None and app.downloads.running
+
+    def execute(self, context):
+        app.downloads.cancel()
+        return {"FINISHED"}
+
+
 classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_generate, HY3D_OT_cancel,
-           HY3D_OT_import_result, HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env)
+           HY3D_OT_import_result, HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env,
+           HY3D_OT_download_weights, HY3D_OT_cancel_download)

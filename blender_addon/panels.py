@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 
 from . import app
+from .downloads import LICENCE_NOTE, missing_weights
 from .session import Phase
+
+CHARACTER_WIDTH_PX = 7  # about one character of the default UI font, to wrap long labels
 
 
 class HY3D_PT_main(bpy.types.Panel):
@@ -22,6 +27,7 @@ class HY3D_PT_main(bpy.types.Panel):
             return
         if session.phase is not Phase.READY:
             draw_connection(layout, session)
+            draw_download(layout, context)
             return
         if session.unresponsive:
             layout.label(text="Backend not responding...", icon="ERROR")
@@ -32,6 +38,8 @@ class HY3D_PT_main(bpy.types.Panel):
         if "image" in accepted and "text" in accepted:
             layout.row().prop(inputs, "source", expand=True)
         layout.prop(inputs, "image_path" if inputs.source == "IMAGE" else "prompt")
+        draw_weights(layout, context, info, text_prompt="text" in accepted and inputs.source == "TEXT")
+        draw_download(layout, context)
         col = layout.column(align=True)
         for param in inputs.params:
             if not param.advanced:
@@ -92,6 +100,48 @@ def draw_connection(layout, session) -> None:
     row.scale_y = 1.6
     row.operator("hy3d.connect", text="Restart Backend" if session.phase is Phase.FAILED else "Start Backend", icon="PLAY")
     draw_outcome(layout, session)
+
+
+def draw_weights(layout, context, pipeline: dict, text_prompt: bool) -> None:
+    """A box when the chosen model can't run yet: what is missing, and the download button or the backend's hint."""
+    missing = missing_weights(pipeline, text_prompt)
+    if missing is None or app.downloads is None or app.downloads.running:
+        return
+    box = layout.box()
+    box.label(text="Weights missing", icon="ERROR")
+    draw_wrapped(box, context, missing.summary)
+    if missing.model:
+        box.operator("hy3d.download_weights", icon="IMPORT").model = missing.model
+        draw_wrapped(box, context, LICENCE_NOTE, icon="INFO")
+    elif missing.instead:
+        draw_wrapped(box, context, f"Get them with: {missing.instead}", icon="INFO")
+
+
+def draw_download(layout, context) -> None:
+    task = app.downloads
+    if task is None:
+        return
+    if task.running:
+        box = layout.box()
+        box.label(text=f"Downloading {task.model}", icon="IMPORT")
+        box.progress(factor=task.fraction, type="BAR", text=task.message)
+        box.operator("hy3d.cancel_download", icon="CANCEL")
+        return
+    outcome = task.last
+    if outcome is not None:
+        box = layout.box()
+        draw_wrapped(box, context, outcome.message, icon={"done": "CHECKMARK", "cancelled": "CANCEL"}.get(outcome.kind, "ERROR"))
+        if outcome.hint:
+            draw_wrapped(box, context, outcome.hint, icon="INFO")
+
+
+def draw_wrapped(layout, context, text: str, icon: str = "NONE") -> None:
+    """A long message as several labels that fit the sidebar's width; the icon on the first."""
+    width = context.region.width if context.region else 300
+    characters = max(20, int(width / (CHARACTER_WIDTH_PX * context.preferences.system.ui_scale)))
+    column = layout.column(align=True)
+    for number, line in enumerate(textwrap.wrap(text, characters) or [""]):
+        column.label(text=line, icon=icon if number == 0 else "BLANK1" if icon != "NONE" else "NONE")
 
 
 def draw_job(layout, session) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
-from . import app, launcher
+from . import app, downloads, launcher
 from .backend import envsetup
+from .downloads import DownloadRequest
 from .environment import SetupRequest
 from .session import ConnectionSettings, Phase, device_summary
 
@@ -150,6 +151,19 @@ def setup_request(context) -> SetupRequest:
                         allow_online=bool(bpy.app.online_access), backend_root=os.path.dirname(os.path.abspath(__file__)))
 
 
+def download_request(context, model: str) -> DownloadRequest:
+    """The download runs with the interpreter, PYTHONPATH and weights folder a launched backend gets."""
+    prefs = context.preferences.addons[__package__].preferences
+    return DownloadRequest(model=model, python=backend_python(prefs), package_dir=os.path.dirname(os.path.abspath(__file__)),
+                           log_path=os.path.join(user_dir(), downloads.LOG_NAME), allow_online=bool(bpy.app.online_access),
+                           weights_dir=bpy.path.abspath(prefs.weights_dir) if prefs.weights_dir else "",
+                           extra_pythonpath=extra_pythonpath(prefs))
+
+
+def extra_pythonpath(prefs) -> tuple[str, ...]:
+    return tuple(p for p in prefs.extra_pythonpath.split(os.pathsep) if p)
+
+
 def backend_python(prefs) -> str:
     """The chosen existing Python, else the one in the environment Set Up Backend made (if it finished)."""
     if prefs.python_path:
@@ -181,7 +195,7 @@ def connection_settings(context) -> ConnectionSettings:
         log_path=os.path.join(user_dir(), "backend.log"),
         options=tuple(options),
         extra_args=tuple(shlex.split(prefs.extra_args, posix=os.name != "nt")),
-        extra_pythonpath=tuple(p for p in prefs.extra_pythonpath.split(os.pathsep) if p),
+        extra_pythonpath=extra_pythonpath(prefs),
     )
     return ConnectionSettings(launch=launch)
 

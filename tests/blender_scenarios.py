@@ -313,6 +313,76 @@ def scenario_environment_setup(config: dict) -> dict:
     return facts
 
 
+def scenario_download_weights(config: dict) -> dict:
+    # The download inherits Blender's environment as a launched backend does: keep the hub offline, its cache empty.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HOME"] = os.path.join(config["workdir"], "hf-home")
+    install(config)
+    configure(config, weights_dir=os.path.join(config["workdir"], "weights"))
+    connect()
+    app = addon_module("app")
+    downloads = addon_module("downloads")
+    task = app.downloads
+    backend_pid = app.session.backend_pid
+    log_path = os.path.join(addon_module("preferences").user_dir(), downloads.LOG_NAME)
+    inputs = bpy.context.window_manager.hy3d
+    inputs.pipeline = "hunyuan3d-1-svrm"
+    missing = downloads.missing_weights(inputs.pipeline_info(), text_prompt=False)
+    facts = {"online_access": bpy.app.online_access, "missing": [missing.summary, missing.model, missing.instead]}
+
+    try:
+        facts["refused_result"] = sorted(bpy.ops.hy3d.download_weights(model=missing.model))
+    except RuntimeError as exc:  # the bpy module raises an operator's error report
+        facts["refused_result"] = str(exc)
+    facts["refused"] = [task.last.kind, task.last.message, task.last.hint]
+    facts["refused_running"] = task.running
+    facts["refused_children"] = child_commands()
+    facts["refused_log"] = os.path.exists(log_path)
+
+    bpy.context.preferences.system.use_online_access = True
+    facts["started"] = sorted(bpy.ops.hy3d.download_weights(model=missing.model))
+    pumps_while_running = 0
+
+    def count_pumps() -> None:
+        nonlocal pumps_while_running
+        pumps_while_running += task.running
+
+    pump_until(lambda: not task.running, on_pump=count_pumps)
+    facts["pumps_while_running"] = pumps_while_running
+    facts["failed"] = [task.last.kind, task.last.message, task.last.hint]
+    facts["last_line"] = task.line
+    facts["log_path"] = log_path
+    with open(log_path, encoding="utf-8") as log:
+        facts["log"] = log.read()
+    facts["after"] = {"phase": app.session.phase.value, "same_backend": app.session.backend_pid == backend_pid,
+                      "children": child_commands()}
+
+    # A download that succeeds (a stand-in for the hub) restarts the backend the add-on launched.
+    configure(config, weights_dir=os.path.join(config["workdir"], "weights"), python_path=stand_in_python(config))
+    assert bpy.ops.hy3d.download_weights(model=missing.model) == {"FINISHED"}
+    pump_until(lambda: not task.running)
+    facts["succeeded"] = [task.last.kind, task.last.message, task.last.hint]
+    pump_until(lambda: app.session.phase.value == "ready" and app.session.backend_pid not in (None, backend_pid))
+    facts["restarted_pipeline"] = inputs.pipeline
+    return facts
+
+
+def stand_in_python(config: dict) -> str:
+    """A python that answers ``-m backend download MODEL --weights DIR`` as if the hub had sent the files."""
+    path = os.path.join(config["workdir"], "stand-in-python")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"""#!{sys.executable}
+import os, sys
+if sys.argv[1:4] == ["-m", "backend", "download"]:
+    print("downloading " + sys.argv[4], file=sys.stderr)
+    print(os.path.join(sys.argv[6], "svrm"))
+    sys.exit(0)
+os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])
+""")
+    os.chmod(path, 0o755)
+    return path
+
+
 def scenario_legacy(config: dict) -> dict:
     result = bpy.ops.preferences.addon_install(filepath=config["zip"])
     import addon_utils
@@ -322,6 +392,22 @@ def scenario_legacy(config: dict) -> dict:
     protocol = sys.modules["hunyuan3d_blender.backend.protocol"]
     return {"install": sorted(result), "enabled": enabled, "protocol_file": protocol.__file__,
             "generate_operator": hasattr(bpy.types, "HY3D_OT_generate")}
+
+
+def child_commands() -> list[str]:
+    """The command lines of this process's children that run a download."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+                parent = int(f.read().rpartition(")")[2].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = f.read().decode("utf-8", "replace").split("\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == os.getpid() and "download" in words:
+            found.append(" ".join(words).strip())
+    return found
 
 
 def socket_count() -> int:

@@ -6,10 +6,13 @@ scenario runs in its own Blender process (see addon_support and blender_scenario
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
+import time
+import types
 import zipfile
 from importlib.util import find_spec
 from pathlib import Path
@@ -26,6 +29,20 @@ pytestmark = pytest.mark.skipif(find_spec("bpy") is None, reason="needs the bpy 
 @pytest.fixture(scope="module")
 def addon_zip(tmp_path_factory) -> Path:
     return build_zip(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="module")
+def addon_package(addon_zip, tmp_path_factory):
+    """The zip's add-on as a package whose bpy-free modules import without its __init__ (which needs bpy)."""
+    folder = tmp_path_factory.mktemp("unzipped")
+    with zipfile.ZipFile(addon_zip) as archive:
+        archive.extractall(folder)
+    package = types.ModuleType("addon_under_test")
+    package.__path__ = [str(folder / "hunyuan3d_blender")]
+    sys.modules["addon_under_test"] = package
+    yield package
+    for name in [n for n in sys.modules if n == "addon_under_test" or n.startswith("addon_under_test.")]:
+        del sys.modules[name]
 
 
 def test_build_is_reproducible_and_bundles_the_one_protocol(addon_zip, tmp_path):
@@ -162,6 +179,116 @@ def test_set_up_backend_respects_online_access_reports_progress_cancels_and_remo
     assert facts["cancel_pressed"] and facts["cancelled"][0] == "cancelled" and "resume" in facts["cancelled"][2]
     assert facts["removed"] == ["removed", f"Removed {env_dir}", ""]
     assert not facts["exists_after_remove"] and facts["status_after"][0].startswith("Not set up")
+
+
+def test_download_weights_respects_online_access_shows_errors_and_restarts_the_backend(addon_zip, tmp_path):
+    facts = run_scenario("download_weights", addon_zip, tmp_path)
+    assert facts["missing"] == ["tencent/Hunyuan3D-1: svrm/", "hunyuan3d-1-svrm", ""]
+    assert facts["online_access"] is False
+    assert "Online access is off" in facts["refused_result"]
+    kind, message, hint = facts["refused"]
+    weights = tmp_path / "weights"
+    assert kind == "error" and message == "Online access is off, so nothing was downloaded"
+    assert "Preferences > System > Network > Allow Online Access" in hint
+    assert hint.endswith(f"-m backend download hunyuan3d-1-svrm --weights {weights}")
+    assert not facts["refused_running"] and facts["refused_children"] == [] and not facts["refused_log"]
+
+    assert facts["started"] == ["FINISHED"] and facts["pumps_while_running"] > 0
+    kind, message, hint = facts["failed"]
+    assert kind == "error" and message.startswith("downloading tencent/Hunyuan3D-1 failed: ")
+    assert hint.startswith("check the network connection") and hint.endswith(f"the log is {facts['log_path']}")
+    assert facts["last_line"] == f"downloading tencent/Hunyuan3D-1 (the reconstruction model) to {weights}"
+    assert Path(facts["log_path"]).name == "download.log"
+    assert facts["last_line"] in facts["log"] and f"error: {message}" in facts["log"] and "exit code 1" in facts["log"]
+    assert facts["after"] == {"phase": "ready", "same_backend": True, "children": []}
+
+    kind, message, hint = facts["succeeded"]
+    assert (kind, message) == ("done", f"Downloaded hunyuan3d-1-svrm to {weights / 'svrm'}")
+    assert hint == "restarting the backend so it finds them"
+    assert facts["restarted_pipeline"] == "hunyuan3d-1-svrm"
+
+
+def fake_backend_python(folder: Path, body: str) -> str:
+    """An executable that stands in for the backend's python: it records how it was called, then runs ``body``."""
+    script = folder / "fake-python"
+    script.write_text(f"#!{sys.executable}\nimport json, os, sys, time\n"
+                      f"json.dump({{'argv': sys.argv[1:], 'pythonpath': os.environ['PYTHONPATH'], 'cwd': os.getcwd()}}, "
+                      f"open({str(folder / 'called.json')!r}, 'w'))\n" + body)
+    script.chmod(0o755)
+    return str(script)
+
+
+def pump_task(task, condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting: line {task.line!r}, last {task.last}"
+        task.pump()
+        time.sleep(0.005)
+
+
+def test_download_task_streams_progress_bars_and_reports_the_folders(addon_package, tmp_path):
+    downloads = importlib.import_module("addon_under_test.downloads")
+    go_on = tmp_path / "go-on"
+    python = fake_backend_python(tmp_path, f"""
+print("downloading tencent/Hunyuan3D-1 (the reconstruction model) to W", file=sys.stderr, flush=True)
+sys.stderr.write("\\rFetching 2 files:  50%|#####     | 1/2")
+sys.stderr.flush()
+while not os.path.exists({str(go_on)!r}):
+    time.sleep(0.01)
+sys.stderr.write("\\rFetching 2 files: 100%|##########| 2/2\\n")
+print("W/svrm")
+""")
+    request = downloads.DownloadRequest(model="hunyuan3d-1-svrm", python=python, package_dir=str(tmp_path),
+                                        log_path=str(tmp_path / "logs" / "download.log"), allow_online=True,
+                                        weights_dir="W", extra_pythonpath=("plugins",))
+    task = downloads.DownloadTask()
+    task.start(request)
+    pump_task(task, lambda: "50%" in task.line)
+    assert task.running and task.line == "Fetching 2 files:  50%|#####     | 1/2" and task.fraction == 0.5
+    go_on.touch()
+    pump_task(task, lambda: not task.running)
+    assert task.last == downloads.Outcome("done", "Downloaded hunyuan3d-1-svrm to W/svrm")
+    called = json.loads((tmp_path / "called.json").read_text())
+    assert called["argv"] == ["-m", "backend", "download", "hunyuan3d-1-svrm", "--weights", "W"]
+    assert called["pythonpath"] == os.pathsep.join((str(tmp_path), "plugins")) and called["cwd"] == str(tmp_path)
+    log = (tmp_path / "logs" / "download.log").read_text()
+    assert log.startswith("$ cd ") and "2/2\nexit code 0\n" in log
+
+
+def test_download_task_cancel_ends_the_process(addon_package, tmp_path):
+    downloads = importlib.import_module("addon_under_test.downloads")
+    python = fake_backend_python(tmp_path, 'print("downloading", file=sys.stderr, flush=True)\ntime.sleep(120)\n')
+    task = downloads.DownloadTask()
+    task.start(downloads.DownloadRequest(model="hunyuandit", python=python, package_dir=str(tmp_path),
+                                         log_path=str(tmp_path / "download.log"), allow_online=True))
+    pump_task(task, lambda: task.line == "downloading")
+    process = task._process
+    with pytest.raises(downloads.DownloadError, match="Already downloading hunyuandit"):
+        task.start(downloads.DownloadRequest(model="hunyuandit", python=python, package_dir=str(tmp_path),
+                                             log_path=str(tmp_path / "other.log"), allow_online=True))
+    task.cancel()
+    assert task.message == "Cancelling..."
+    pump_task(task, lambda: not task.running)
+    assert task.last.kind == "cancelled" and "again" in task.last.hint
+    assert process.poll() is not None
+
+
+def test_missing_weights_offers_the_download_the_backend_knows(addon_package):
+    downloads = importlib.import_module("addon_under_test.downloads")
+    lite = {"name": "hunyuan3d-1-lite", "weights": {"ready": False, "where": "searched the Hugging Face cache",
+            "missing": ["tencent/Hunyuan3D-1: mvd_lite/model_index.json", "tencent/Hunyuan3D-1: mvd_lite/unet/config.json",
+                        "tencent/Hunyuan3D-1: svrm/svrm.safetensors"], "download": "hf download tencent/Hunyuan3D-1"}}
+    assert downloads.missing_weights(lite, text_prompt=False) == downloads.MissingWeights(
+        "tencent/Hunyuan3D-1: mvd_lite/, svrm/ (3 files)", "hunyuan3d-1-lite")
+    trained_here = {"name": "nano", "weights": {"ready": False, "missing": ["nano/nano.safetensors"],
+                                                "download": "python -m backend.pipelines.nano.train"}}
+    assert downloads.missing_weights(trained_here, text_prompt=False) == downloads.MissingWeights(
+        "nano/", "", "python -m backend.pipelines.nano.train")
+    images_only = {"name": "hunyuan3d-1-std", "weights": {"ready": True, "where": "the standard multiview model: /w; "
+                   "text prompts also need HunyuanDiT: hf download Tencent-Hunyuan/HunyuanDiT-v1.1-Diffusers-Distilled"}}
+    assert downloads.missing_weights(images_only, text_prompt=False) is None
+    assert downloads.missing_weights(images_only, text_prompt=True).model == "hunyuandit"
+    assert downloads.missing_weights({"name": "test-shape", "weights": {"ready": True, "where": "built in"}}, True) is None
 
 
 def test_the_same_zip_installs_as_a_legacy_add_on(addon_zip, tmp_path):
