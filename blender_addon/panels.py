@@ -138,7 +138,8 @@ def draw_download(layout, context) -> None:
 def draw_wrapped(layout, context, text: str, icon: str = "NONE") -> None:
     """A long message as several labels that fit the sidebar's width; the icon on the first."""
     width = context.region.width if context.region else 300
-    characters = max(20, int(width / (CHARACTER_WIDTH_PX * context.preferences.system.ui_scale)))
+    scale = context.preferences.system.ui_scale or 1.0  # 0 in background mode
+    characters = max(20, int(width / (CHARACTER_WIDTH_PX * scale)))
     column = layout.column(align=True)
     for number, line in enumerate(textwrap.wrap(text, characters) or [""]):
         column.label(text=line, icon=icon if number == 0 else "BLANK1" if icon != "NONE" else "NONE")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import zlib
 
 import bpy
@@ -329,6 +330,8 @@ def scenario_download_weights(config: dict) -> dict:
     inputs.pipeline = "hunyuan3d-1-svrm"
     missing = downloads.missing_weights(inputs.pipeline_info(), text_prompt=False)
     facts = {"online_access": bpy.app.online_access, "missing": [missing.summary, missing.model, missing.instead]}
+    panels = addon_module("panels")
+    facts["panel_missing"] = drawn(lambda layout: panels.draw_weights(layout, bpy.context, inputs.pipeline_info(), False))
 
     try:
         facts["refused_result"] = sorted(bpy.ops.hy3d.download_weights(model=missing.model))
@@ -347,8 +350,10 @@ def scenario_download_weights(config: dict) -> dict:
         nonlocal pumps_while_running
         pumps_while_running += task.running
 
+    facts["panel_running"] = drawn(lambda layout: panels.draw_download(layout, bpy.context))
     pump_until(lambda: not task.running, on_pump=count_pumps)
     facts["pumps_while_running"] = pumps_while_running
+    facts["panel_failed"] = drawn(lambda layout: panels.draw_download(layout, bpy.context))
     facts["failed"] = [task.last.kind, task.last.message, task.last.hint]
     facts["last_line"] = task.line
     facts["log_path"] = log_path
@@ -365,6 +370,35 @@ def scenario_download_weights(config: dict) -> dict:
     pump_until(lambda: app.session.phase.value == "ready" and app.session.backend_pid not in (None, backend_pid))
     facts["restarted_pipeline"] = inputs.pipeline
     return facts
+
+
+class RecordingLayout:
+    """Stands in for a UILayout (panels can't draw in background mode): records what would be shown."""
+
+    def __init__(self, shown: list):
+        self.shown = shown
+
+    def box(self):
+        return self
+
+    def column(self, align: bool = False):
+        return self
+
+    def label(self, text: str = "", icon: str = "NONE") -> None:
+        self.shown.append(text)
+
+    def progress(self, factor: float = 0.0, type: str = "BAR", text: str = "") -> None:
+        self.shown.append(f"[progress] {text}")
+
+    def operator(self, idname: str, text: str = "", icon: str = "NONE"):
+        self.shown.append(f"[{idname}]")
+        return types.SimpleNamespace()
+
+
+def drawn(draw) -> list[str]:
+    shown: list[str] = []
+    draw(RecordingLayout(shown))
+    return shown
 
 
 def stand_in_python(config: dict) -> str:

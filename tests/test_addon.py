@@ -165,6 +165,10 @@ def test_set_up_backend_respects_online_access_reports_progress_cancels_and_remo
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     facts = run_scenario("environment_setup", addon_zip, tmp_path / "run", wheels=str(wheels))
+    assert facts["panel_missing"][:3] == ["Weights missing", "tencent/Hunyuan3D-1: svrm/", "[hy3d.download_weights]"]
+    assert "Tencent's licence" in " ".join(facts["panel_missing"][3:])
+    assert facts["panel_running"][0] == "Downloading hunyuan3d-1-svrm" and facts["panel_running"][-1] == "[hy3d.cancel_download]"
+    assert facts["panel_failed"][0] == facts["failed"][1][:len(facts["panel_failed"][0])]
     assert facts["online_access"] is False
     assert facts["status_before"][0].startswith("Not set up")
     kind, message, hint = facts["offline"]
@@ -184,6 +188,10 @@ def test_set_up_backend_respects_online_access_reports_progress_cancels_and_remo
 def test_download_weights_respects_online_access_shows_errors_and_restarts_the_backend(addon_zip, tmp_path):
     facts = run_scenario("download_weights", addon_zip, tmp_path)
     assert facts["missing"] == ["tencent/Hunyuan3D-1: svrm/", "hunyuan3d-1-svrm", ""]
+    assert facts["panel_missing"][:3] == ["Weights missing", "tencent/Hunyuan3D-1: svrm/", "[hy3d.download_weights]"]
+    assert "Tencent's licence" in " ".join(facts["panel_missing"][3:])
+    assert facts["panel_running"][0] == "Downloading hunyuan3d-1-svrm" and facts["panel_running"][-1] == "[hy3d.cancel_download]"
+    assert facts["panel_failed"][0] == facts["failed"][1][:len(facts["panel_failed"][0])]
     assert facts["online_access"] is False
     assert "Online access is off" in facts["refused_result"]
     kind, message, hint = facts["refused"]
