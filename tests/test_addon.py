@@ -165,10 +165,6 @@ def test_set_up_backend_respects_online_access_reports_progress_cancels_and_remo
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     facts = run_scenario("environment_setup", addon_zip, tmp_path / "run", wheels=str(wheels))
-    assert facts["panel_missing"][:3] == ["Weights missing", "tencent/Hunyuan3D-1: svrm/", "[hy3d.download_weights]"]
-    assert "Tencent's licence" in " ".join(facts["panel_missing"][3:])
-    assert facts["panel_running"][0] == "Downloading hunyuan3d-1-svrm" and facts["panel_running"][-1] == "[hy3d.cancel_download]"
-    assert facts["panel_failed"][0] == facts["failed"][1][:len(facts["panel_failed"][0])]
     assert facts["online_access"] is False
     assert facts["status_before"][0].startswith("Not set up")
     kind, message, hint = facts["offline"]
