@@ -309,6 +309,7 @@ def _gib(n: int | None) -> str:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    """Progress goes to stderr; stdout carries only the downloaded folders, one path a line (the add-on reads them)."""
     from .weights import download
 
     for path in download(args.model, args.weights, progress=lambda line: print(line, file=sys.stderr)):
