@@ -1,6 +1,6 @@
 """The whole product, headless: from a picture to a coloured mesh in a saved Blender scene.
 
-    python examples/demo.py [--image examples/mug.png] [--out demo-output]
+    python examples/demo.py [--image examples/snowman.png] [--out demo-output]
 
 1. builds the add-on zip with build.py (the add-on with the backend inside);
 2. starts Blender (the bpy module) with its user folders inside --out, so nothing touches
@@ -30,7 +30,7 @@ PACKAGE = "bl_ext.user_default.hunyuan3d_blender"
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", type=Path, default=EXAMPLES / "mug.png", help="input picture (default examples/mug.png)")
+    parser.add_argument("--image", type=Path, default=EXAMPLES / "snowman.png", help="input picture (default examples/snowman.png)")
     parser.add_argument("--model", default="nano", help="pipeline to run (default nano)")
     parser.add_argument("--weights", type=Path, help="weights folder (default: the Hugging Face cache; Nano ships with the backend)")
     parser.add_argument("--device", default="auto", help="backend device: auto, cpu, cuda, mps (default auto)")
