@@ -187,7 +187,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if not path.is_file():
                 raise BackendError("bad_input", f"{path}: no such file", hint=f"check the --{name} path")
             images[name] = path.read_bytes()
-    model = pipelines.choose(args.model, args.weights)
+    model = pipelines.choose(args.model, args.weights, given=set(images) | ({"text"} if args.text else set()))
     params = _collect_params(args, pipelines.get(model))
     runtime = _runtime(args)
     engine = JobEngine(runtime, output_dir=None, weights_dir=args.weights)
@@ -202,7 +202,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             outcome["header"], outcome["buffers"] = header, buffers
 
     job = Job(id="cli", request=request, owner=None, sink=sink)
-    print(f"model: {model}", file=sys.stderr)
+    print(f"model: {model}" + (" (picked by --model auto: the best one whose weights are present)" if args.model == "auto" else ""),
+          file=sys.stderr)
     worker = threading.Thread(target=engine.execute, args=(job,), daemon=True)
     worker.start()
     try:

@@ -24,6 +24,7 @@ def backend_env(home: Path, extra_pythonpath: list[Path] = ()) -> dict[str, str]
     paths = [str(p) for p in extra_pythonpath] + [str(REPO), str(TESTS)]
     env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["HY3D_HOME"] = str(home)
+    env["HF_HOME"] = str(home / "hf")  # an empty Hugging Face cache: tests never see weights the machine may have
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -45,7 +45,7 @@ def test_generate_from_an_image(tmp_path):
         (["--model", "test-shape", "--text", "x", "--set", "colour=red", "-o", "out.glb"], "no parameter 'colour'"),
         (["--model", "test-shape", "-o", "out.glb"], "needs image or text"),
         (["--model", "test-shape", "--text", "x", "--set", "fail_at_step=0", "-o", "out.glb"], "failing at step 0"),
-        (["--text", "x", "-o", "out.glb"], "no model with its weights present"),
+        (["--text", "x", "-o", "out.glb"], "no model that takes text has its weights present"),
     ],
 )
 def test_generate_errors_are_one_clear_line(tmp_path, args, expected):
@@ -84,3 +84,16 @@ def test_doctor_text(tmp_path):
 def test_every_command_has_help(tmp_path, command):
     proc = run_cli(tmp_path, *command, "--help")
     assert proc.returncode == 0 and "usage: python -m backend" in proc.stdout
+
+
+def test_model_auto_picks_nano_for_a_picture_when_no_hunyuan3d_weights_are_present(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    picture = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    picture.paste((200, 60, 60, 255), (16, 16, 48, 48))
+    picture.save(image)
+    proc = run_cli(tmp_path, "generate", "--image", str(image), "--set", "resolution=48", "-o", str(tmp_path / "out.glb"))
+    assert proc.returncode == 0, proc.stderr
+    assert "model: nano (picked by --model auto" in proc.stderr
+    assert (tmp_path / "out.glb").read_bytes()[:4] == b"glTF"

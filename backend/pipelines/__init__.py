@@ -7,6 +7,7 @@ own with ``register`` (the server's ``--pipelines-from MODULE`` imports such a m
 from __future__ import annotations
 
 import importlib
+from collections.abc import Collection
 
 from ..errors import BackendError
 from ..protocol import ErrorCode
@@ -64,25 +65,27 @@ def get(name: str) -> type[Pipeline]:
         ) from None
 
 
-def best_available(weights_dir: str | None = None) -> str | None:
-    """The first pipeline of AUTO_PREFERENCE whose weights are present, or None."""
+def best_available(weights_dir: str | None = None, given: Collection[str] = ()) -> str | None:
+    """The first pipeline of AUTO_PREFERENCE that takes the ``given`` inputs and whose weights are present."""
     _load_builtins()
     for candidate in AUTO_PREFERENCE:
-        if candidate in _REGISTRY and get(candidate)(weights_dir=weights_dir).check_weights().ready:
+        cls = _REGISTRY.get(candidate)
+        if cls is not None and set(given) <= set(cls.inputs) and cls(weights_dir=weights_dir).check_weights().ready:
             return candidate
     return None
 
 
-def choose(name: str, weights_dir: str | None = None) -> str:
-    """Resolve ``auto`` to the best pipeline whose weights are present; check any other name exists."""
+def choose(name: str, weights_dir: str | None = None, given: Collection[str] = ()) -> str:
+    """Resolve ``auto`` to the best pipeline for the ``given`` inputs whose weights are present; check any other name exists."""
     if name != "auto":
         get(name)
         return name
-    best = best_available(weights_dir)
+    best = best_available(weights_dir, given)
     if best is not None:
         return best
+    takes = f" that takes {' and '.join(sorted(given))}" if given else ""
     raise BackendError(
         ErrorCode.WEIGHTS_MISSING,
-        "no model with its weights present (tried " + ", ".join(AUTO_PREFERENCE) + ")",
+        f"no model{takes} has its weights present (tried " + ", ".join(AUTO_PREFERENCE) + ")",
         hint="run `python -m backend doctor` to see what is missing and how to download it, or pass --model",
     )
