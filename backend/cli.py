@@ -291,17 +291,6 @@ class TerminalProgress:
         self.stage = None
 
 
-def _summarise_missing(missing: list[str]) -> str:
-    """``repo: folder/a``, ``repo: folder/b`` -> ``repo: folder/ (2 files)``; `doctor --json` keeps the full list."""
-    groups: dict[str, list[str]] = {}
-    for item in missing:
-        repo, _, path = item.rpartition(": ")
-        head, sep, _ = path.partition("/")
-        key = f"{repo}: {head}{sep}" if repo else f"{head}{sep}"
-        groups.setdefault(key, []).append(item)
-    return ", ".join(items[0] if len(items) == 1 else f"{key} ({len(items)} files)" for key, items in groups.items())
-
-
 def _gib(n: int | None) -> str:
     return "?" if n is None else f"{n / 2**30:.1f} GiB"
 
@@ -319,6 +308,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from .weights import summarise_missing
+
     runtime = _runtime(args)
     report = {
         "backend": {"name": SERVER_NAME, "version": __version__, "protocol": PROTOCOL_VERSION, "python": sys.version.split()[0]},
@@ -346,7 +337,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         if w["ready"]:
             out.append(f"  {p['name']:<22} ready ({w['where']})")
         else:
-            out.append(f"  {p['name']:<22} missing: {_summarise_missing(w['missing'])}")
+            out.append(f"  {p['name']:<22} missing: {summarise_missing(w['missing'])}")
             if w["download"]:
                 out.append(f"  {'':<22} get it with: {w['download']}")
     if not report["pipelines"]:

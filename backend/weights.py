@@ -337,3 +337,17 @@ def download(model: str, weights_dir: str | None, progress: Callable[[str], None
             raise BackendError(ErrorCode.WEIGHTS_MISSING, f"downloading {repo_id} failed: {exc}",
                                hint="check the network connection (and that you accepted the model's licence on huggingface.co), then retry") from None
     return require_folders(list(folders), weights_dir)
+
+
+def summarise_missing(missing: list[str]) -> str:
+    """``repo: a/x``, ``repo: a/y``, ``repo: b/z`` -> ``repo: a/, b/ (3 files)``."""
+    if not missing:
+        return "Some files are missing"
+    groups: dict[str, dict[str, None]] = {}
+    for item in missing:
+        repo, _, path = item.rpartition(": ")
+        head, slash, _ = path.partition("/")
+        groups.setdefault(repo, {})[head + slash] = None
+    parts = [f"{repo}: {', '.join(heads)}" if repo else ", ".join(heads) for repo, heads in groups.items()]
+    count = len(missing)
+    return "; ".join(parts) + (f" ({count} files)" if count > 1 else "")

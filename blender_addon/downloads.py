@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 
 from . import launcher
-from .backend.weights import DOWNLOADS, HUNYUAN_DIT_REPO
+from .backend.weights import DOWNLOADS, HUNYUAN_DIT_REPO, summarise_missing
 
 JOIN_TIMEOUT_S = 5.0
 LOG_NAME = "download.log"
@@ -103,20 +103,6 @@ def missing_weights(pipeline: dict, text_prompt: bool) -> MissingWeights | None:
     if text_prompt and HUNYUAN_DIT_REPO in weights.get("where", ""):
         return MissingWeights("Prompts also need the text-to-image model (HunyuanDiT)", TEXT_TO_IMAGE)
     return None
-
-
-def summarise_missing(missing: list[str]) -> str:
-    """``repo: a/x``, ``repo: a/y``, ``repo: b/z`` -> ``repo: a/, b/ (3 files)``."""
-    if not missing:
-        return "Some files are missing"
-    groups: dict[str, dict[str, None]] = {}
-    for item in missing:
-        repo, _, path = item.rpartition(": ")
-        head, slash, _ = path.partition("/")
-        groups.setdefault(repo, {})[head + slash] = None
-    parts = [f"{repo}: {', '.join(heads)}" if repo else ", ".join(heads) for repo, heads in groups.items()]
-    count = len(missing)
-    return "; ".join(parts) + (f" ({count} files)" if count > 1 else "")
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def test_doctor_text(tmp_path):
     proc = run_cli(tmp_path, "doctor", "--pipelines-from", "fixture_pipelines")
     assert proc.returncode == 0, proc.stderr
     assert "Devices:" in proc.stdout and "test-shape" in proc.stdout
-    assert "hunyuan3d-1-std        missing: tencent/Hunyuan3D-1: mvd_std/ (" in proc.stdout
+    assert "hunyuan3d-1-std        missing: tencent/Hunyuan3D-1: mvd_std/, svrm/ (" in proc.stdout
     assert 'get it with: hf download tencent/Hunyuan3D-1 --include "mvd_std/*" "svrm/*"' in proc.stdout
 
 
