@@ -144,7 +144,7 @@ def validate(model: NanoModel, seeds: list[int], resolution: int = 48) -> dict[s
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m backend.pipelines.nano.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=BUNDLED_WEIGHTS.parent, help="folder for nano.safetensors and nano.json")
-    parser.add_argument("--steps", type=int, default=6000, help="optimizer steps (the run's length)")
+    parser.add_argument("--steps", type=int, default=10000, help="optimizer steps (the run's length)")
     parser.add_argument("--shapes", type=int, default=10000, help="training shapes: seeds 0 .. shapes-1")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--points", type=int, default=2048, help="query points per picture per step")
