@@ -19,7 +19,13 @@ def pair():
 
 
 def send_raw(sock, data: bytes) -> None:
-    threading.Thread(target=sock.sendall, args=(data,), daemon=True).start()
+    def send() -> None:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass  # the reader may refuse the frame and close before every byte is sent
+
+    threading.Thread(target=send, daemon=True).start()
 
 
 def frame(header: dict | bytes) -> bytes:
