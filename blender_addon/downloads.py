@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import codecs
 import os
-import queue
 import re
 import shlex
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 
 from . import launcher
 from .backend.weights import DOWNLOADS, HUNYUAN_DIT_REPO, summarise_missing
+from .tasks import BackgroundTask, Finished, Outcome
 
-JOIN_TIMEOUT_S = 5.0
 LOG_NAME = "download.log"
 LICENCE_NOTE = "Your own download from Hugging Face, under Tencent's licence for these weights"
 # The download that brings text-to-image, which Hunyuan3D pipelines need for prompts only.
@@ -72,13 +70,6 @@ class DownloadRequest:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    kind: str  # "done", "cancelled" or "error"
-    message: str
-    hint: str = ""
-
-
-@dataclass(frozen=True)
 class MissingWeights:
     """What the sidebar says about a pipeline's weights.
 
@@ -110,32 +101,16 @@ class _Line:
     text: str
 
 
-@dataclass(frozen=True)
-class _Finished:
-    outcome: Outcome
+class DownloadTask(BackgroundTask):
+    """One download at a time; its outcome is "done", "cancelled" or "error"."""
 
-
-class DownloadTask:
-    """One download at a time. Main thread only, except the reader thread it starts."""
+    thread_name = "hy3d-download"
 
     def __init__(self):
-        self.events: queue.Queue = queue.Queue()
+        super().__init__()
         self.model = ""
         self.line = ""
-        self.last: Outcome | None = None
         self._process: subprocess.Popen | None = None
-        self._thread: threading.Thread | None = None
-        self._cancel = threading.Event()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
-
-    @property
-    def message(self) -> str:
-        if self._cancel.is_set():
-            return "Cancelling..."
-        return self.line or "Starting..."
 
     @property
     def fraction(self) -> float:
@@ -153,36 +128,21 @@ class DownloadTask:
     def cancel(self) -> None:
         process = self._process
         if process is not None:
-            self._cancel.set()
+            super().cancel()
             process.terminate()
 
-    def close(self) -> None:
-        """End any download and wait for the reader (add-on disabled, Blender quitting)."""
-        self.cancel()
-        thread, process = self._thread, self._process
-        if thread is not None:
-            thread.join(JOIN_TIMEOUT_S)
-            if thread.is_alive() and process is not None:
-                process.kill()
-                thread.join(JOIN_TIMEOUT_S)
-        self._thread, self._process = None, None
+    def _status(self) -> str:
+        return self.line
 
-    def pump(self) -> bool:
-        """Apply the reader's events; returns whether anything visible changed."""
-        changed = False
-        while True:
-            try:
-                event = self.events.get_nowait()
-            except queue.Empty:
-                return changed
-            changed = True
-            if isinstance(event, _Finished):
-                self.last = event.outcome
-                if self._thread is not None:
-                    self._thread.join(JOIN_TIMEOUT_S)
-                self._thread, self._process = None, None
-            else:
-                self.line = event.text
+    def _apply(self, event: _Line) -> None:
+        self.line = event.text
+
+    def _ended(self) -> None:
+        self._process = None
+
+    def _stop_hard(self) -> None:
+        if self._process is not None:
+            self._process.kill()
 
     def _start(self, request: DownloadRequest) -> None:
         if self.running:
@@ -214,11 +174,8 @@ class DownloadTask:
             log.close()
             raise DownloadError(f"Could not run {request.python}: {exc.strerror or exc}",
                                 "choose a python executable you can run in the add-on preferences") from None
-        self.model, self.line, self.last = request.model, "", None
-        self._cancel.clear()
-        self._process = process
-        self._thread = threading.Thread(target=self._read, args=(process, log, request), name="hy3d-download", daemon=True)
-        self._thread.start()
+        self.model, self.line, self._process = request.model, "", process
+        self._run_in_background(self._read, process, log, request)
 
     # -- reader thread --
 
@@ -259,7 +216,7 @@ class DownloadTask:
             log.write(f"exit code {code}\n")
         process.stderr.close()
         process.stdout.close()
-        self.events.put(_Finished(self._outcome(request, code, folders, errors, hints, tail)))
+        self.events.put(Finished(self._outcome(request, code, folders, errors, hints, tail)))
 
     def _outcome(self, request: DownloadRequest, code: int, folders: list[str], errors: list[str], hints: list[str],
                  tail: str) -> Outcome:

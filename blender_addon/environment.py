@@ -1,20 +1,16 @@
 """Setting up and removing the backend's own environment without freezing Blender. No bpy.
 
-The work (``backend.envsetup``: venv, pip, doctor) runs on a thread that only puts events on
-a queue; ``EnvironmentTask.pump`` on the main thread applies them to the state the
-preferences draw: a progress bar, the current message, and at the end the outcome.
+The work (``backend.envsetup``: venv, pip, doctor) runs on a ``tasks.BackgroundTask`` worker;
+its progress events become the preferences' progress bar and message, and at the end the outcome.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from .backend import envsetup
-
-JOIN_TIMEOUT_S = 5.0
+from .tasks import BackgroundTask, Finished, Outcome
 
 
 @dataclass(frozen=True)
@@ -36,88 +32,42 @@ class SetupRequest:
     backend_root: str
 
 
-@dataclass(frozen=True)
-class Outcome:
-    kind: str  # "ready", "cancelled", "removed" or "error"
-    message: str
-    hint: str = ""
+class EnvironmentTask(BackgroundTask):
+    """One setup or removal at a time; its outcome is "ready", "removed", "cancelled" or "error"."""
 
-
-@dataclass(frozen=True)
-class _Finished:
-    outcome: Outcome
-
-
-class EnvironmentTask:
-    """One setup or removal at a time. Main thread only, except the worker it starts."""
+    thread_name = "hy3d-environment"
 
     def __init__(self):
-        self.events: queue.Queue = queue.Queue()
+        super().__init__()
         self.progress: envsetup.Progress | None = None
-        self.last: Outcome | None = None
         self._setup: envsetup.Setup | None = None
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
 
     @property
     def fraction(self) -> float:
         return self.progress.fraction if self.progress is not None else 0.0
 
-    @property
-    def message(self) -> str:
-        if self._cancel.is_set():
-            return "Cancelling..."
-        return self.progress.message if self.progress is not None else "Starting..."
-
     def start(self, request: SetupRequest) -> None:
-        self._begin(self._set_up, request)
+        if not self.running:
+            self._run_in_background(self._set_up, request)
 
     def remove(self, env_dir: str) -> None:
-        self._begin(self._remove, env_dir)
+        if not self.running:
+            self._run_in_background(self._remove, env_dir)
 
     def cancel(self) -> None:
-        self._cancel.set()
+        super().cancel()
         setup = self._setup
         if setup is not None:
             setup.cancel()
 
-    def close(self) -> None:
-        """Cancel anything running and wait for the worker (add-on disabled, Blender quitting)."""
-        self.cancel()
-        if self._thread is not None:
-            self._thread.join(JOIN_TIMEOUT_S)
-            self._thread = None
+    def _status(self) -> str:
+        return self.progress.message if self.progress is not None else ""
 
-    def pump(self) -> bool:
-        """Apply the worker's events; returns whether anything visible changed."""
-        changed = False
-        while True:
-            try:
-                event = self.events.get_nowait()
-            except queue.Empty:
-                return changed
-            changed = True
-            if isinstance(event, _Finished):
-                self.last = event.outcome
-                self.progress = None
-                self._setup = None
-                if self._thread is not None:
-                    self._thread.join(JOIN_TIMEOUT_S)
-                self._thread = None
-            else:
-                self.progress = event
+    def _apply(self, event: envsetup.Progress) -> None:
+        self.progress = event
 
-    def _begin(self, target, argument) -> None:
-        if self.running:
-            return
-        self.last, self.progress = None, None
-        self._cancel.clear()
-        self._thread = threading.Thread(target=target, args=(argument,), name="hy3d-environment", daemon=True)
-        self._thread.start()
+    def _ended(self) -> None:
+        self.progress, self._setup = None, None
 
     # -- worker thread --
 
@@ -137,7 +87,7 @@ class EnvironmentTask:
             outcome = Outcome("error", exc.message, exc.hint)
         except OSError as exc:
             outcome = Outcome("error", f"Setup failed: {exc}", "see the setup log in the environment folder")
-        self.events.put(_Finished(outcome))
+        self.events.put(Finished(outcome))
 
     def _remove(self, env_dir: str) -> None:
         try:
@@ -145,4 +95,4 @@ class EnvironmentTask:
             outcome = Outcome("removed", f"Removed {env_dir}")
         except envsetup.SetupError as exc:
             outcome = Outcome("error", exc.message, exc.hint)
-        self.events.put(_Finished(outcome))
+        self.events.put(Finished(outcome))

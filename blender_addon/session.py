@@ -23,6 +23,7 @@ from typing import Any
 
 from . import launcher, meshdata
 from .backend import protocol
+from .tasks import Outcome
 
 CLIENT_NAME = "hunyuan3d-blender-addon"
 HEARTBEAT_S = 1.0
@@ -97,13 +98,6 @@ class JobState:
 
     def fraction(self) -> float:
         return min(1.0, self.step / self.total) if self.total and self.step is not None else 0.0
-
-
-@dataclass(frozen=True)
-class Outcome:
-    kind: str  # "result", "cancelled" or "error"
-    message: str
-    hint: str = ""
 
 
 @dataclass
