@@ -156,7 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine = JobEngine(runtime, output_dir=args.output_dir or default_output_dir(), weights_dir=args.weights,
                            max_queue=args.max_queue)
         identity = {"devices": runtime.describe_devices(), "pipelines": _pipeline_catalogue(args.weights)}
-        server = Server(engine, token, identity, host=args.host, port=args.port, max_buffer_bytes=args.max_buffer_bytes)
+        server = Server(engine, token, identity, host=args.host, port=args.port, max_buffer_bytes=args.max_buffer_bytes,
+                        catalogue=lambda: _pipeline_catalogue(args.weights))
         if args.parent_pid:
             server.watch_parent(args.parent_pid)
         ready = {"event": "ready", "port": server.port, "pid": os.getpid(), "protocol": PROTOCOL_VERSION,

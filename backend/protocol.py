@@ -287,11 +287,12 @@ CLIENT_OPS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "submit": {"pipeline": (_STR, True), "params": (_DICT, False), "text": (_STR, False)},
     "cancel": {"job": (_STR, True)},
     "status": {},
+    "pipelines": {},
     "shutdown": {},
 }
 COMMON_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {"op": (_STR, True), "ref": (_STR + _INT, False)}
 
-SERVER_EVENTS = ("welcome", "pong", "accepted", "progress", "result", "cancelled", "error", "status", "bye")
+SERVER_EVENTS = ("welcome", "pong", "accepted", "progress", "result", "cancelled", "error", "status", "pipelines", "bye")
 
 
 def validate_request(header: dict[str, Any]) -> str:

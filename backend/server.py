@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import SERVER_NAME, __version__
@@ -119,6 +120,8 @@ class ClientSession:
                 self.send({"op": "pong", "time": time.time(), **ref})
             elif op == "status":
                 self.send({"op": "status", **self.server.status(), **ref})
+            elif op == "pipelines":
+                self.send({"op": "pipelines", "pipelines": self.server.refresh_pipelines(), **ref})
             elif op == "submit":
                 self._submit(header, message, ref)
             elif op == "cancel":
@@ -178,15 +181,18 @@ class Server:
     Args:
         engine: the job engine (already holding the runtime).
         token: the shared secret every client must present in ``hello``.
-        identity: the static part of ``welcome`` (server, devices, pipelines).
+        identity: what ``welcome`` says besides the server itself (devices, pipelines).
         host/port: where to listen; port 0 lets the OS pick.
+        catalogue: lists the pipelines with a fresh look at their weights, for the ``pipelines``
+            op (weights downloaded or copied in since the start); None keeps the start's list.
     """
 
     def __init__(self, engine: JobEngine, token: str, identity: dict[str, Any], host: str = "127.0.0.1", port: int = 0,
-                 max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES):
+                 max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES, catalogue: Callable[[], list[dict[str, Any]]] | None = None):
         self.engine = engine
         self.token = token
         self._identity = identity
+        self._catalogue = catalogue
         self.max_buffer_bytes = max_buffer_bytes
         self.sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.port = self.sock.getsockname()[1]
@@ -197,6 +203,14 @@ class Server:
 
     def identity(self) -> dict[str, Any]:
         return {"server": {"name": SERVER_NAME, "version": __version__, "pid": os.getpid()}, **self._identity}
+
+    def refresh_pipelines(self) -> list[dict[str, Any]]:
+        """The pipelines and their weights as they are now; later welcomes say the same."""
+        if self._catalogue is None:
+            return self._identity.get("pipelines", [])
+        pipelines = self._catalogue()
+        self._identity = {**self._identity, "pipelines": pipelines}
+        return pipelines
 
     def status(self) -> dict[str, Any]:
         runtime = self.engine.runtime

@@ -3,8 +3,8 @@
 A persistent ``bpy.app.timers`` timer calls ``pump``; tests (where timers never fire) call
 it directly. Each call applies a couple of milliseconds' worth of events, refreshes the
 parameter fields when a new model list arrives and redraws the sidebar when something
-visible changed. After a download the backend the add-on launched is restarted (once it is
-idle), because a backend lists its pipelines' weights only when it starts.
+visible changed. After a download the backend is asked to look at its weights again, which
+brings the new model list.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ session: Session | None = None
 environment: EnvironmentTask | None = None
 downloads: DownloadTask | None = None
 _synced_welcome: dict | None = None
-_restart_when_idle = False
 
 
 def start() -> None:
@@ -37,7 +36,7 @@ def start() -> None:
 
 def stop() -> None:
     """Stop the timer, the threads, the socket, any backend we started and any setup or download under way."""
-    global session, environment, downloads, _synced_welcome, _restart_when_idle
+    global session, environment, downloads, _synced_welcome
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
     if session is not None:
@@ -46,7 +45,7 @@ def stop() -> None:
         environment.close()
     if downloads is not None:
         downloads.close()
-    session, environment, downloads, _synced_welcome, _restart_when_idle = None, None, None, None, False
+    session, environment, downloads, _synced_welcome = None, None, None, None
 
 
 def pump() -> None:
@@ -61,9 +60,6 @@ def pump() -> None:
         changed = downloads.pump() or changed
         if downloads.last is not finished_before and downloads.last.kind == "done":
             _use_downloaded_weights()
-    if _restart_when_idle and session.job is None:
-        _restart_backend()
-        changed = True
     if session.phase is Phase.READY and session.welcome is not _synced_welcome:
         _synced_welcome = session.welcome
         from .properties import sync_params
@@ -75,25 +71,9 @@ def pump() -> None:
 
 
 def _use_downloaded_weights() -> None:
-    """Have the model list show the new weights: restart a backend we launched, else say what to do."""
-    global _restart_when_idle
-    if session.backend_pid is not None:
-        _restart_when_idle = True
-        note = "restarting the backend so it finds them" + (" once this job ends" if session.job else "")
-    elif session.phase is Phase.READY:
-        note = "restart the backend you attached to so it finds them"
-    else:
-        note = "the backend finds them when it starts"
+    """Have the backend look at its weights again, so the model list shows the new ones."""
+    note = "the model list is updated to include them" if session.refresh_pipelines() else "the backend finds them when it starts"
     downloads.last = replace(downloads.last, hint=note)
-
-
-def _restart_backend() -> None:
-    global _restart_when_idle
-    _restart_when_idle = False
-    if session.backend_pid is not None:
-        from .preferences import connection_settings
-
-        session.connect(connection_settings(bpy.context))
 
 
 def _tick() -> float:

@@ -47,6 +47,21 @@ class HY3D_OT_test_connection(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class HY3D_OT_refresh_models(bpy.types.Operator):
+    """Have the backend look for weights again (after you added some to the weights folder) and update the model list"""
+
+    bl_idname = "hy3d.refresh_models"
+    bl_label = "Check Again"
+
+    @classmethod
+    def poll(cls, context):
+        return app.session is not None and app.session.phase is Phase.READY
+
+    def execute(self, context):
+        app.session.refresh_pipelines()
+        return {"FINISHED"}
+
+
 class HY3D_OT_generate(bpy.types.Operator):
     """Generate a mesh from the image or the prompt; it appears at the 3D cursor"""
 
@@ -188,6 +203,6 @@ class HY3D_OT_cancel_download(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_generate, HY3D_OT_cancel,
+classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_refresh_models, HY3D_OT_generate, HY3D_OT_cancel,
            HY3D_OT_import_result, HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env,
            HY3D_OT_download_weights, HY3D_OT_cancel_download)

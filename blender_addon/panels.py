@@ -115,6 +115,7 @@ def draw_weights(layout, context, pipeline: dict, text_prompt: bool) -> None:
         draw_wrapped(box, context, LICENCE_NOTE, icon="INFO")
     elif missing.instead:
         draw_wrapped(box, context, f"Get them with: {missing.instead}", icon="INFO")
+    box.operator("hy3d.refresh_models", icon="FILE_REFRESH")
 
 
 def draw_download(layout, context) -> None:

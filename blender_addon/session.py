@@ -360,6 +360,13 @@ class Session:
         if job.id is not None and self.phase is Phase.READY:
             self._connection.send({"op": "cancel", "job": job.id})
 
+    def refresh_pipelines(self) -> bool:
+        """Have the backend look at its weights again; the new model list arrives through ``pump``."""
+        if self.phase is not Phase.READY:
+            return False
+        self._connection.send({"op": "pipelines", "ref": "pipelines"})
+        return True
+
     def request_status(self) -> None:
         if self.phase is Phase.READY:
             self._connection.send({"op": "status", "ref": "status"})
@@ -425,6 +432,9 @@ class Session:
         op, job = header.get("op"), self.job
         if op == "status":
             self.status = header
+            return False
+        if op == "pipelines" and self.welcome is not None:
+            self.welcome = {**self.welcome, "pipelines": header.get("pipelines", [])}
             return False
         if job is None:
             return False

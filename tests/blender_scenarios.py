@@ -362,13 +362,14 @@ def scenario_download_weights(config: dict) -> dict:
     facts["after"] = {"phase": app.session.phase.value, "same_backend": app.session.backend_pid == backend_pid,
                       "children": child_commands()}
 
-    # A download that succeeds (a stand-in for the hub) restarts the backend the add-on launched.
+    # A download that succeeds (a stand-in for the hub writes the file) updates the model list of the same backend.
     configure(config, weights_dir=os.path.join(config["workdir"], "weights"), python_path=stand_in_python(config))
     assert bpy.ops.hy3d.download_weights(model=missing.model) == {"FINISHED"}
     pump_until(lambda: not task.running)
     facts["succeeded"] = [task.last.kind, task.last.message, task.last.hint]
-    pump_until(lambda: app.session.phase.value == "ready" and app.session.backend_pid not in (None, backend_pid))
-    facts["restarted_pipeline"] = inputs.pipeline
+    pump_until(lambda: (inputs.pipeline_info() or {}).get("weights", {}).get("ready"))
+    facts["after_download"] = {"pipeline": inputs.pipeline, "same_backend": app.session.backend_pid == backend_pid,
+                               "panel": drawn(lambda layout: panels.draw_weights(layout, bpy.context, inputs.pipeline_info(), False))}
     return facts
 
 
@@ -402,14 +403,19 @@ def drawn(draw) -> list[str]:
 
 
 def stand_in_python(config: dict) -> str:
-    """A python that answers ``-m backend download MODEL --weights DIR`` as if the hub had sent the files."""
+    """A python that answers ``-m backend download MODEL --weights DIR`` as if the hub had sent the file (a tiny safetensors)."""
     path = os.path.join(config["workdir"], "stand-in-python")
     with open(path, "w", encoding="utf-8") as f:
         f.write(f"""#!{sys.executable}
-import os, sys
+import os, struct, sys
 if sys.argv[1:4] == ["-m", "backend", "download"]:
     print("downloading " + sys.argv[4], file=sys.stderr)
-    print(os.path.join(sys.argv[6], "svrm"))
+    folder = os.path.join(sys.argv[6], "svrm")
+    os.makedirs(folder, exist_ok=True)
+    header = b'{{"probe":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}}}'
+    with open(os.path.join(folder, "svrm.safetensors"), "wb") as weights:
+        weights.write(struct.pack("<Q", len(header)) + header + bytes(4))
+    print(folder)
     sys.exit(0)
 os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])
 """)

@@ -181,10 +181,11 @@ def test_set_up_backend_respects_online_access_reports_progress_cancels_and_remo
     assert not facts["exists_after_remove"] and facts["status_after"][0].startswith("Not set up")
 
 
-def test_download_weights_respects_online_access_shows_errors_and_restarts_the_backend(addon_zip, tmp_path):
+def test_download_weights_respects_online_access_shows_errors_and_updates_the_model_list(addon_zip, tmp_path):
     facts = run_scenario("download_weights", addon_zip, tmp_path)
     assert facts["missing"] == ["tencent/Hunyuan3D-1: svrm/", "hunyuan3d-1-svrm", ""]
     assert facts["panel_missing"][:3] == ["Weights missing", "tencent/Hunyuan3D-1: svrm/", "[hy3d.download_weights]"]
+    assert facts["panel_missing"][-1] == "[hy3d.refresh_models]"
     assert "Tencent's licence" in " ".join(facts["panel_missing"][3:])
     assert facts["panel_running"][0] == "Downloading hunyuan3d-1-svrm" and facts["panel_running"][-1] == "[hy3d.cancel_download]"
     assert facts["panel_failed"][0] == facts["failed"][1][:len(facts["panel_failed"][0])]
@@ -208,8 +209,9 @@ def test_download_weights_respects_online_access_shows_errors_and_restarts_the_b
 
     kind, message, hint = facts["succeeded"]
     assert (kind, message) == ("done", f"Downloaded hunyuan3d-1-svrm to {weights / 'svrm'}")
-    assert hint == "restarting the backend so it finds them"
-    assert facts["restarted_pipeline"] == "hunyuan3d-1-svrm"
+    assert hint == "the model list is updated to include them"
+    # The backend the add-on launched looked again: no restart, the model stays chosen, nothing is missing.
+    assert facts["after_download"] == {"pipeline": "hunyuan3d-1-svrm", "same_backend": True, "panel": []}
 
 
 def fake_backend_python(folder: Path, body: str) -> str:

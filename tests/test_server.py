@@ -179,6 +179,34 @@ def test_status_and_ping_answer_while_a_job_runs(backend):
     assert closing.op == "cancelled" and closing.header["stage"] == "shape"
 
 
+def test_pipelines_op_sees_weights_added_while_running(tmp_path):
+    from safetensors.numpy import save_file
+
+    from backend.weights import SVRM_WEIGHTS
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    backend = BackendProcess(tmp_path, "--weights", str(weights))
+    try:
+        client = Client(backend.port)
+
+        def svrm(pipelines: list) -> dict:
+            return next(p for p in pipelines if p["name"] == "hunyuan3d-1-svrm")["weights"]
+
+        assert svrm(client.hello(backend.token)["pipelines"])["ready"] is False
+        target = weights / SVRM_WEIGHTS.path
+        target.parent.mkdir(parents=True)
+        save_file({"probe": np.zeros(4, dtype=np.float32)}, str(target))
+        reply = client.request({"op": "pipelines", "ref": 7})
+        assert reply.op == "pipelines" and reply.header["ref"] == 7
+        found = svrm(reply.header["pipelines"])
+        assert found["ready"] is True and found["where"] == str(target) and not found["missing"]
+        # A client that connects later is told the same.
+        assert svrm(Client(backend.port).hello(backend.token)["pipelines"]) == found
+    finally:
+        backend.stop()
+
+
 def test_cancel_queued_job(backend):
     client = backend.client()
     running = submit(client, steps=50, step_delay=0.02)
