@@ -160,7 +160,8 @@ def encode(header: dict[str, Any], buffers: Sequence[Buffer] = ()) -> list[bytes
     for buf in buffers:
         if len(buf.data) != _expected_nbytes(buf.dtype, buf.shape):
             raise ValueError(f"buffer {buf.name!r}: {len(buf.data)} bytes do not match {buf.dtype} {buf.shape}")
-        chunks.append(memoryview(buf.data).cast("B") if not isinstance(buf.data, bytes) else buf.data)
+        if len(buf.data):  # an empty buffer is all header: nothing to send (or to wait for)
+            chunks.append(memoryview(buf.data).cast("B") if not isinstance(buf.data, bytes) else buf.data)
     return chunks
 
 

@@ -40,8 +40,10 @@ def test_round_trip_every_dtype(pair, dtype):
     array = (rng.random((7, 3)) * 100).astype(np.dtype(dtype))
     empty = np.zeros((0, 3), dtype=np.dtype(dtype))
     header = {"op": "result", "job": "j1", "text": "ünïcode"}
-    threading.Thread(target=protocol.send, args=(a, header, [Buffer.from_array("a", array), Buffer.from_array("e", empty)])).start()
+    sender = threading.Thread(target=protocol.send, args=(a, header, [Buffer.from_array("a", array), Buffer.from_array("e", empty)]))
+    sender.start()
     message = protocol.Reader(b).read()
+    sender.join(5)
     assert message.header == header
     assert [buf.name for buf in message.buffers] == ["a", "e"]
     got = message.buffer("a").to_array()
