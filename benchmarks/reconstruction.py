@@ -32,13 +32,13 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
+    from test_svrm import sphere_svrm, views_request
 
     from backend.jobs import Job, JobEngine
     from backend.pipelines.base import JobRequest
     from backend.pipelines.hunyuan3d_v1.svrm import SVRMConfig
     from backend.pipelines.hunyuan3d_v1.svrm.loading import save_checkpoint
     from backend.runtime import Runtime
-    from test_svrm import sphere_svrm, views_request
 
     folder = Path(tempfile.mkdtemp(prefix="hy3d-svrm-"))
     (folder / "svrm").mkdir()

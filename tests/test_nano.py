@@ -57,6 +57,32 @@ def test_random_shapes_are_normalised_to_the_half_extent(seed):
     assert shape.sdf(torch.zeros(1, 3) + 0.58).item() > 0  # the cube's corner is always outside
 
 
+@pytest.mark.parametrize(
+    ("half_sides", "elevation_degrees", "expected"),
+    [
+        ((0.2, 0.4, 0.3), 0, (0.25, 0.5, 0.375)),  # the picture's width (Y) sets the size
+        ((0.6, 0.3, 0.2), 0, (0.55, 0.275, 0.183)),  # deep: sized by the picture, held to MAX_HALF_EXTENT
+        # Seen from 30 degrees up, a tall post shows 0.05 sin 30 + 0.4 cos 30 = 0.371 of height.
+        ((0.05, 0.1, 0.4), 30, (0.067, 0.135, 0.538)),
+    ],
+)
+def test_the_picture_fixes_a_shapes_size(half_sides, elevation_degrees, expected):
+    box = shapes.Shape("box", (shapes.Part("box", half_sides, np.eye(3), np.array([0.1, -0.2, 0.3]), (1.0, 1.0, 1.0)),))
+    low, high = box.normalized(view_elevation=math.radians(elevation_degrees)).bounding_box(resolution=80)
+    # Bounds are measured on grids (normalized's is coarse), so they agree to a couple of hundredths;
+    # sizing by the longest side, or ignoring the elevation, would be off by 0.04 or more.
+    assert ((high - low) / 2).tolist() == pytest.approx(expected, abs=0.025)
+    assert np.abs((high + low) / 2).max() < 0.025
+
+
+def test_training_shapes_fit_the_models_cube():
+    for seed in range(24):
+        shape, _, _ = data.aligned_shape(seed)
+        low, high = shape.bounding_box()
+        assert ((high - low) / 2).max() <= shapes.MAX_HALF_EXTENT + 0.03
+        assert shape.sdf(torch.tensor([[data.BOUND] * 3, [-data.BOUND] * 3])).min().item() > 0
+
+
 def test_colour_is_the_nearest_parts():
     shape = shapes.snowman(np.random.default_rng(3))
     nose = shape.parts[-1]
@@ -125,7 +151,7 @@ def trained_tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("nano-weights")
     record = train.main(["--out", str(out), "--shapes", "8", "--steps", "100", "--batch-size", "4", "--points", "512",
                          "--checkpoint-every", "100", "--validation-shapes", "1", "--threads", "1", "--warmup", "10",
-                         "--lr", "3e-3", "--config", json.dumps(TINY)])
+                         "--lr", "3e-3", "--calibration-shapes", "3", "--config", json.dumps(TINY)])
     return out, record
 
 
@@ -136,7 +162,24 @@ def test_training_lowers_the_loss_and_writes_its_record(trained_tiny):
     history = written["history"]
     assert history[-1]["sdf_loss"] < history[0]["sdf_loss"]
     assert 0.0 <= written["validation"]["iou"] <= 1.0
-    assert read_config(out / "nano.safetensors") == NanoConfig.from_dict(TINY)
+    # The run ends by placing the surface where validation shapes score best, and keeps that level.
+    calibration = written["calibration"]
+    assert calibration["shapes"] == 3 and calibration["iou_after"] >= calibration["iou_before"]
+    assert calibration["iou_after"] >= max(calibration["scores"].values()) - 0.001  # near-equals go to the smaller shift
+    assert read_config(out / "nano.safetensors") == NanoConfig.from_dict({**TINY, "surface_level": calibration["level"]})
+
+
+def test_the_surface_level_shifts_every_query_and_is_saved(tmp_path):
+    model = NanoModel(NanoConfig.from_dict(TINY)).eval()
+    images, query = torch.rand(1, 4, 128, 128), torch.rand(1, 50, 3) - 0.5
+    with torch.inference_mode():
+        raw_sdf, raw_rgb = model(images, query)
+        model.set_surface_level(0.02)
+        sdf, rgb = model(images, query)
+    assert torch.allclose(sdf, raw_sdf - 0.02) and torch.equal(rgb, raw_rgb)
+    save_weights(model, tmp_path / "nano.safetensors")
+    with torch.inference_mode():
+        assert torch.equal(load_model(tmp_path / "nano.safetensors")(images, query)[0], sdf)
 
 
 def context(events: list) -> JobContext:

@@ -8,7 +8,8 @@ Frame (the one Hunyuan3D-1's reconstruction works in, before its export turns it
 Z is up, and the camera sits in the XZ plane on the +X side, so the picture's right is +Y
 and its up is about +Z. Equivalently, the shape is turned about Z by minus the camera's
 azimuth and then seen from azimuth 0. The shape's bounding box in this frame is centred on
-the origin with its longest half-side 0.5, well inside the [-0.6, 0.6]^3 cube the model spans.
+the origin, and the longer half-side of what the picture shows is 0.5 (no half-side passing
+0.55), inside the [-0.6, 0.6]^3 cube the model spans: the picture fixes the object's size.
 
 Seeds below ``HELD_OUT_SEED_START`` are for training; evaluation uses seeds from it upwards,
 so no evaluation shape is ever trained on.
@@ -26,6 +27,8 @@ from .render import frame_object, render, surface_normals
 from .shapes import Shape, random_shape, rotation_about
 
 HELD_OUT_SEED_START = 1_000_000
+# Validation shapes (for watching training, and for calibrate.py) sit far above the evaluation seeds.
+VALIDATION_SEED_START = HELD_OUT_SEED_START + 500_000
 IMAGE_SIZE = 128
 RENDER_SIZE = 160  # rendered a little larger than the model input, then framed down to it
 MAX_ELEVATION = math.radians(30.0)
@@ -81,7 +84,7 @@ def aligned_shape(seed: int) -> tuple[Shape, float, float]:
     shape = random_shape(rng)
     azimuth = float(rng.uniform(0.0, 2.0 * math.pi))
     elevation = float(rng.uniform(0.0, MAX_ELEVATION))
-    return shape.rotated(rotation_about("z", -azimuth)).normalized(), azimuth, elevation
+    return shape.rotated(rotation_about("z", -azimuth)).normalized(view_elevation=elevation), azimuth, elevation
 
 
 def render_input(shape: Shape, elevation: float, image_size: int = IMAGE_SIZE) -> np.ndarray:

@@ -9,12 +9,13 @@ The same family as Hunyuan3D-1's SVRM, small enough to train on a laptop CPU:
    plane together with the picture itself at that size (the camera looks along -X, so the
    picture's columns run along +Y and its rows down -Z);
 4. a point's features are sampled bilinearly from the three planes, concatenated with its
-   coordinates, and a small MLP maps them to the signed distance and the RGB colour.
+   coordinates, and a small MLP maps them to the signed distance and the RGB colour; the
+   distance is given relative to the surface level found after training (``calibrate.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,8 @@ class NanoConfig:
         hidden_dim: width of the point MLP.
         hidden_layers: hidden layers of the point MLP.
         bound: the planes span [-bound, bound]^3.
+        surface_level: the raw signed distance at which the surface lies; set after training
+            from validation shapes (0 while training), and subtracted from every query.
     """
 
     image_size: int = 128
@@ -45,6 +48,7 @@ class NanoConfig:
     hidden_dim: int = 128
     hidden_layers: int = 2
     bound: float = 0.6
+    surface_level: float = 0.0
 
     def to_dict(self) -> dict:
         return {**asdict(self), "encoder_channels": list(self.encoder_channels)}
@@ -155,6 +159,7 @@ class PointDecoder(nn.Module):
         layers.append(nn.Linear(width, 4))
         self.net = nn.Sequential(*layers)
         self.bound = config.bound
+        self.surface_level = config.surface_level
 
     def forward(self, planes: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """planes (B, 3, C, P, P), points (B, N, 3) -> sdf (B, N), rgb (B, N, 3)."""
@@ -171,7 +176,7 @@ class PointDecoder(nn.Module):
         )  # (B*3, C, 1, N)
         features = sampled.view(batch, 3 * channels, -1).transpose(1, 2)
         out = self.net(torch.cat([features, uv], dim=-1))
-        return out[..., 0], torch.sigmoid(out[..., 1:])
+        return out[..., 0] - self.surface_level, torch.sigmoid(out[..., 1:])
 
 
 class NanoModel(nn.Module):
@@ -183,6 +188,11 @@ class NanoModel(nn.Module):
         self.encoder = Encoder(config)
         self.triplane = TriplaneDecoder(config)
         self.decoder = PointDecoder(config)
+
+    def set_surface_level(self, level: float) -> None:
+        """Place the surface at raw distance ``level`` (kept in the config, so saved with the weights)."""
+        self.config = replace(self.config, surface_level=float(level))
+        self.decoder.surface_level = float(level)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 4, S, S) framed pictures in [0, 1] -> (B, 3, C, P, P) planes."""

@@ -21,8 +21,8 @@ from .shapes import Shape
 CAMERA_DISTANCE = 1.5
 FOCAL = 35.0 / 32.0  # focal length over image width
 AMBIENT = 0.35
-# Bounding sphere of everything a normalised shape can reach (its box is [-0.5, 0.5]^3).
-SCENE_RADIUS = 0.9
+# Bounding sphere of everything a normalised shape can reach (its box is inside [-0.55, 0.55]^3).
+SCENE_RADIUS = 1.0
 OBJECT_FILL = 0.85  # share of the framed picture's side the object's longer side takes
 
 

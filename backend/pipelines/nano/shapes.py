@@ -6,7 +6,9 @@ of the nearest part. Everything is vectorised over points with torch; a shape is
 a ``numpy`` random generator, so the same seed always gives the same shape.
 
 Shapes are built Z up (composites stand on their base), then ``normalized`` centres their
-bounding box on the origin and scales its longest half-side to ``HALF_EXTENT``.
+bounding box on the origin and scales them to ``HALF_EXTENT``: their longest half-side, or,
+given the elevation of the camera that sees them, the longer half-side of what the picture
+shows (so the picture fixes the size), as long as no half-side passes ``MAX_HALF_EXTENT``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 HALF_EXTENT = 0.5
+MAX_HALF_EXTENT = 0.55  # keeps deep objects, scaled by their picture, inside the model's [-0.6, 0.6]^3
 PRIMITIVES = ("sphere", "ellipsoid", "box", "rounded_box", "cylinder", "cone", "torus", "capsule")
 
 
@@ -175,10 +178,24 @@ class Shape:
         inside = grid[self.sdf(grid) < 0.0]
         return inside.min(dim=0).values.numpy() - cell / 2, inside.max(dim=0).values.numpy() + cell / 2
 
-    def normalized(self) -> Shape:
-        """Bounding box centred on the origin, its longest half-side ``HALF_EXTENT``."""
+    def normalized(self, view_elevation: float | None = None) -> Shape:
+        """Bounding box centred on the origin and scaled to ``HALF_EXTENT``.
+
+        Without ``view_elevation`` the longest half-side becomes ``HALF_EXTENT``. With it, the
+        shape is taken as seen by a camera on the +X side at that elevation (radians), and the
+        longer half-side of the picture (along Y, and along the camera's up vector) becomes
+        ``HALF_EXTENT``, unless that would make some half-side longer than ``MAX_HALF_EXTENT``.
+        A single picture cannot say how deep an object is, so scaling by depth would make its
+        size a guess too; scaling by the picture leaves only the depth to guess.
+        """
         low, high = self.bounding_box()
-        factor = HALF_EXTENT / float((high - low).max() / 2.0)
+        half = (high - low) / 2.0
+        factor = HALF_EXTENT / float(half.max())
+        if view_elevation is not None:
+            # Turning about Y by the elevation takes the camera's up vector to +Z.
+            seen_low, seen_high = self.rotated(rotation_about("y", view_elevation)).bounding_box()
+            seen = max(float(half[1]), float(seen_high[2] - seen_low[2]) / 2.0)
+            factor = min(HALF_EXTENT / seen, MAX_HALF_EXTENT / float(half.max()))
         centre = (low + high) / 2.0
         return replace(self, offset=(self.offset - centre) * factor, scale=self.scale * factor)
 

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .calibrate import calibrate
 from .checkpoint import BUNDLED_WEIGHTS, save_weights
-from .data import COLOR_BAND, HELD_OUT_SEED_START, IMAGE_SIZE, PointCounts, image_tensor, make_sample
+from .data import COLOR_BAND, HELD_OUT_SEED_START, IMAGE_SIZE, VALIDATION_SEED_START, PointCounts, image_tensor, make_sample
 from .evaluate import score_seed
 from .model import NanoConfig, NanoModel
 
@@ -36,9 +37,7 @@ SDF_WEIGHT = 10.0
 # marching cubes read. SIGN_SCALE is the distance at which the classifier is ~73% sure.
 SIGN_WEIGHT = 1.0
 SIGN_SCALE = 0.02
-# Validation shapes sit far above the evaluation seeds, so evaluation never sees them either.
-VALIDATION_SEED_START = HELD_OUT_SEED_START + 500_000
-DATA_FORMAT = 1  # bump when the data generation changes, so stale caches are not reused
+DATA_FORMAT = 2  # bump when the data generation changes, so stale caches are not reused
 
 
 @dataclass
@@ -144,7 +143,7 @@ def validate(model: NanoModel, seeds: list[int], resolution: int = 48) -> dict[s
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m backend.pipelines.nano.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=BUNDLED_WEIGHTS.parent, help="folder for nano.safetensors and nano.json")
-    parser.add_argument("--steps", type=int, default=10000, help="optimizer steps (the run's length)")
+    parser.add_argument("--steps", type=int, default=17000, help="optimizer steps (the run's length)")
     parser.add_argument("--shapes", type=int, default=10000, help="training shapes: seeds 0 .. shapes-1")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--points", type=int, default=2048, help="query points per picture per step")
@@ -153,8 +152,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights' initialisation and of batch drawing")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and data generation")
     parser.add_argument("--cache-dir", type=Path, help="keep the generated samples here and reuse them (default: none)")
-    parser.add_argument("--checkpoint-every", type=int, default=500, help="write the weights every this many steps")
+    parser.add_argument("--checkpoint-every", type=int, default=1000, help="write the weights every this many steps")
     parser.add_argument("--validation-shapes", type=int, default=24, help="held-out shapes scored at each checkpoint")
+    parser.add_argument("--calibration-shapes", type=int, default=100,
+                        help="validation shapes that place the surface level at the end (0 skips it; see calibrate.py)")
     parser.add_argument("--max-minutes", type=float, help="stop early after this long and mark the result partial")
     parser.add_argument("--config", type=json.loads, default={}, help='model config overrides as JSON, e.g. \'{"hidden_dim": 96}\'')
     args = parser.parse_args(argv)
@@ -225,6 +226,11 @@ def main(argv: list[str] | None = None) -> dict:
         if out_of_time:
             log(f"stopping at step {step}: --max-minutes {args.max_minutes} reached")
             break
+    if args.calibration_shapes:
+        record["calibration"] = calibrate(model, args.calibration_shapes, log)
+        record.update(config=model.config.to_dict(), total_seconds=round(time.monotonic() - started, 1))
+        save_weights(model, args.out / "nano.safetensors")
+        (args.out / "nano.json").write_text(json.dumps(record, indent=1) + "\n")
     log(f"done: {step} steps in {time.monotonic() - started:.0f} s")
     return record
 
