@@ -26,6 +26,7 @@ from backend import protocol
 BASE_MESSAGES = [
     {"op": "ping"},
     {"op": "status"},
+    {"op": "pipelines"},
     {"op": "cancel", "job": "j1"},
     {"op": "submit", "pipeline": "no-such-pipeline", "params": {"steps": 1}, "text": "x"},
     {"op": "submit", "pipeline": "test-shape", "params": {"steps": "one"}, "text": "x"},
