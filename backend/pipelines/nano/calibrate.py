@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import BUNDLED_WEIGHTS, load_model, save_weights
-from .data import VALIDATION_SEED_START, aligned_shape, image_tensor, render_input
+from .data import VALIDATION_SEED_START, aligned_shape
+from .evaluate import encode_picture
 from .metrics import grid_points, sample_field, volumetric_iou
 from .model import NanoModel
 
@@ -33,8 +34,7 @@ def surface_level_scores(model: NanoModel, seeds: list[int], resolution: int = 6
     model.eval()
     for seed in seeds:
         shape, _, elevation = aligned_shape(seed)
-        with torch.inference_mode():
-            planes = model.encode(image_tensor(render_input(shape, elevation)[None]))
+        planes = encode_picture(model, shape, elevation)
         predicted = sample_field(lambda p, planes=planes: model.query(planes, p[None])[0][0], points)
         true = shape.sdf(points)
         for level in LEVELS:

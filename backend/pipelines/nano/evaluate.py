@@ -30,11 +30,16 @@ from .model import NanoModel
 from .shapes import Shape
 
 
+def encode_picture(model: NanoModel, shape: Shape, elevation: float) -> torch.Tensor:
+    """The model's planes for the picture the data generator renders of ``shape`` (a batch of one)."""
+    with torch.inference_mode():
+        return model.encode(image_tensor(render_input(shape, elevation)[None]))
+
+
 def score_seed(model: NanoModel, seed: int, resolution: int, chamfer_points: int = 10000) -> tuple[Shape, ShapeScores]:
     """The model's figures on the picture of ``seed`` against that seed's shape."""
     shape, _, elevation = aligned_shape(seed)
-    with torch.inference_mode():
-        planes = model.encode(image_tensor(render_input(shape, elevation)[None]))
+    planes = encode_picture(model, shape, elevation)
     result = score(lambda p: model.query(planes, p[None])[0][0], lambda p: model.query(planes, p[None])[1][0],
                    shape, resolution=resolution, bound=model.config.bound, chamfer_points=chamfer_points, seed=seed)
     return shape, result

@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from .checkpoint import BUNDLED_WEIGHTS, load_model
-from .data import HELD_OUT_SEED_START, aligned_shape, image_tensor, render_input
+from .data import HELD_OUT_SEED_START, aligned_shape, render_input
+from .evaluate import encode_picture
 from .render import render
 
 # Held-out seeds that show one of each kind of object; the file is named after the shape.
@@ -76,8 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         buffer = io.BytesIO()
         Image.fromarray(example, "RGBA").save(buffer, format="PNG")
         (args.out / f"{shape.name}.png").write_bytes(buffer.getvalue())
-        with torch.inference_mode():
-            planes = model.encode(image_tensor(render_input(shape, elevation)[None]))
+        planes = encode_picture(model, shape, elevation)
         view = math.radians(args.view)
         predicted = render(PredictedField(model, planes), math.radians(20.0), EXAMPLE_SIZE, azimuth=view)
         true = render(shape, math.radians(20.0), EXAMPLE_SIZE, azimuth=view)

@@ -192,6 +192,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     running = {"sdf": 0.0, "sign": 0.0, "color": 0.0, "n": 0}
     step = 0
+
+    def write_outputs() -> None:
+        save_weights(model, args.out / "nano.safetensors")
+        (args.out / "nano.json").write_text(json.dumps(record, indent=1) + "\n")
+
     model.train()
     train_started = time.monotonic()
     while step < args.steps:
@@ -214,23 +219,20 @@ def main(argv: list[str] | None = None) -> dict:
             log(f"step {step}/{args.steps} sdf {entry['sdf_loss']:.4f} sign {entry['sign_loss']:.4f} "
                 f"colour {entry['color_loss']:.4f} ({step / elapsed:.2f} steps/s)")
             running = {"sdf": 0.0, "sign": 0.0, "color": 0.0, "n": 0}
+            record["history"].append(entry)
             if step % args.checkpoint_every == 0 or step == args.steps or out_of_time:
                 entry["validation"] = validate(model, validation_seeds)
                 log(f"validation on {len(validation_seeds)} held-out shapes: {entry['validation']}")
                 record.update(steps_done=step, partial=step < args.steps, train_seconds=round(time.monotonic() - train_started, 1),
                               total_seconds=round(time.monotonic() - started, 1), validation=entry["validation"])
-                save_weights(model, args.out / "nano.safetensors")
-            record["history"].append(entry)
-            if step % args.checkpoint_every == 0 or step == args.steps or out_of_time:
-                (args.out / "nano.json").write_text(json.dumps(record, indent=1) + "\n")
+                write_outputs()
         if out_of_time:
             log(f"stopping at step {step}: --max-minutes {args.max_minutes} reached")
             break
     if args.calibration_shapes:
         record["calibration"] = calibrate(model, args.calibration_shapes, log)
         record.update(config=model.config.to_dict(), total_seconds=round(time.monotonic() - started, 1))
-        save_weights(model, args.out / "nano.safetensors")
-        (args.out / "nano.json").write_text(json.dumps(record, indent=1) + "\n")
+        write_outputs()
     log(f"done: {step} steps in {time.monotonic() - started:.0f} s")
     return record
 
