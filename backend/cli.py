@@ -129,11 +129,15 @@ def _pipeline_catalogue(weights_dir: str | None) -> list[dict[str, Any]]:
     """Every pipeline with its weights report; the one ``--model auto`` would pick first, marked default."""
     from . import pipelines
 
-    default = pipelines.best_available(weights_dir)
     catalogue = []
     for name in pipelines.names():
         pipeline = pipelines.get(name)(weights_dir=weights_dir)
-        catalogue.append({**pipeline.describe(), "weights": pipeline.check_weights().describe(), "default": name == default})
+        catalogue.append({**pipeline.describe(), "weights": pipeline.check_weights().describe()})
+    ready = {entry["name"] for entry in catalogue if entry["weights"]["ready"]}
+    # The same pick as pipelines.best_available, read off the reports just made instead of checking the weights again.
+    default = next((name for name in pipelines.AUTO_PREFERENCE if name in ready), None)
+    for entry in catalogue:
+        entry["default"] = entry["name"] == default
     catalogue.sort(key=lambda p: not p["default"])
     return catalogue
 
