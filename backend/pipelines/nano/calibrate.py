@@ -2,11 +2,11 @@
 
     python -m backend.pipelines.nano.calibrate --weights backend/pipelines/nano/weights/nano.safetensors
 
-Training weighs inside and outside points equally, although most of space is outside; the
-field's zero level then sits a little outside the true surface, and shapes come out fat.
-This step scores the model's volumetric IoU on validation shapes (seeds training and the
-held-out evaluation never use) with the surface at each of a range of levels, keeps the best
-in the weights' config, and every query after that reports distances relative to it. The
+A field's zero level need not be where it scores best: a sign loss that weighs inside points
+up, for one, leaves it a little outside the true surface and shapes come out fat. This step
+scores the model's volumetric IoU on validation shapes (seeds training and the held-out
+evaluation never use) with the surface at each of a range of levels, keeps the best in the
+weights' config, and every query after that reports distances relative to it. The
 training command runs it at the end; this command runs it on an existing weights file.
 """
 
@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import BUNDLED_WEIGHTS, load_model, save_weights
 from .data import VALIDATION_SEED_START, aligned_shape
-from .evaluate import encode_picture
+from .evaluate import PredictedField
 from .metrics import grid_points, sample_field, volumetric_iou
 from .model import NanoModel
 
@@ -34,8 +34,7 @@ def surface_level_scores(model: NanoModel, seeds: list[int], resolution: int = 6
     model.eval()
     for seed in seeds:
         shape, _, elevation = aligned_shape(seed)
-        planes = encode_picture(model, shape, elevation)
-        predicted = sample_field(lambda p, planes=planes: model.query(planes, p[None])[0][0], points)
+        predicted = sample_field(PredictedField(model, shape, elevation).sdf, points)
         true = shape.sdf(points)
         for level in LEVELS:
             totals[level] += volumetric_iou(predicted - level, true)

@@ -25,7 +25,7 @@ def save_weights(model: NanoModel, path: str | os.PathLike[str]) -> None:
     """Write the weights as float32 with the config in the metadata, atomically (write, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: tensor.detach().to(torch.float32).contiguous() for name, tensor in model.state_dict().items()}
+    tensors = {name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in model.state_dict().items()}
     partial = path.with_suffix(path.suffix + ".partial")
     save_file(tensors, str(partial), metadata={CONFIG_KEY: json.dumps(model.config.to_dict())})
     os.replace(partial, path)

@@ -30,18 +30,37 @@ from .model import NanoModel
 from .shapes import Shape
 
 
-def encode_picture(model: NanoModel, shape: Shape, elevation: float) -> torch.Tensor:
-    """The model's planes for the picture the data generator renders of ``shape`` (a batch of one)."""
-    with torch.inference_mode():
-        return model.encode(image_tensor(render_input(shape, elevation)[None]))
+class PredictedField:
+    """A trained model's field for one picture, with a ``Shape``'s ``sdf``/``sdf_and_color`` interface.
+
+    Points come in and values go out on the CPU wherever the model lives, so scoring, calibration
+    and the showcase's renderer can read a model that is training on a GPU.
+    """
+
+    def __init__(self, model: NanoModel, shape: Shape, elevation: float):
+        self.model = model
+        self.device = next(model.parameters()).device
+        with torch.inference_mode():
+            self.planes = model.encode(image_tensor(render_input(shape, elevation)[None]).to(self.device))
+
+    def sdf_and_color(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            sdf, rgb = self.model.query(self.planes, points[None].to(self.device))
+        return sdf[0].cpu().clone(), rgb[0].cpu().clone()
+
+    def sdf(self, points: torch.Tensor) -> torch.Tensor:
+        return self.sdf_and_color(points)[0]
+
+    def color(self, points: torch.Tensor) -> torch.Tensor:
+        return self.sdf_and_color(points)[1]
 
 
 def score_seed(model: NanoModel, seed: int, resolution: int, chamfer_points: int = 10000) -> tuple[Shape, ShapeScores]:
     """The model's figures on the picture of ``seed`` against that seed's shape."""
     shape, _, elevation = aligned_shape(seed)
-    planes = encode_picture(model, shape, elevation)
-    result = score(lambda p: model.query(planes, p[None])[0][0], lambda p: model.query(planes, p[None])[1][0],
-                   shape, resolution=resolution, bound=model.config.bound, chamfer_points=chamfer_points, seed=seed)
+    field = PredictedField(model, shape, elevation)
+    result = score(field.sdf, field.color, shape, resolution=resolution, bound=model.config.bound,
+                   chamfer_points=chamfer_points, seed=seed)
     return shape, result
 
 

@@ -24,28 +24,12 @@ from PIL import Image
 
 from .checkpoint import BUNDLED_WEIGHTS, load_model
 from .data import HELD_OUT_SEED_START, aligned_shape, render_input
-from .evaluate import encode_picture
+from .evaluate import PredictedField
 from .render import render
 
 # Held-out seeds that show one of each kind of object; the file is named after the shape.
 SEEDS = tuple(HELD_OUT_SEED_START + k for k in (6, 10, 17, 22))  # mug, torus, mushroom, snowman
 EXAMPLE_SIZE = 256
-
-
-class PredictedField:
-    """A trained model's field, with the ``sdf``/``sdf_and_color`` interface the renderer traces."""
-
-    def __init__(self, model, planes: torch.Tensor):
-        self.model, self.planes = model, planes
-
-    def sdf(self, points: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model.query(self.planes, points[None])[0][0].clone()
-
-    def sdf_and_color(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode():
-            sdf, rgb = self.model.query(self.planes, points[None])
-        return sdf[0].clone(), rgb[0].clone()
 
 
 def straight_alpha(framed: np.ndarray) -> np.ndarray:
@@ -77,9 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         buffer = io.BytesIO()
         Image.fromarray(example, "RGBA").save(buffer, format="PNG")
         (args.out / f"{shape.name}.png").write_bytes(buffer.getvalue())
-        planes = encode_picture(model, shape, elevation)
         view = math.radians(args.view)
-        predicted = render(PredictedField(model, planes), math.radians(20.0), EXAMPLE_SIZE, azimuth=view)
+        predicted = render(PredictedField(model, shape, elevation), math.radians(20.0), EXAMPLE_SIZE, azimuth=view)
         true = render(shape, math.radians(20.0), EXAMPLE_SIZE, azimuth=view)
         given = torch.from_numpy(example.astype(np.float32) / 255.0)
         strip = np.concatenate([on_white(given), on_white(predicted), on_white(true)], axis=1)

@@ -33,8 +33,10 @@ SDF_CLAMP = 0.1  # distances beyond this say only "inside" or "outside"
 SDF_WEIGHT = 10.0
 # The distance loss alone leaves the inside of thin or uncertain parts barely negative (an L1
 # fit settles on the median, and most points are outside), so the sign is also trained as
-# inside/outside classification, weighted so both classes count equally; it is what IoU and
-# marching cubes read. SIGN_SCALE is the distance at which the classifier is ~73% sure.
+# inside/outside classification; it is what IoU and marching cubes read. Every labelled point
+# counts the same: weighing the rarer inside points up moved the surface outwards and scored
+# no better once the surface level was calibrated (docs/nano.md). SIGN_SCALE is the distance
+# at which the classifier is ~73% sure.
 SIGN_WEIGHT = 1.0
 SIGN_SCALE = 0.02
 DATA_FORMAT = 2  # bump when the data generation changes, so stale caches are not reused
@@ -86,8 +88,8 @@ def build_dataset(shapes: int, workers: int, cache_dir: Path | None, log) -> Dat
     return Dataset(*(torch.from_numpy(p) for p in parts), counts=counts)
 
 
-def draw_batch(data: Dataset, batch_size: int, points_per_sample: int, generator: torch.Generator):
-    """Pictures and an equal share of surface, near and uniform points from random samples."""
+def draw_batch(data: Dataset, batch_size: int, points_per_sample: int, generator: torch.Generator, device: torch.device):
+    """Pictures and an equal share of surface, near and uniform points from random samples, on ``device``."""
     index = torch.randint(len(data), (batch_size,), generator=generator)
     share = points_per_sample // 3
     counts = data.counts
@@ -99,22 +101,20 @@ def draw_batch(data: Dataset, batch_size: int, points_per_sample: int, generator
     )
     rows = index[:, None]
     return (
-        image_tensor(data.images[index]),
-        data.points[rows, picks].float(),
-        data.sdf[rows, picks].float(),
-        data.colors[rows, picks].float() / 255.0,
+        image_tensor(data.images[index]).to(device),
+        data.points[rows, picks].to(device).float(),
+        data.sdf[rows, picks].to(device).float(),
+        data.colors[rows, picks].to(device).float() / 255.0,
     )
 
 
 def loss_terms(model: NanoModel, images, points, sdf, colors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clamped L1 distance loss, balanced inside/outside classification loss, and colour L1 near the surface."""
+    """Clamped L1 distance loss, inside/outside classification loss, and colour L1 near the surface."""
     predicted_sdf, predicted_rgb = model(images, points)
     sdf_loss = (predicted_sdf.clamp(-SDF_CLAMP, SDF_CLAMP) - sdf.clamp(-SDF_CLAMP, SDF_CLAMP)).abs().mean()
     labelled = (sdf.abs() > 1e-3).float()  # points on the surface have no side
     inside = (sdf < 0).float()
-    inside_share = (inside * labelled).sum() / labelled.sum().clamp_min(1.0)
-    weights = labelled * torch.where(inside > 0, 0.5 / inside_share.clamp_min(1e-3), 0.5 / (1.0 - inside_share).clamp_min(1e-3))
-    sign_loss = (F.binary_cross_entropy_with_logits(-predicted_sdf / SIGN_SCALE, inside, reduction="none") * weights).sum() \
+    sign_loss = (F.binary_cross_entropy_with_logits(-predicted_sdf / SIGN_SCALE, inside, reduction="none") * labelled).sum() \
         / labelled.sum().clamp_min(1.0)
     near = (sdf.abs() < COLOR_BAND).float()
     color_loss = ((predicted_rgb - colors).abs().mean(dim=-1) * near).sum() / near.sum().clamp_min(1.0)
@@ -143,7 +143,7 @@ def validate(model: NanoModel, seeds: list[int], resolution: int = 48) -> dict[s
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m backend.pipelines.nano.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=BUNDLED_WEIGHTS.parent, help="folder for nano.safetensors and nano.json")
-    parser.add_argument("--steps", type=int, default=17000, help="optimizer steps (the run's length)")
+    parser.add_argument("--steps", type=int, default=20000, help="optimizer steps (the run's length)")
     parser.add_argument("--shapes", type=int, default=10000, help="training shapes: seeds 0 .. shapes-1")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--points", type=int, default=2048, help="query points per picture per step")
@@ -151,6 +151,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=200, help="warm-up steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights' initialisation and of batch drawing")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and data generation")
+    parser.add_argument("--device", default="cpu",
+                        help="where the steps run: cpu (the reference), or e.g. cuda; samples are drawn by the same generator either way")
     parser.add_argument("--cache-dir", type=Path, help="keep the generated samples here and reuse them (default: none)")
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="write the weights every this many steps")
     parser.add_argument("--validation-shapes", type=int, default=24, help="held-out shapes scored at each checkpoint")
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[{time.monotonic() - started:7.0f} s] {message}", flush=True)
 
     config = NanoConfig.from_dict({**NanoConfig().to_dict(), **args.config, "image_size": IMAGE_SIZE})
-    model = NanoModel(config)
+    device = torch.device(args.device)
+    model = NanoModel(config).to(device)
     log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters")
     data = build_dataset(args.shapes, args.threads, args.cache_dir, log)
     data_seconds = time.monotonic() - started
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     while step < args.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
-        sdf_loss, sign_loss, color_loss = loss_terms(model, *draw_batch(data, args.batch_size, args.points, generator))
+        sdf_loss, sign_loss, color_loss = loss_terms(model, *draw_batch(data, args.batch_size, args.points, generator, device))
         optimizer.zero_grad(set_to_none=True)
         (SDF_WEIGHT * sdf_loss + SIGN_WEIGHT * sign_loss + color_loss).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
