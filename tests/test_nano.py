@@ -155,6 +155,17 @@ def trained_tiny(tmp_path_factory):
     return out, record
 
 
+@pytest.mark.parametrize("device, says", [("gpu0", "not a torch device name"), ("cuda", "sees no CUDA GPU")])
+def test_training_refuses_a_device_it_cannot_use(device, says, capsys):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    from backend.pipelines.nano import train
+
+    with pytest.raises(SystemExit):
+        train.parse_args(["--device", device])
+    assert says in capsys.readouterr().err
+
+
 def test_training_lowers_the_loss_and_writes_its_record(trained_tiny):
     out, _ = trained_tiny
     written = json.loads((out / "nano.json").read_text())

@@ -163,6 +163,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.shapes > HELD_OUT_SEED_START:
         parser.error(f"--shapes must stay below {HELD_OUT_SEED_START}, where the held-out seeds start")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device}: not a torch device name; use cpu, cuda, cuda:1 or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch build sees no CUDA GPU; leave --device out to train on the CPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        parser.error(f"--device {args.device}: this torch build has no Apple GPU (MPS); leave --device out to train on the CPU")
     return args
 
 
