@@ -134,8 +134,8 @@ def _pipeline_catalogue(weights_dir: str | None) -> list[dict[str, Any]]:
         pipeline = pipelines.get(name)(weights_dir=weights_dir)
         catalogue.append({**pipeline.describe(), "weights": pipeline.check_weights().describe()})
     ready = {entry["name"] for entry in catalogue if entry["weights"]["ready"]}
-    # The same pick as pipelines.best_available, read off the reports just made instead of checking the weights again.
-    default = next((name for name in pipelines.AUTO_PREFERENCE if name in ready), None)
+    # What ``--model auto`` would pick with no inputs given, read off the reports just made.
+    default = pipelines.first_preferred(ready.__contains__)
     for entry in catalogue:
         entry["default"] = entry["name"] == default
     catalogue.sort(key=lambda p: not p["default"])

@@ -28,7 +28,7 @@ elapsed() { echo "$(( $(date +%s) - started )) s"; }
   --threads "$(nproc)" --cache-dir "$cache" | tail -n 1
 echo "data ready after $(elapsed)"
 
-train() {  # train NAME STEPS FLAGS...: one run, its log in $out/NAME.log
+train() {  # train NAME STEPS FLAGS...: one run, its weights and record under $out/weights/NAME
   local name=$1 steps=$2; shift 2
   "$python" -m backend.pipelines.nano.train --out "$out/weights/$name" --cache-dir "$cache" --device "$device" \
     --threads "$threads" --steps "$steps" --checkpoint-every 1000000 --validation-shapes 2 "$@"

@@ -7,7 +7,7 @@ own with ``register`` (the server's ``--pipelines-from MODULE`` imports such a m
 from __future__ import annotations
 
 import importlib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from ..errors import BackendError
 from ..protocol import ErrorCode
@@ -65,14 +65,20 @@ def get(name: str) -> type[Pipeline]:
         ) from None
 
 
+def first_preferred(accepts: Callable[[str], bool]) -> str | None:
+    """The first registered pipeline of AUTO_PREFERENCE that ``accepts`` (called in that order, until one does)."""
+    _load_builtins()
+    return next((name for name in AUTO_PREFERENCE if name in _REGISTRY and accepts(name)), None)
+
+
 def best_available(weights_dir: str | None = None, given: Collection[str] = ()) -> str | None:
     """The first pipeline of AUTO_PREFERENCE that takes the ``given`` inputs and whose weights are present."""
-    _load_builtins()
-    for candidate in AUTO_PREFERENCE:
-        cls = _REGISTRY.get(candidate)
-        if cls is not None and set(given) <= set(cls.inputs) and cls(weights_dir=weights_dir).check_weights().ready:
-            return candidate
-    return None
+
+    def usable(name: str) -> bool:
+        cls = _REGISTRY[name]
+        return set(given) <= set(cls.inputs) and cls(weights_dir=weights_dir).check_weights().ready
+
+    return first_preferred(usable)
 
 
 def choose(name: str, weights_dir: str | None = None, given: Collection[str] = ()) -> str:
