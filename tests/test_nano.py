@@ -242,6 +242,9 @@ def test_evaluate_prints_the_figures_and_refuses_a_split_it_does_not_have(traine
     for name in figures["by_kind"]:
         assert f"| {name} | " in printed
     assert json.loads((tmp_path / "figures.json").read_text())["mean_iou"] == pytest.approx(figures["mean_iou"])
+    # Shared out among processes, each shape gets the figures it gets in one process.
+    shared = evaluate.score_seeds(trained_tiny[0] / "nano.safetensors", data.COMPARISON_SEEDS[:2], 24, workers=2)
+    assert [row["iou"] for row in shared["per_shape"]] == pytest.approx([row["iou"] for row in figures["per_shape"][:2]], abs=1e-3)
     with pytest.raises(SystemExit):
         evaluate.main(["--split", "test", "--shapes", str(len(data.TEST_SEEDS) + 1)])
     assert "the test split has seeds for 1 to" in capsys.readouterr().err

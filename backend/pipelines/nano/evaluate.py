@@ -16,8 +16,10 @@ the backend serves it.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
+import multiprocessing
 import statistics
 import time
 from collections import defaultdict
@@ -87,16 +89,44 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-def score_seeds(weights: Path, seeds: range, resolution: int, log=print) -> dict:
-    """Every figure of the model in ``weights`` on ``seeds``: overall, per kind of shape, and per shape."""
-    model = load_model(weights)
+def shape_row(model: NanoModel, seed: int, resolution: int) -> dict:
+    shape, result = score_seed(model, seed, resolution)
+    return {"seed": seed, "name": shape.name, "iou": result.iou, "chamfer": result.chamfer, "color_error": result.color_error}
+
+
+_worker_model: NanoModel | None = None
+
+
+def _start_worker(weights: Path) -> None:
+    global _worker_model
+    torch.set_num_threads(1)
+    _worker_model = load_model(weights)
+
+
+def _worker_row(seed: int, resolution: int) -> dict:
+    return shape_row(_worker_model, seed, resolution)
+
+
+def score_seeds(weights: Path, seeds: range, resolution: int, workers: int = 1, log=print) -> dict:
+    """Every figure of the model in ``weights`` on ``seeds``: overall, per kind of shape, and per shape.
+
+    With ``workers`` above 1 the shapes are shared out among that many processes of one torch
+    thread each (on a busy machine, one thread a process wastes the least CPU on waiting).
+    """
     per_shape = []
-    for i, seed in enumerate(seeds):
-        shape, result = score_seed(model, seed, resolution)
-        per_shape.append({"seed": seed, "name": shape.name, "iou": result.iou, "chamfer": result.chamfer,
-                          "color_error": result.color_error})
-        if (i + 1) % 20 == 0:
-            log(f"  scored {i + 1}/{len(seeds)}")
+
+    def collect(rows) -> None:
+        for row in rows:
+            per_shape.append(row)
+            if len(per_shape) % 20 == 0:
+                log(f"  scored {len(per_shape)}/{len(seeds)}")
+
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_start_worker, initargs=(weights,)) as pool:
+            collect(pool.imap(functools.partial(_worker_row, resolution=resolution), seeds))
+    else:
+        model = load_model(weights)
+        collect(shape_row(model, seed, resolution) for seed in seeds)
     by_kind: dict[str, list[dict]] = defaultdict(list)
     for row in per_shape:
         by_kind[row["name"]].append(row)
@@ -160,19 +190,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--grid", type=int, default=64, help="grid for IoU and the surfaces compared by Chamfer distance")
     parser.add_argument("--timing-runs", type=int, default=5, help="timed picture -> mesh runs (0 skips the timing)")
     parser.add_argument("--timing-grid", type=int, default=128, help="the pipeline's extraction grid while timing")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (the timing, and the scoring with one worker)")
+    parser.add_argument("--workers", type=int, default=1, help="processes that score shapes side by side, one torch thread each")
     parser.add_argument("--json", type=Path, help="also write every figure (and each shape's) here")
     args = parser.parse_args(argv)
     seeds = SPLITS[args.split]
     if not 1 <= args.shapes <= len(seeds):
         parser.error(f"--shapes {args.shapes}: the {args.split} split has seeds for 1 to {len(seeds):,} shapes")
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers}: give 1 or more processes")
     if not args.weights.is_file():
         parser.error(f"--weights {args.weights}: no such file; give the nano.safetensors that training wrote")
     seeds = seeds[: args.shapes]
     torch.set_num_threads(args.threads)
 
     print(f"scoring {args.weights.name} on {args.shapes} {args.split} shapes (seeds {seeds[0]:,} to {seeds[-1]:,}), grid {args.grid}")
-    figures = score_seeds(args.weights, seeds, args.grid)
+    figures = score_seeds(args.weights, seeds, args.grid, args.workers)
     print(f"mean IoU            {figures['mean_iou']:.3f}  (95% interval {interval(figures['iou_interval'], 3)}, "
           f"percentile bootstrap over shapes; median {figures['median_iou']:.3f})")
     print(f"mean Chamfer        {figures['mean_chamfer']:.4f}  (95% interval {interval(figures['chamfer_interval'], 4)}; "
