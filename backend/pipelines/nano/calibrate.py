@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shapes", type=int, default=100, help="validation shapes to score")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     args = parser.parse_args(argv)
+    if not 1 <= args.shapes <= len(CALIBRATION_SEEDS):
+        parser.error(f"--shapes {args.shapes}: give 1 to {len(CALIBRATION_SEEDS):,} validation shapes")
+    if not args.weights.is_file():
+        parser.error(f"--weights {args.weights}: no such file; give the nano.safetensors that training wrote")
     torch.set_num_threads(args.threads)
     model = load_model(args.weights)
     record = calibrate(model, args.shapes)
