@@ -1,6 +1,7 @@
 #!/bin/bash
 # Compare Nano training recipes side by side on one GPU, on the same cached data, each scored on
-# the 100 held-out shapes. Every variant is a name and the training flags it adds:
+# 100 validation shapes (never on the test shapes, which only report the chosen model's figures).
+# Every variant is a name and the training flags it adds:
 #
 #   bash benchmarks/nano_recipes.sh OUT_DIR "base=" "seed1=--seed 1" "wide=--config {\"hidden_dim\":192}"
 #
@@ -11,7 +12,7 @@
 # Runs shorter than the real 20000 steps rank recipes; they don't reproduce the shipped figures.
 set -u
 if [ $# -lt 2 ] || [ "$1" = "--help" ] || [ "$1" = "-h" ]; then
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 out=$1; shift
@@ -52,7 +53,7 @@ for variant in "$@"; do
   name=${variant%%=*}
   # shellcheck disable=SC2086
   ( train "$name" "$steps" ${variant#*=} && "$python" -m backend.pipelines.nano.evaluate \
-      --weights "$out/weights/$name/nano.safetensors" --timing-runs 0 --threads "$threads" ) > "$out/$name.log" 2>&1 &
+      --weights "$out/weights/$name/nano.safetensors" --split validation --shapes 100 --timing-runs 0 --threads "$threads" ) > "$out/$name.log" 2>&1 &
 done
 wait
 echo "all runs scored after $(elapsed)"
@@ -61,5 +62,5 @@ for variant in "$@"; do
   name=${variant%%=*}
   log="$out/$name.log"
   echo "== $name (${variant#*=}): $(grep -E 'surface level' "$log" | sed -E 's/^\[ *[0-9]+ s\] //')"
-  grep -E "step $steps/$steps |mean IoU|IoU by shape|Error" "$log" | sed -E 's/^\[ *[0-9]+ s\] //'
+  grep -E "step $steps/$steps |mean IoU|^\| |Error" "$log" | sed -E 's/^\[ *[0-9]+ s\] //'
 done | tee "$out/summary.txt"

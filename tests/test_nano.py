@@ -24,6 +24,8 @@ from backend.pipelines.nano.render import frame_object, render
 REPO = Path(__file__).resolve().parents[1]
 # Small enough to train for a few steps in seconds; the input size is the real one.
 TINY = {"encoder_channels": [8, 16, 16, 16, 16], "latent_dim": 16, "plane_size": 16, "plane_channels": 8, "hidden_dim": 16}
+# Validation shapes of kinds the shipped weights do well on (sphere and snowman, both above 0.9 on average).
+SPHERE_SEED, SNOWMAN_SEED = data.COMPARISON_SEEDS[8], data.COMPARISON_SEEDS[35]
 
 
 def points(*rows) -> torch.Tensor:
@@ -115,6 +117,43 @@ def test_samples_are_determined_by_their_seed():
     assert a.image[..., 3].max() == 255 and a.image[0, 0, 3] == 0
 
 
+def test_seed_ranges_are_disjoint_and_the_shipped_run_kept_to_them():
+    ranges = {"training": data.TRAINING_SEEDS, "validation": data.VALIDATION_SEEDS, "test": data.TEST_SEEDS}
+    for name, seeds in ranges.items():
+        for other_name, other in ranges.items():
+            if name != other_name:
+                assert seeds.stop <= other.start or other.stop <= seeds.start, f"{name} and {other_name} overlap"
+    assert data.COMPARISON_SEEDS.start == data.VALIDATION_SEEDS.start and data.CALIBRATION_SEEDS.stop == data.VALIDATION_SEEDS.stop
+    assert data.COMPARISON_SEEDS.stop == data.CALIBRATION_SEEDS.start
+    # The shipped weights' run record: what it trained and calibrated on stays out of the test seeds,
+    # and so do the example pictures, which were picked by looking at them.
+    record = json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())
+    assert record["args"]["shapes"] <= len(data.TRAINING_SEEDS)
+    assert max(record["calibration"]["shapes"], record["args"]["validation_shapes"]) <= len(data.CALIBRATION_SEEDS)
+    for example in json.loads((REPO / "examples" / "nano_examples.json").read_text()):
+        assert example["seed"] in data.VALIDATION_SEEDS
+
+
+def test_iou_and_chamfer_of_two_known_spheres():
+    def sphere(radius):
+        return shapes.Shape("sphere", (shapes.Part("sphere", (radius,), np.eye(3), np.zeros(3), (0.8, 0.2, 0.2)),))
+
+    true, smaller = sphere(0.4), sphere(0.36)
+    itself = metrics.score(true.sdf, lambda p: true.sdf_and_color(p)[1], true, resolution=64)
+    assert itself.iou == 1.0 and itself.chamfer < 0.01 and itself.color_error < 1e-6
+    # Volumes go as the cube of the radius: IoU (0.36 / 0.4)^3 = 0.729; the surfaces are 0.04 apart.
+    shrunk = metrics.score(smaller.sdf, lambda p: smaller.sdf_and_color(p)[1], true, resolution=64)
+    assert shrunk.iou == pytest.approx(0.729, abs=0.02) and shrunk.chamfer == pytest.approx(0.04, abs=0.004)
+
+
+def test_bootstrap_interval_matches_the_standard_error():
+    values = np.random.default_rng(5).normal(2.0, 1.0, size=400)
+    low, high = metrics.bootstrap_interval(values)
+    # For a mean of 400 draws with spread 1, a 95% interval is about 2 x 1.96 / 20 = 0.196 wide.
+    assert low < values.mean() < high and high - low == pytest.approx(0.196, rel=0.1)
+    assert metrics.bootstrap_interval(values) == (low, high)
+
+
 def test_model_shapes_and_parameter_budget():
     config = NanoConfig.from_dict(TINY)
     model = NanoModel(config)
@@ -172,12 +211,43 @@ def test_training_lowers_the_loss_and_writes_its_record(trained_tiny):
     assert written["steps_done"] == 100 and written["partial"] is False
     history = written["history"]
     assert history[-1]["sdf_loss"] < history[0]["sdf_loss"]
-    assert 0.0 <= written["validation"]["iou"] <= 1.0
-    # The run ends by placing the surface where validation shapes score best, and keeps that level.
+    # The run ends by placing the surface on validation shapes, and keeps that level with the weights.
     calibration = written["calibration"]
-    assert calibration["shapes"] == 3 and calibration["iou_after"] >= calibration["iou_before"]
-    assert calibration["iou_after"] >= max(calibration["scores"].values()) - 0.001  # near-equals go to the smaller shift
+    assert calibration["shapes"] == 3
     assert read_config(out / "nano.safetensors") == NanoConfig.from_dict({**TINY, "surface_level": calibration["level"]})
+
+
+@pytest.mark.parametrize("offset", [0.0125, -0.0075])
+def test_calibration_finds_the_level_a_field_is_off_by(offset):
+    from backend.pipelines.nano.calibrate import best_level, surface_level_scores
+
+    # The true field moved by ``offset``: too thin (positive) or too fat (negative) a shape; only
+    # the level that takes the offset back out scores a perfect IoU.
+    scores = surface_level_scores(lambda shape, elevation: lambda p: shape.sdf(p) + offset,
+                                  data.CALIBRATION_SEEDS[:2], resolution=40)
+    assert best_level(scores) == pytest.approx(offset)
+    assert scores[best_level(scores)] > 0.999 and scores[0.0] < 0.95
+
+
+def test_evaluate_prints_the_figures_and_refuses_a_split_it_does_not_have(trained_tiny, tmp_path, capsys):
+    from backend.pipelines.nano import evaluate
+
+    figures = evaluate.main(["--weights", str(trained_tiny[0] / "nano.safetensors"), "--split", "validation", "--shapes", "4",
+                             "--grid", "24", "--timing-runs", "0", "--threads", "1", "--json", str(tmp_path / "figures.json")])
+    printed = capsys.readouterr().out
+    assert [row["seed"] for row in figures["per_shape"]] == list(data.COMPARISON_SEEDS[:4])
+    low, high = figures["iou_interval"]
+    assert low <= figures["mean_iou"] <= high
+    assert sum(kind["shapes"] for kind in figures["by_kind"].values()) == 4
+    for name in figures["by_kind"]:
+        assert f"| {name} | " in printed
+    assert json.loads((tmp_path / "figures.json").read_text())["mean_iou"] == pytest.approx(figures["mean_iou"])
+    # Shared out among processes, each shape gets the figures it gets in one process.
+    shared = evaluate.score_seeds(trained_tiny[0] / "nano.safetensors", data.COMPARISON_SEEDS[:2], 24, workers=2)
+    assert [row["iou"] for row in shared["per_shape"]] == pytest.approx([row["iou"] for row in figures["per_shape"][:2]], abs=1e-3)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--split", "test", "--shapes", str(len(data.TEST_SEEDS) + 1)])
+    assert "the test split has seeds for 1 to" in capsys.readouterr().err
 
 
 def test_the_surface_level_shifts_every_query_and_is_saved(tmp_path):
@@ -209,7 +279,7 @@ def test_pipeline_turns_a_picture_into_a_coloured_mesh(trained_tiny):
     pipeline = NanoPipeline(weights_dir=str(trained_tiny[0]))
     assert pipeline.check_weights().ready
     events: list = []
-    request = pipeline.validate(JobRequest("nano", {"resolution": 48, "max_faces": 2000}, images={"image": example_png(data.HELD_OUT_SEED_START)}))
+    request = pipeline.validate(JobRequest("nano", {"resolution": 48, "max_faces": 2000}, images={"image": example_png(data.COMPARISON_SEEDS[0])}))
     output = pipeline.run(request, context(events))
     mesh = output.mesh
     assert 0 < mesh.face_count <= 2000 and mesh.colors is not None
@@ -239,13 +309,23 @@ def test_background_is_estimated_from_the_border_without_alpha():
 def test_mesh_occupancy_matches_the_shape_it_was_extracted_from():
     from skimage.measure import marching_cubes
 
-    shape, _, _ = data.aligned_shape(data.HELD_OUT_SEED_START + 1)
+    shape, _, _ = data.aligned_shape(data.VALIDATION_SEEDS[1])
     grid = shape.sdf(metrics.grid_points(64, 0.6)).reshape(64, 64, 64).numpy()
     vertices, faces, _, _ = marching_cubes(grid, 0.0)
     vertices = vertices * (1.2 / 63) - 0.6
     assert metrics.mesh_iou(vertices, faces, shape, resolution=40) > 0.9
-    other, _, _ = data.aligned_shape(data.HELD_OUT_SEED_START + 2)
+    other, _, _ = data.aligned_shape(data.VALIDATION_SEEDS[2])
     assert metrics.mesh_iou(vertices, faces, other, resolution=40) < 0.9
+
+
+@pytest.mark.skipif(not BUNDLED_WEIGHTS.is_file(), reason="the trained Nano weights are not in this checkout")
+@pytest.mark.parametrize(("seed", "kind", "bar"), [(SPHERE_SEED, "sphere", 0.9), (SNOWMAN_SEED, "snowman", 0.9)])
+def test_shipped_weights_reconstruct_easy_validation_shapes_well(seed, kind, bar):
+    from backend.pipelines.nano.evaluate import score_seed
+
+    shape, scores = score_seed(load_model(BUNDLED_WEIGHTS), seed, resolution=48, chamfer_points=2000)
+    assert shape.name == kind
+    assert scores.iou > bar and scores.chamfer < 0.03
 
 
 @pytest.mark.skipif(not BUNDLED_WEIGHTS.is_file(), reason="the trained Nano weights are not in this checkout")

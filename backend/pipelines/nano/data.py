@@ -11,8 +11,10 @@ azimuth and then seen from azimuth 0. The shape's bounding box in this frame is 
 the origin, and the longer half-side of what the picture shows is 0.5 (no half-side passing
 0.55), inside the [-0.6, 0.6]^3 cube the model spans: the picture fixes the object's size.
 
-Seeds below ``HELD_OUT_SEED_START`` are for training; evaluation uses seeds from it upwards,
-so no evaluation shape is ever trained on.
+Every seed belongs to one of three disjoint ranges, defined here and nowhere else: training
+seeds are trained on; validation seeds take part in decisions (comparing recipes, placing the
+surface level, watching a run's checkpoints, picking the example pictures); test seeds are
+only ever scored for the figures reported about a finished model.
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ import torch
 from .render import frame_object, render, surface_normals
 from .shapes import Shape, random_shape, rotation_about
 
-HELD_OUT_SEED_START = 1_000_000
-# Validation shapes (for watching training, and for calibrate.py) sit far above the evaluation seeds.
-VALIDATION_SEED_START = HELD_OUT_SEED_START + 500_000
+TRAINING_SEEDS = range(0, 1_000_000)
+VALIDATION_SEEDS = range(1_000_000, 2_000_000)
+TEST_SEEDS = range(2_000_000, 3_000_000)
+# Recipes are compared on the first half of the validation seeds (evaluate --split validation); a
+# training run scores its checkpoints and places its surface level on the second half, so a
+# recipe's comparison figures are never on the shapes its own level was fitted to.
+COMPARISON_SEEDS = VALIDATION_SEEDS[:500_000]
+CALIBRATION_SEEDS = VALIDATION_SEEDS[500_000:]
 IMAGE_SIZE = 128
 RENDER_SIZE = 160  # rendered a little larger than the model input, then framed down to it
 MAX_ELEVATION = math.radians(30.0)

@@ -61,6 +61,15 @@ def chamfer_distance(a: np.ndarray, b: np.ndarray) -> float:
     return 0.5 * (cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean())
 
 
+def bootstrap_interval(values: np.ndarray, level: float = 0.95, resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean of ``values``: resample them with replacement, take the
+    central ``level`` of the resampled means. Seeded, so a set of values always gets the same interval."""
+    values = np.asarray(values, dtype=np.float64)
+    means = values[np.random.default_rng(seed).integers(len(values), size=(resamples, len(values)))].mean(axis=1)
+    low, high = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(low), float(high)
+
+
 @dataclass
 class ShapeScores:
     iou: float

@@ -2,12 +2,13 @@
 
     python -m backend.pipelines.nano.showcase --out examples
 
-For a few held-out seeds (never trained on) this writes ``<name>.png``, the picture a user
-would give (RGBA, transparent background), and ``results/<name>.png``: the input, then the
-model's reconstruction and the true shape, both seen from another angle. ``nano_examples.json``
-lists each picture's seed, from which ``data.aligned_shape`` rebuilds its true shape. The reconstruction
-is drawn by sphere tracing the model's own signed distance field, the same field the
-pipeline's mesh is extracted from.
+For a few validation seeds (never trained on; picked by looking at them, so they are not test
+shapes) this writes ``<name>.png``, the picture a user would give (RGBA, transparent
+background), and ``results/<name>.png``: the input, then the model's reconstruction and the
+true shape, both seen from another angle. ``nano_examples.json`` lists each picture's seed,
+from which ``data.aligned_shape`` rebuilds its true shape. The reconstruction is drawn by
+sphere tracing the model's own signed distance field, the same field the pipeline's mesh is
+extracted from.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import torch
 from PIL import Image
 
 from .checkpoint import BUNDLED_WEIGHTS, load_model
-from .data import HELD_OUT_SEED_START, aligned_shape, render_input
+from .data import COMPARISON_SEEDS, aligned_shape, render_input
 from .evaluate import PredictedField
 from .render import render
 
-# Held-out seeds that show one of each kind of object; the file is named after the shape.
-SEEDS = tuple(HELD_OUT_SEED_START + k for k in (6, 10, 17, 22))  # mug, torus, mushroom, snowman
+# Validation seeds that show one of each kind of object; the file is named after the shape.
+SEEDS = tuple(COMPARISON_SEEDS[k] for k in (6, 10, 17, 22))  # mug, torus, mushroom, snowman
 EXAMPLE_SIZE = 256
 
 

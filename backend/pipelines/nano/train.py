@@ -2,7 +2,7 @@
 
     python -m backend.pipelines.nano.train --out backend/pipelines/nano/weights
 
-The run is fixed by its flags: the training shapes are seeds 0 .. shapes-1, batches and
+The run is fixed by its flags: the training shapes are the first ``--shapes`` training seeds (``data.TRAINING_SEEDS``), batches and
 points are drawn from a generator seeded with ``--seed``, and the length is a step count
 (``--max-minutes`` only guards against a machine far slower than expected, and marks the
 result as partial). The weights are written every ``--checkpoint-every`` steps and at the
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .calibrate import calibrate
 from .checkpoint import BUNDLED_WEIGHTS, save_weights
-from .data import COLOR_BAND, HELD_OUT_SEED_START, IMAGE_SIZE, VALIDATION_SEED_START, PointCounts, image_tensor, make_sample
+from .data import CALIBRATION_SEEDS, COLOR_BAND, IMAGE_SIZE, TRAINING_SEEDS, PointCounts, image_tensor, make_sample
 from .evaluate import score_seed
 from .model import NanoConfig, NanoModel
 
@@ -64,7 +64,7 @@ def _sample_arrays(seed: int) -> tuple[np.ndarray, ...]:
 
 
 def build_dataset(shapes: int, workers: int, cache_dir: Path | None, log) -> Dataset:
-    """Samples for seeds 0 .. shapes-1, generated in ``workers`` processes, or read from the cache."""
+    """Samples for the first ``shapes`` training seeds, generated in ``workers`` processes, or read from the cache."""
     counts = PointCounts()
     cache = cache_dir / f"nano-data-v{DATA_FORMAT}-{shapes}-{counts.surface}-{counts.near}-{counts.uniform}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
@@ -75,7 +75,7 @@ def build_dataset(shapes: int, workers: int, cache_dir: Path | None, log) -> Dat
         start = time.monotonic()
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             results = []
-            for i, result in enumerate(pool.imap(_sample_arrays, range(shapes), chunksize=16)):
+            for i, result in enumerate(pool.imap(_sample_arrays, TRAINING_SEEDS[:shapes], chunksize=16)):
                 results.append(result)
                 if (i + 1) % 1000 == 0:
                     log(f"generated {i + 1}/{shapes} samples ({time.monotonic() - start:.0f} s)")
@@ -129,7 +129,7 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 def validate(model: NanoModel, seeds: list[int], resolution: int = 48) -> dict[str, float]:
-    """Mean IoU, Chamfer distance and colour error on shapes outside training and evaluation."""
+    """Mean IoU, Chamfer distance and colour error on validation shapes."""
     model.eval()
     scores = [score_seed(model, seed, resolution, chamfer_points=4000)[1] for seed in seeds]
     model.train()
@@ -144,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m backend.pipelines.nano.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=BUNDLED_WEIGHTS.parent, help="folder for nano.safetensors and nano.json")
     parser.add_argument("--steps", type=int, default=20000, help="optimizer steps (the run's length)")
-    parser.add_argument("--shapes", type=int, default=10000, help="training shapes: seeds 0 .. shapes-1")
+    parser.add_argument("--shapes", type=int, default=10000, help="training shapes: the first this many training seeds (data.TRAINING_SEEDS)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--points", type=int, default=2048, help="query points per picture per step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay after warm-up)")
@@ -155,14 +155,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where the steps run: cpu (the reference), or e.g. cuda; samples are drawn by the same generator either way")
     parser.add_argument("--cache-dir", type=Path, help="keep the generated samples here and reuse them (default: none)")
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="write the weights every this many steps")
-    parser.add_argument("--validation-shapes", type=int, default=24, help="held-out shapes scored at each checkpoint")
+    parser.add_argument("--validation-shapes", type=int, default=24, help="validation shapes scored at each checkpoint")
     parser.add_argument("--calibration-shapes", type=int, default=100,
                         help="validation shapes that place the surface level at the end (0 skips it; see calibrate.py)")
     parser.add_argument("--max-minutes", type=float, help="stop early after this long and mark the result partial")
     parser.add_argument("--config", type=json.loads, default={}, help='model config overrides as JSON, e.g. \'{"hidden_dim": 96}\'')
     args = parser.parse_args(argv)
-    if args.shapes > HELD_OUT_SEED_START:
-        parser.error(f"--shapes must stay below {HELD_OUT_SEED_START}, where the held-out seeds start")
+    if not 1 <= args.shapes <= len(TRAINING_SEEDS):
+        parser.error(f"--shapes {args.shapes}: there are training seeds for 1 to {len(TRAINING_SEEDS):,} shapes")
+    for flag in ("validation_shapes", "calibration_shapes"):
+        if not 0 <= getattr(args, flag) <= len(CALIBRATION_SEEDS):
+            parser.error(f"--{flag.replace('_', '-')}: give 0 to {len(CALIBRATION_SEEDS):,} shapes")
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(args.seed)
-    validation_seeds = list(range(VALIDATION_SEED_START, VALIDATION_SEED_START + args.validation_shapes))
+    validation_seeds = list(CALIBRATION_SEEDS[: args.validation_shapes])
     record = {
         "config": config.to_dict(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "cache_dir")},
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
             record["history"].append(entry)
             if step % args.checkpoint_every == 0 or step == args.steps or out_of_time:
                 entry["validation"] = validate(model, validation_seeds)
-                log(f"validation on {len(validation_seeds)} held-out shapes: {entry['validation']}")
+                log(f"validation on {len(validation_seeds)} shapes: {entry['validation']}")
                 record.update(steps_done=step, partial=step < args.steps, train_seconds=round(time.monotonic() - train_started, 1),
                               total_seconds=round(time.monotonic() - started, 1), validation=entry["validation"])
                 write_outputs()
