@@ -107,6 +107,38 @@ def test_taubin_smoothing_reduces_noise_without_shrinking():
     assert abs(smoothed_radii.mean() - 0.4) < 0.004
 
 
+def test_vertex_clustering_merges_each_cell_into_its_average():
+    # Cells of 1 start half a cell below the lowest corner, at -0.5: vertices 0, 1 share a cell.
+    vertices = np.array([[0, 0, 0], [0.2, 0.4, 0], [3, 0, 0], [0, 3, 0], [3, 3, 0], [0.3, 0.1, 0]], dtype=np.float32)
+    faces = np.array([[0, 2, 3], [1, 2, 3], [2, 4, 3], [0, 1, 2], [5, 3, 2]], dtype=np.int32)
+    clustered, kept = cleanup.cluster_vertices(vertices, faces, 1.0)
+    np.testing.assert_allclose(clustered[kept[0, 0]], [0.5 / 3, 0.5 / 3, 0], atol=1e-7)  # 0, 1 and 5 averaged
+    # (1, 2, 3) and (5, 3, 2) repeat (0, 2, 3), the second with the other winding, which stays;
+    # (0, 1, 2) collapses to an edge.
+    assert len(clustered) == 4 and len(kept) == 3
+    assert sorted(map(tuple, clustered[kept].reshape(-1, 3).round(4).tolist())).count((3.0, 3.0, 0.0)) == 1
+
+
+def test_neighbour_averaging_moves_each_vertex_to_its_ring_mean():
+    vertices = np.array([[0, 0, 0], [3, 0, 0], [0, 3, 0]], dtype=np.float64)
+    np.testing.assert_allclose(cleanup.average_neighbours(vertices, np.array([[0, 1, 2]]), 1), np.full((3, 3), [1.0, 1.0, 0.0]))
+    flat = extract_mesh(lambda p: p[:, 2] - 0.013, resolution=32, max_faces=10**6, cluster_size=0.05)
+    assert np.abs(flat.positions[:, 2] - 0.013).max() < 1e-5  # a plane stays a plane
+
+
+def test_upstream_finish_clusters_smooths_and_keeps_floaters():
+    body, floater = sphere(0.35), sphere(0.02, center=(0.45, 0.45, 0.45))
+    clean = extract_mesh(union(body, floater), resolution=128, max_faces=10**6)
+    upstream = extract_mesh(union(body, floater), resolution=128, max_faces=10**6, cluster_size=0.02)
+    assert component_count(clean) == 1 and component_count(upstream) == 2
+    assert upstream.face_count < clean.face_count / 4  # cells of 0.02 against a grid spacing of 0.0094
+    edges = upstream.positions[upstream.faces] - np.roll(upstream.positions[upstream.faces], 1, axis=1)
+    assert np.median(np.linalg.norm(edges, axis=2)) > 0.015
+    radii = np.linalg.norm(upstream.positions, axis=1)
+    main = radii < 0.4
+    assert 0.345 < radii[main].mean() < 0.35  # plain averaging shrinks the surface a little
+
+
 def test_colours_are_queried_at_the_final_vertices():
     def colour(p: torch.Tensor) -> torch.Tensor:
         return (p + 0.6) / 1.2

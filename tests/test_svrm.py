@@ -273,6 +273,20 @@ def test_pipeline_turns_views_into_a_coloured_mesh_in_the_y_up_frame(tmp_path):
     assert {memory.placement(name) for name in COMPONENTS.values()} == {"device"}  # cpu mode keeps them loaded
 
 
+def test_upstream_mesh_finish_clusters_the_surface(tmp_path):
+    weights = tmp_path / "weights"
+    (weights / "svrm").mkdir(parents=True)
+    save_checkpoint(sphere_svrm(radius=0.25), weights / "svrm" / "svrm.safetensors")
+    pipeline = SVRMPipeline(weights_dir=str(weights))
+    context = JobContext(lambda event: None, lambda: False, SimpleNamespace(memory=MemoryManager()))
+    meshes = {finish: pipeline.run(views_request(pipeline, resolution=96, max_faces=10**6, mesh_finish=finish), context).mesh
+              for finish in ("clean", "upstream")}
+    # Marching cubes puts vertices closer than 0.007 near the grid's samples; clustering merges them.
+    assert meshes["upstream"].face_count < 0.9 * meshes["clean"].face_count
+    radii = np.linalg.norm(meshes["upstream"].positions, axis=1)
+    assert 0.22 < radii.min() and radii.max() < 0.28
+
+
 def test_pipeline_needs_both_inputs_and_says_how_to_get_the_weights(tmp_path):
     pipeline = SVRMPipeline(weights_dir=str(tmp_path))
     report = pipeline.check_weights()

@@ -1,4 +1,4 @@
-"""Mesh clean-up on plain arrays: degenerate faces, floaters, decimation, smoothing, normals.
+"""Mesh clean-up on plain arrays: degenerate faces, floaters, decimation, clustering, smoothing, normals.
 
 Every function takes float (N, 3) vertices and int (M, 3) faces and returns new arrays; none
 of them needs torch.
@@ -112,6 +112,55 @@ def decimate(
         agg=aggressiveness,
     )
     return remove_unreferenced_vertices(points.astype(np.float32), triangles.astype(np.int32))
+
+
+def cluster_vertices(vertices: np.ndarray, faces: np.ndarray, cell_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Vertex clustering: all vertices in one cubic cell of side ``cell_size`` become their average.
+
+    The cells start half a cell below the mesh's lowest corner. Faces whose corners fall into
+    fewer than three cells are dropped, and a face repeated with the same orientation is kept
+    once (two faces over the same corners with opposite windings both stay). This gives what
+    Open3D's ``simplify_vertex_clustering`` with average contraction gives, which Hunyuan3D-1 uses.
+    """
+    if cell_size <= 0:
+        raise ValueError(f"cell_size must be positive, got {cell_size}")
+    if not len(faces):
+        return vertices, faces
+    origin = vertices.min(axis=0).astype(np.float64) - cell_size / 2
+    cells = np.floor((vertices - origin) / cell_size).astype(np.int64)
+    _, _, cluster = unique_rows(cells)
+    counts = np.bincount(cluster).astype(np.float64)
+    centres = np.stack([np.bincount(cluster, weights=vertices[:, axis].astype(np.float64)) for axis in range(3)], axis=1)
+    centres = (centres / counts[:, None]).astype(vertices.dtype)
+    corners = cluster[faces]
+    keep = (corners[:, 0] != corners[:, 1]) & (corners[:, 1] != corners[:, 2]) & (corners[:, 0] != corners[:, 2])
+    corners = corners[keep]
+    # Rotated to start at the smallest index, a face and its repeats with the same winding are equal rows.
+    start = np.argmin(corners, axis=1)
+    rows = np.arange(len(corners))
+    rotated = np.stack([corners[rows, (start + k) % 3] for k in range(3)], axis=1)
+    _, first, _ = unique_rows(rotated)
+    corners = corners[np.sort(first)]
+    return remove_unreferenced_vertices(centres, corners.astype(faces.dtype))
+
+
+def average_neighbours(vertices: np.ndarray, faces: np.ndarray, iterations: int) -> np.ndarray:
+    """Plain Laplacian smoothing: each pass moves every vertex to the mean of itself and its neighbours."""
+    if iterations <= 0 or not len(faces):
+        return vertices
+    from scipy.sparse import coo_matrix, diags, identity
+
+    n = len(vertices)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.concatenate([edges, edges[:, ::-1]])
+    adjacency = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
+    adjacency.data[:] = 1.0  # an edge shared by two faces counts once
+    with_self = adjacency + identity(n, format="csr")
+    averaging = diags(1.0 / np.asarray(with_self.sum(axis=1)).ravel()) @ with_self
+    points = vertices.astype(np.float64)
+    for _ in range(iterations):
+        points = averaging @ points
+    return points.astype(vertices.dtype)
 
 
 def taubin_smooth(

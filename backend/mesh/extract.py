@@ -19,6 +19,8 @@ DEFAULT_RESOLUTION = 384
 DEFAULT_BOUND = 0.6
 DEFAULT_MAX_FACES = 120_000
 DEFAULT_MIN_COMPONENT_RATIO = 0.005
+# Smoothing passes after vertex clustering, as Hunyuan3D-1 finishes its meshes.
+CLUSTER_SMOOTHING_PASSES = 2
 POST_STEPS = 4  # marching cubes, clean-up, decimation + smoothing, colours
 
 
@@ -63,6 +65,7 @@ def mesh_from_grid(
     inside_negative: bool = True,
     max_faces: int = DEFAULT_MAX_FACES,
     min_component_ratio: float = DEFAULT_MIN_COMPONENT_RATIO,
+    cluster_size: float = 0.0,
     smooth_iterations: int = 0,
     axes: tuple[int, int, int] = (0, 1, 2),
     chunk_points: int = DEFAULT_CHUNK_POINTS,
@@ -81,6 +84,9 @@ def mesh_from_grid(
             False for occupancy-like fields that are positive inside.
         min_component_ratio: disconnected pieces with fewer faces than this share of the
             total are removed as floaters.
+        cluster_size: when positive, Hunyuan3D-1's finish instead: vertices are clustered on a
+            grid of this size (``cleanup.cluster_vertices``) and averaged with their neighbours
+            twice, and floaters are kept.
         smooth_iterations: Taubin smoothing passes after decimation (0 = none).
         axes: output axis k is field axis ``axes[k]``; (1, 2, 0) turns a Z-up field into Y-up.
         progress_offset/progress_total: where these steps sit in the caller's progress count.
@@ -99,7 +105,11 @@ def mesh_from_grid(
     vertices, faces = marching_cubes(grid, bound, level=level, inside_negative=inside_negative)
     step(1)
     vertices, faces = cleanup.remove_degenerate_faces(vertices, faces)
-    vertices, faces = cleanup.remove_small_components(vertices, faces, min_component_ratio)
+    if cluster_size > 0:
+        vertices, faces = cleanup.cluster_vertices(vertices, faces, cluster_size)
+        vertices = cleanup.average_neighbours(vertices, faces, CLUSTER_SMOOTHING_PASSES)
+    else:
+        vertices, faces = cleanup.remove_small_components(vertices, faces, min_component_ratio)
     step(2)
     vertices, faces = cleanup.decimate(vertices, faces, max_faces)
     vertices, faces = cleanup.remove_degenerate_faces(vertices, faces)
@@ -128,6 +138,7 @@ def extract_mesh(
     level: float = 0.0,
     inside_negative: bool = True,
     min_component_ratio: float = DEFAULT_MIN_COMPONENT_RATIO,
+    cluster_size: float = 0.0,
     smooth_iterations: int = 0,
     axes: tuple[int, int, int] = (0, 1, 2),
     progress: ProgressFn | None = None,
@@ -170,6 +181,7 @@ def extract_mesh(
         inside_negative=inside_negative,
         max_faces=max_faces,
         min_component_ratio=min_component_ratio,
+        cluster_size=cluster_size,
         smooth_iterations=smooth_iterations,
         axes=axes,
         chunk_points=chunk_points,

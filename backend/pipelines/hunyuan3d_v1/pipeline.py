@@ -24,7 +24,7 @@ from ...protocol import ErrorCode
 from ...weights import HUNYUAN_DIT, MVD_LITE, MVD_STD, SVRM_FOLDER, WeightFolder, check_folders, require_folders
 from .. import register
 from ..base import MAX_FACES, SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput, WeightsReport
-from .svrm_pipeline import RESOLUTION
+from .svrm_pipeline import MESH_FINISH, RESOLUTION
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -136,7 +136,7 @@ class Hunyuan3D1Pipeline(Pipeline):
 
         torch.manual_seed(params["seed"])
         mesh, svrm_info = reconstruct(svrm_root / "svrm.safetensors", views.views, views.condition, ctx,
-                                      resolution=params["resolution"], max_faces=params["max_faces"])
+                                      resolution=params["resolution"], max_faces=params["max_faces"], finish=params["mesh_finish"])
         info["triplane"] = svrm_info["triplane"]
         return PipelineOutput(mesh=mesh, images=images, info=info)
 
@@ -164,7 +164,7 @@ class Hunyuan3D1LitePipeline(Hunyuan3D1Pipeline):
         SEED, STEPS, MAX_FACES, REMOVE_BACKGROUND,
         Param("guidance", float, 1.0, "strength of the lite model's per-view guidance (1.0 = upstream's schedule)",
               minimum=0.0, maximum=5.0, advanced=True),
-        BACKGROUND_METHOD, TEXT_STEPS, TEXT_IMAGE_SIZE, _view_size(320), RESOLUTION,
+        BACKGROUND_METHOD, TEXT_STEPS, TEXT_IMAGE_SIZE, _view_size(320), RESOLUTION, MESH_FINISH,
     )
     multiview_folder = MVD_LITE
     component_prefix = "mvd_lite"
@@ -182,7 +182,7 @@ class Hunyuan3D1StdPipeline(Hunyuan3D1Pipeline):
     params = (
         SEED, STEPS, MAX_FACES, REMOVE_BACKGROUND,
         Param("guidance", float, 2.0, "classifier-free guidance of the views (2.0 upstream)", minimum=1.0, maximum=20.0, advanced=True),
-        BACKGROUND_METHOD, TEXT_STEPS, TEXT_IMAGE_SIZE, _view_size(512), RESOLUTION,
+        BACKGROUND_METHOD, TEXT_STEPS, TEXT_IMAGE_SIZE, _view_size(512), RESOLUTION, MESH_FINISH,
     )
     multiview_folder = MVD_STD
     component_prefix = "mvd_std"

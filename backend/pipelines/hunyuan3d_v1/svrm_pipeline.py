@@ -35,6 +35,14 @@ RESOLUTION = Param(
     "resolution", int, 384, "samples per axis of the grid the surface is extracted from (384 upstream; lower is faster, coarser)",
     minimum=32, maximum=1024, advanced=True,
 )
+MESH_FINISH = Param(
+    "mesh_finish", str, "clean",
+    "how the surface is finished: clean (floaters removed, decimated to max_faces) or upstream (Hunyuan3D-1's: "
+    "vertices clustered on a 0.007 grid and smoothed twice, floaters kept, decimated only above max_faces)",
+    choices=("clean", "upstream"), advanced=True,
+)
+# Hunyuan3D-1 clusters the marching-cubes vertices on a grid of this size (SVRM's units) before smoothing.
+UPSTREAM_CLUSTER_SIZE = 0.007
 VIEW_LAYOUT = Param(
     "view_layout", str, "std", "which multiview model drew the views grid: std (1024x1536) or lite (640x960); they order views differently",
     choices=("std", "lite"), advanced=True,
@@ -55,7 +63,7 @@ class SVRMPipeline(Pipeline):
     name = "hunyuan3d-1-svrm"
     description = "Hunyuan3D-1 reconstruction only: a 3x2 grid of six views plus the condition image to a vertex-coloured mesh"
     stages = ("encode", "triplane", "mesh")
-    params = (MAX_FACES, RESOLUTION, VIEW_LAYOUT)
+    params = (MAX_FACES, RESOLUTION, MESH_FINISH, VIEW_LAYOUT)
     inputs = ("views", "image")
     requires_one_of = ("views",)
 
@@ -101,12 +109,12 @@ class SVRMPipeline(Pipeline):
         order = STD_VIEW_ORDER if params["view_layout"] == "std" else LITE_VIEW_ORDER
         views = split_view_grid(decode_image(request.images["views"], "views"), order)
         mesh, info = reconstruct(path, views, decode_image(request.images["image"], "image"), ctx,
-                                 resolution=params["resolution"], max_faces=params["max_faces"])
+                                 resolution=params["resolution"], max_faces=params["max_faces"], finish=params["mesh_finish"])
         return PipelineOutput(mesh=mesh, info=info)
 
 
 def reconstruct(path: Path, views: list[Image.Image], condition: Image.Image, ctx: JobContext, *,
-                resolution: int, max_faces: int) -> tuple[Mesh, dict[str, Any]]:
+                resolution: int, max_faces: int, finish: str = "clean") -> tuple[Mesh, dict[str, Any]]:
     """SVRM's three stages: six views (azimuth 0..300) and the condition image to a coloured mesh."""
     import torch
 
@@ -158,6 +166,7 @@ def reconstruct(path: Path, views: list[Image.Image], condition: Image.Image, ct
             resolution=resolution,
             bound=BOUND,
             max_faces=max_faces,
+            cluster_size=UPSTREAM_CLUSTER_SIZE if finish == "upstream" else 0.0,
             memory_budget=QUERY_BUDGET_BYTES,
             bytes_per_point=BYTES_PER_QUERY_POINT,
             device=device,

@@ -227,16 +227,20 @@ class MultiviewModel:
 
     def _decode(self, stages: StageRunner, vae: nn.Module, latents: torch.Tensor) -> Image.Image:
         import numpy as np
-        import torch
         from PIL import Image
 
-        dtype = stages.dtype("vae")
+        pixels = self.decode_pixels(vae, latents, stages.device, stages.dtype("vae"))
+        array = (pixels.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        return Image.fromarray(array)
+
+    def decode_pixels(self, vae: nn.Module, latents: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The grid the final latents show, (3, H, W) float32 in [0, 1] before rounding to bytes."""
+        import torch
+
         latents = latents / LATENT_SCALE + LATENT_SHIFT
         with torch.inference_mode():
-            decoded = vae.decode((latents / vae.config.scaling_factor).to(stages.device, dtype)).sample
-        pixels = (decoded.float() * DECODED_SCALE + 0.5).clamp(0, 1)
-        array = (pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        return Image.fromarray(array)
+            decoded = vae.decode((latents / vae.config.scaling_factor).to(device, dtype)).sample
+        return (decoded.float() * DECODED_SCALE + 0.5).clamp(0, 1)[0]
 
 
 def _sample_posterior(vae: nn.Module, pixels: torch.Tensor, generator: torch.Generator,
