@@ -27,6 +27,7 @@ from .protocol import Buffer, ErrorCode, error_header
 
 Sink = Callable[[dict[str, Any], list[Buffer]], None]
 DEFAULT_MAX_QUEUE = 32
+DEFAULT_KEEP_ALIVE_S = 600.0
 
 
 @dataclass
@@ -55,13 +56,19 @@ class JobEngine:
         output_dir: where every finished result is also written (GLB + JSON); None disables it.
         weights_dir: passed to pipelines that look for checkpoints in a user folder.
         max_queue: queued jobs beyond this are refused with ``busy``.
+        keep_alive_s: after this long without a job the worker releases accelerator memory
+            (weights stay in host RAM); 0 never does.
     """
 
-    def __init__(self, runtime: Any, output_dir: Path | None, weights_dir: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE):
+    def __init__(self, runtime: Any, output_dir: Path | None, weights_dir: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+                 keep_alive_s: float = DEFAULT_KEEP_ALIVE_S):
         self.runtime = runtime
         self.output_dir = output_dir
         self.weights_dir = weights_dir
         self.max_queue = max_queue
+        self.keep_alive_s = keep_alive_s
+        self._release_requests: list[Callable[[dict[str, Any]], None]] = []
+        self._idle_release_at: float | None = None  # monotonic time of the next idle release, set by the worker
         self._queue: collections.deque[Job] = collections.deque()
         self._running: Job | None = None
         self._lock = threading.Condition()
@@ -126,17 +133,15 @@ class JobEngine:
             running = self._running.describe() if self._running else None
             if running:
                 running["elapsed"] = round(time.monotonic() - self._running.submitted, 3)
-            return {"queue": [j.describe() for j in self._queue], "running": running}
+            release_in = None if self._idle_release_at is None else round(max(0.0, self._idle_release_at - time.monotonic()), 1)
+            return {"queue": [j.describe() for j in self._queue], "running": running,
+                    "keep_alive_s": self.keep_alive_s, "idle_release_in_s": release_in}
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def request_release(self, reply: Callable[[dict[str, Any]], None]) -> None:
+        """Free accelerator memory as soon as no job runs (now, when idle); ``reply`` hears what was freed."""
         with self._lock:
-            while self._queue or self._running is not None:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._lock.wait(remaining)
-        return True
+            self._release_requests.append(reply)
+            self._lock.notify_all()
 
     def stop(self) -> None:
         """Refuse new jobs, cancel queued and running ones, and let the worker exit."""
@@ -155,19 +160,55 @@ class JobEngine:
     def _work(self) -> None:
         while True:
             with self._lock:
-                while not self._queue and not self._stopping:
-                    self._lock.wait()
-                if self._stopping and not self._queue:
+                job, replies = self._next_task()
+                if job is None and replies is None:
                     return
-                job = self._queue.popleft()
-                job.state = "running"
-                self._running = job
+                if job is not None:
+                    job.state = "running"
+                    self._running, self._idle_release_at = job, None
+            if replies is not None:
+                self._release(replies)
+                continue
             try:
                 self.execute(job)
             finally:
                 with self._lock:
                     self._running = None
+                    self._schedule_idle_release()
                     self._lock.notify_all()
+
+    def _next_task(self) -> tuple[Job | None, list[Callable[[dict[str, Any]], None]] | None]:
+        """Under the lock: a release asked for (or due after idling), else the next job; (None, None) to stop."""
+        while True:
+            if self._release_requests:
+                replies, self._release_requests = self._release_requests, []
+                return None, replies
+            if self._queue:
+                return self._queue.popleft(), None
+            if self._stopping:
+                return None, None
+            wait = None if self._idle_release_at is None else self._idle_release_at - time.monotonic()
+            if wait is not None and wait <= 0:
+                self._idle_release_at = None
+                return None, []
+            self._lock.wait(wait)
+
+    def _release(self, replies: list[Callable[[dict[str, Any]], None]]) -> None:
+        """On the worker, between jobs: the only thread that moves weights."""
+        try:
+            freed = self.runtime.release() if self.runtime is not None else {"freed": [], "freed_bytes": 0}
+        except Exception as exc:  # noqa: BLE001 - a failed release must not end the worker; the askers hear why
+            traceback.print_exc(file=sys.stderr)
+            freed = {"error": f"{type(exc).__name__}: {exc}"}
+        if not replies:
+            print(f"idle for {self.keep_alive_s:g} s: released {freed.get('freed_bytes', 0) / 2**20:.0f} MiB of accelerator memory",
+                  file=sys.stderr, flush=True)
+        for reply in replies:
+            reply(freed)
+
+    def _schedule_idle_release(self) -> None:
+        holds = self.runtime is not None and self.runtime.holds_memory()
+        self._idle_release_at = time.monotonic() + self.keep_alive_s if self.keep_alive_s > 0 and holds else None
 
     def execute(self, job: Job) -> None:
         """Run one job to its end, sending exactly one closing event (result, cancelled or error)."""

@@ -98,12 +98,12 @@ class TestMemoryPipeline(Pipeline):
         import torch
 
         memory = ctx.memory
-        if not memory.is_registered("test.linear"):
-            def load():
-                torch.manual_seed(0)
-                return torch.nn.Linear(3, 3).to(torch.float16)
 
-            memory.register("test.linear", load, released_dtype=torch.float16)
+        def load():
+            torch.manual_seed(0)
+            return torch.nn.Linear(3, 3).to(torch.float16)
+
+        memory.register("test.linear", load, precision="float16")
         failures = [request.params["fail_times"]]
 
         def compute(modules):
@@ -114,6 +114,6 @@ class TestMemoryPipeline(Pipeline):
             points = torch.tensor(icosphere(1, 0.5)[0], dtype=memory.compute_dtype("test.linear"), device=memory.device)
             return (points + 0.01 * layer(points)).float().cpu().numpy()
 
-        positions = memory.run_stage("compute", ["test.linear"], compute, report=ctx.note)
+        positions = ctx.run_stage("compute", ["test.linear"], compute)
         ctx.progress("compute", 1, 1)
         return PipelineOutput(Mesh(positions, icosphere(1, 0.5)[1]), info={"dtype": str(memory.compute_dtype("test.linear"))})

@@ -39,6 +39,7 @@ class BlockStreamer:
                 self._hooks.append(block.register_forward_pre_hook(lambda _m, _a, i=index: self._before(i)))
                 self._hooks.append(block.register_forward_hook(lambda _m, _a, _o, i=index: self._after(i)))
             self._prefetch(0)
+            component.streaming = True
         except BaseException:
             self.__exit__()
             raise
