@@ -113,7 +113,7 @@ class TestMemoryPipeline(Pipeline):
             name = "test.linear" if index == 0 else f"test.linear.{index}"
             memory.register(name, load, precision="float16")
 
-            def compute(modules, name=name):
+            def compute(modules, name=name, positions=positions):
                 if failures[0] > 0:
                     failures[0] -= 1
                     raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
