@@ -511,3 +511,110 @@ def test_auto_plans_on_the_running_jobs_components_only():
     run(mm, "s", ["a"], events)
     assert [e["memory"]["mode"] for e in events if "memory" in e] == ["resident"]
     assert mm.describe()["job_components"] == ["a", "b"]
+
+
+# -- stream mode and page-locked buffers, their logic on the CPU -------------------------------------
+
+
+class ImmediateSide:
+    """Stands in for the side CUDA stream: copies at once and records the order of events."""
+
+    def __init__(self, log: list):
+        self.log = log
+
+    def copy(self, start):
+        copies = start()
+        self.log.append(("copied", len(self.log)))
+        return copies, len(self.log) - 1
+
+    def use(self, copies, ready):
+        self.log.append(("used", ready))
+
+    def drain(self):
+        self.log.append(("drained",))
+
+
+def blocks_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Sequential(*(nn.Linear(8, 8) for _ in range(4))), nn.Linear(8, 2))
+    return model.half()
+
+
+def test_stream_runs_blocks_in_order_with_the_next_one_prefetched_and_drops_each_after_it_runs():
+    from backend.memory.component import Component
+    from backend.memory.streaming import BlockStreamer
+    from backend.memory.transfer import Transfers
+
+    component = Component("m", blocks_model, "float16", (), lambda m: list(m[1]), None, "float16")
+    component.attach(blocks_model(), torch.float32)
+    log: list = []
+    seen: list[int] = []
+    blocks = list(component.module[1])
+    for index, block in enumerate(blocks):
+        block.register_forward_hook(lambda m, a, o, i=index: seen.append(i))
+    transfers = Transfers()
+    streamer = BlockStreamer(component, torch.device("meta"), torch.float32, transfers, side=ImmediateSide(log))
+    with streamer:
+        assert component.streaming and component.module[0].weight.device.type == "meta", "the rest moves for the stage"
+        assert {b.weight.device.type for b in blocks} == {"cpu"} and list(streamer._pending) == [0], "block 0 is on its way"
+        for _ in range(2):  # a denoising loop calls the model again
+            component.module(torch.zeros(1, 4, device="meta"))
+        assert seen == [0, 1, 2, 3] * 2
+        # After a block runs its device copy is dropped: every block points at its host copy again.
+        assert {b.weight.device.type for b in blocks} == {"cpu"}
+        assert list(streamer._pending) == [0], "after the last block, block 0 is prefetched for the next call"
+    assert log[-1] == ("drained",) and not component.streaming and component.placement == "parked"
+    assert component.module[0].weight.device.type == "cpu"
+    copies = [entry for entry in log if entry[0] == "copied"]
+    assert len(copies) == 1 + 4 * 2, "block 0 at entry, then each next block once per block run"
+    block_bytes = sum(p.numel() * 2 for p in blocks[0].parameters())
+    rest_bytes = sum(p.numel() * 2 for p in (*component.module[0].parameters(), *component.module[2].parameters()))
+    assert transfers.h2d_bytes == rest_bytes + 9 * block_bytes
+
+
+def test_stream_makes_each_block_current_just_before_it_runs():
+    from backend.memory.component import Component
+    from backend.memory.streaming import BlockStreamer
+    from backend.memory.transfer import Transfers
+
+    component = Component("m", blocks_model, "float16", (), lambda m: list(m[1]), None, "float16")
+    component.attach(blocks_model(), torch.float32)
+    where: list[str] = []
+    blocks = list(component.module[1])
+    for block in blocks:
+        block.register_forward_hook(lambda m, a, o: where.append(f"{m.weight.device.type}/{m.weight.dtype}"), prepend=True)
+    with BlockStreamer(component, torch.device("meta"), torch.float32, Transfers(), side=ImmediateSide([])):
+        component.module(torch.zeros(1, 4, device="meta"))
+    assert where == ["meta/torch.float32"] * 4
+
+
+def test_pinning_gathers_host_copies_into_one_exact_buffer_and_falls_back_when_refused(monkeypatch, checkpoint):
+    from backend.memory import transfer
+
+    mm = MemoryManager(mode="stage")
+    mm.register("model", lambda: load_safetensors_module(tiny_model, checkpoint), files=[checkpoint])
+    mm.load("model")
+    component = mm._components["model"]
+    before = {id(slot): slot.host.clone() for slot in component.slots}
+    hosts = [slot.host for slot in component.slots]
+
+    monkeypatch.setattr(transfer, "_register", lambda buffer: False)  # the OS refuses (WSL, a full quota)
+    assert transfer.pin_host_copies(component, limit_bytes=1 << 30) is False
+    assert not component.pinned and [slot.host for slot in component.slots] == hosts, "the file-backed copies stay"
+
+    assert transfer.pin_host_copies(component, limit_bytes=16) is False, "over the pinning limit: nothing is gathered"
+
+    registered: list[int] = []
+    monkeypatch.setattr(transfer, "_register", lambda buffer: registered.append(buffer.numel()) or True)
+    assert transfer.pin_host_copies(component, limit_bytes=1 << 30) is True
+    sizes = [slot.nbytes for slot in component.slots]
+    assert registered == [component.arena.numel()] and component.arena.numel() == sum(-(-s // 64) * 64 for s in sizes)
+    base = component.arena.data_ptr()
+    for slot in component.slots:
+        offset = slot.host.data_ptr() - base
+        assert offset % 64 == 0 and 0 <= offset < component.arena.numel()
+        assert torch.equal(slot.host, before[id(slot)]) and slot.current().data_ptr() == slot.host.data_ptr()
+    assert mm.run_stage("s", ["model"], lambda m: m["model"](torch.zeros(1, 3, 4, 4)).shape) == (1, 4)
+    monkeypatch.setattr(transfer, "unpin", lambda buffer: registered.append(-buffer.numel()))
+    mm.unload("model")
+    assert registered[-1] == -registered[0], "unloading unpins the buffer"
