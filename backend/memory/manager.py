@@ -368,7 +368,7 @@ class MemoryManager:
         if self.budget_bytes is not None:
             return self.budget_bytes - activation
         free, _total = self._free_memory()
-        held = sum(self._compute_bytes(c) for c in self._components.values() if c.ready and self.device.type != "cpu")
+        held = sum(self._compute_bytes(c) for c in self._components.values() if c.ready)
         return free + held - self.reserve_bytes - activation
 
     def _compute_bytes(self, component: Component) -> int:

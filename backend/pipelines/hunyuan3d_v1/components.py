@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...memory.loading import WeightsError, load_safetensors_module, stored_size_and_dtype
+from ...memory.loading import (
+    WeightsError,
+    load_safetensors_module,
+    parameters_on_meta,
+    read_safetensors_header,
+    stored_size_and_dtype,
+)
 from . import PRECISION
 
 if TYPE_CHECKING:
@@ -67,11 +73,26 @@ def load_diffusers_model(class_name: str, folder: Path) -> nn.Module:
 
 
 def load_transformers_model(class_name: str, folder: Path) -> nn.Module:
-    """A transformers model (CLIP, BERT, T5 encoders) from its folder, in the dtype of its file."""
+    """A transformers model (CLIP, BERT, T5 encoders) from its folder, in the dtype of its file.
+
+    When the file's tensor names are exactly the model's, it is read zero-copy like the diffusers
+    parts (so on the CPU its pages are handed back as they are converted); otherwise (older
+    releases' layouts, tied weights saved once) through transformers' own loader.
+    """
     import transformers
 
     model_class = getattr(transformers, class_name)
-    dtype = stored_size_and_dtype(weight_files(folder, _TRANSFORMERS_STEM))[1] or "float32"
+    files = weight_files(folder, _TRANSFORMERS_STEM)
+    try:
+        config = model_class.config_class.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise WeightsError(folder, f"has no readable config.json ({exc})") from None
+    with parameters_on_meta():
+        model = model_class(config)
+    stored = {name for path in files for name in read_safetensors_header(path).tensors}
+    if stored == set(model.state_dict()):
+        return load_safetensors_module(lambda: model, files)
+    dtype = stored_size_and_dtype(files)[1] or "float32"
     try:
         model, info = model_class.from_pretrained(str(folder), local_files_only=True, dtype=dtype, output_loading_info=True)
     except (OSError, ValueError) as exc:
