@@ -26,8 +26,15 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# The one list of memory modes: the CLI's --memory and the add-on's preference read it.
-MODES = ("auto", "resident", "stage", "stream", "cpu")
+# The one list of memory modes, with what each does: the CLI's --memory and the add-on's preference read it.
+MODE_HELP = {
+    "auto": "pick from free memory and the sizes of the job's models",
+    "resident": "keep every model on the GPU (fastest, most memory)",
+    "stage": "only the running stage on the GPU (like Hunyuan3D-1's --save_memory)",
+    "stream": "move weights block by block (least GPU memory)",
+    "cpu": "run on the CPU only",
+}
+MODES = tuple(MODE_HELP)
 _STEP_DOWN = {"resident": "stage", "cpu": "stage", "stage": "stream"}
 _RESERVE_BYTES = 1 << 30
 _MIN_ACTIVATION_BYTES = 256 << 20
