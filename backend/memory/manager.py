@@ -286,6 +286,8 @@ class MemoryManager:
                     for component in components:
                         if component.loaded:
                             component.park()
+                    if self.device.type == "cpu":
+                        _trim_host_heap()
                 stats.seconds = watch.elapsed
                 stats.peak_host_rss_bytes = host_peak.peak
                 self._publish()
@@ -430,7 +432,8 @@ class MemoryManager:
         import torch
 
         if self.device.type == "cpu":
-            return  # nothing cached to hand back, and a full gc pass would stall the server's other threads
+            _trim_host_heap()  # no gc pass here: it would stall the server's other threads
+            return
         gc.collect()  # tensors caught in reference cycles hold device memory until collected
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -533,6 +536,20 @@ class MemoryManager:
         log.info(message)
         if report is not None:
             report(message=message, **extra)
+
+
+def _trim_host_heap() -> None:
+    """Hand freed heap memory back to the OS. glibc keeps what the float32 copies of a stage used
+    (its mmap threshold grows with large frees), so RSS would otherwise stay at the stage's peak."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (musl): nothing to trim this way
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
