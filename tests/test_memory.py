@@ -474,6 +474,8 @@ def test_release_in_cpu_mode_drops_the_float32_copies_of_float16_weights():
     freed = {f["component"]: f["bytes"] for f in mm.release()["freed"]}
     assert freed["half"] == sum(p.numel() * 4 for p in tiny_model().parameters()) + sum(b.numel() * 4 for b in tiny_model().buffers())
     assert freed["full"] == 0, "float32 weights compute from their host copy: nothing to free"
+    run(mm, "s", ["full"])
+    assert mm.placement("full") == "ready" and not mm.holds_executable_copies(), "so idling schedules no release"
 
 
 def test_an_out_of_memory_step_down_lasts_for_its_job_only():

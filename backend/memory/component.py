@@ -158,16 +158,22 @@ class Component:
         in_blocks = {id(slot) for block in self.block_slots for slot in block}
         return [slot for slot in self.slots if id(slot) not in in_blocks]
 
-    def park(self) -> int:
-        """Point every slot back at its host copy; device copies are dropped, nothing is copied.
-
-        Returns the bytes of the executable copies dropped (0 where they were the host copies).
-        """
-        freed = 0
+    def copies_bytes(self) -> int:
+        """Bytes the executable copies hold besides the host copies (0 where the module computes from them)."""
+        total = 0
         for slot in self.slots:
             current = slot.current()
             if current.data_ptr() != slot.host.data_ptr() or current.device != slot.host.device:
-                freed += current.numel() * current.element_size()
+                total += current.numel() * current.element_size()
+        return total
+
+    def park(self) -> int:
+        """Point every slot back at its host copy; device copies are dropped, nothing is copied.
+
+        Returns the bytes of the executable copies dropped.
+        """
+        freed = self.copies_bytes()
+        for slot in self.slots:
             slot.install(slot.host)
         self.ready = self.streaming = False
         return freed

@@ -181,7 +181,8 @@ class MemoryManager:
         return out
 
     def holds_executable_copies(self) -> bool:
-        return any(c.ready for c in self._components.values())
+        """Whether ``release`` would free anything."""
+        return any(c.ready and c.copies_bytes() for c in self._components.values())
 
     def close(self) -> None:
         for component in self._components.values():
