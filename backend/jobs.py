@@ -169,13 +169,13 @@ class JobEngine:
             if replies is not None:
                 self._release(replies)
                 continue
-            try:
-                self.execute(job)
-            finally:
-                with self._lock:
-                    self._running = None
-                    self._schedule_idle_release()
-                    self._lock.notify_all()
+            self.execute(job, finished=self._job_finished)
+
+    def _job_finished(self) -> None:
+        with self._lock:
+            self._running = None
+            self._schedule_idle_release()
+            self._lock.notify_all()
 
     def _next_task(self) -> tuple[Job | None, list[Callable[[dict[str, Any]], None]] | None]:
         """Under the lock: a release asked for (or due after idling), else the next job; (None, None) to stop."""
@@ -210,8 +210,12 @@ class JobEngine:
         holds = self.runtime is not None and self.runtime.holds_memory()
         self._idle_release_at = time.monotonic() + self.keep_alive_s if self.keep_alive_s > 0 and holds else None
 
-    def execute(self, job: Job) -> None:
-        """Run one job to its end, sending exactly one closing event (result, cancelled or error)."""
+    def execute(self, job: Job, finished: Callable[[], None] | None = None) -> None:
+        """Run one job to its end, sending exactly one closing event (result, cancelled or error).
+
+        ``finished`` runs after the runtime's between-jobs work and before the closing event goes
+        out, so a client holding its result already finds the engine idle in ``status``.
+        """
         started = time.monotonic()
         timings: dict[str, float] = {}
         stage_started = [started]
@@ -233,28 +237,30 @@ class JobEngine:
             if job.stage:
                 timings[job.stage] = timings.get(job.stage, 0.0) + time.monotonic() - stage_started[0]
             timings["total"] = time.monotonic() - started
-            header, buffers = self._result(job, output, timings)
+            closing = self._result(job, output, timings)
             job.state = "done"
-            job.sink(header, buffers)
         except JobCancelled:
             job.state = "cancelled"
-            job.sink({"op": "cancelled", "job": job.id, "stage": job.stage or None}, [])
+            closing = {"op": "cancelled", "job": job.id, "stage": job.stage or None}, []
         except BackendError as exc:
             job.state = "failed"
-            job.sink(error_header(exc.code, exc.message, exc.hint, job=job.id, stage=job.stage or None), [])
+            closing = error_header(exc.code, exc.message, exc.hint, job=job.id, stage=job.stage or None), []
         except MemoryError:
             job.state = "failed"
-            job.sink(error_header(ErrorCode.OUT_OF_MEMORY, "the machine ran out of memory", job=job.id, stage=job.stage or None,
-                                  hint="try --memory stage or stream, a lower resolution, or close other programs"), [])
+            closing = error_header(ErrorCode.OUT_OF_MEMORY, "the machine ran out of memory", job=job.id, stage=job.stage or None,
+                                   hint="try --memory stage or stream, a lower resolution, or close other programs"), []
         except Exception as exc:  # noqa: BLE001 - a bug in a pipeline must not take the backend down
             job.state = "failed"
             traceback.print_exc(file=sys.stderr)
             code = ErrorCode.OUT_OF_MEMORY if "out of memory" in str(exc).lower() else ErrorCode.JOB_FAILED
-            job.sink(error_header(code, f"{type(exc).__name__}: {exc}", job=job.id, stage=job.stage or None,
-                                  hint="the backend log has the details; the backend is still running"), [])
+            closing = error_header(code, f"{type(exc).__name__}: {exc}", job=job.id, stage=job.stage or None,
+                                   hint="the backend log has the details; the backend is still running"), []
         finally:
             if self.runtime is not None:
                 self.runtime.after_job()
+            if finished is not None:
+                finished()
+        job.sink(*closing)
 
     def _result(self, job: Job, output: PipelineOutput, timings: dict[str, float]) -> tuple[dict[str, Any], list[Buffer]]:
         mesh = output.mesh
