@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import mmap
 import os
 import threading
@@ -70,8 +71,6 @@ class SafetensorsHeader:
 def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     """The header of a safetensors file; a WeightsError names the file when it is unreadable,
     truncated or inconsistent. The one reader of safetensors headers in the backend."""
-    import math
-
     path = Path(path)
     try:
         size = path.stat().st_size
