@@ -18,10 +18,10 @@ from typing import Any
 from . import SERVER_NAME, __version__
 from .envsetup import add_setup_env_parser, cmd_setup_env
 from .errors import BackendError
+from .memory.manager import MODES as MEMORY_MODES
 from .protocol import DEFAULT_MAX_BUFFER_BYTES, PROTOCOL_VERSION
 
 DEVICE_CHOICES_HELP = "auto, cpu, cuda, cuda:N or mps (default: auto, the best one found)"
-MEMORY_MODES = ("auto", "resident", "stage", "stream", "cpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--parent-pid", type=int, metavar="PID", help="exit when this process (Blender) is gone")
     serve.add_argument("--output-dir", type=Path, metavar="DIR", help="where every result is also saved (GLB + JSON)")
     serve.add_argument("--max-queue", type=int, default=32, help="queued jobs beyond this are refused as busy (default 32)")
+    serve.add_argument("--keep-alive", type=float, default=10.0, metavar="MINUTES",
+                       help="after this many minutes without a job, give the GPU memory back (weights stay in RAM, so the "
+                            "next job only copies them over again); 0 never does (default 10)")
     serve.add_argument("--max-buffer-bytes", type=int, default=DEFAULT_MAX_BUFFER_BYTES,
                        help="largest total of raw buffers one message may carry (default 1 GiB)")
     add_runtime_options(serve)
@@ -157,8 +160,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token, token_file, remove_token = load_or_create_token(args.token_file)
     try:
         runtime = _runtime(args)
+        if args.keep_alive < 0:
+            raise BackendError("bad_parameter", f"--keep-alive {args.keep_alive:g}: minutes cannot be negative",
+                               hint="give 0 to keep the GPU memory until the backend exits")
         engine = JobEngine(runtime, output_dir=args.output_dir or default_output_dir(), weights_dir=args.weights,
-                           max_queue=args.max_queue)
+                           max_queue=args.max_queue, keep_alive_s=args.keep_alive * 60)
         identity = {"devices": runtime.describe_devices(), "pipelines": _pipeline_catalogue(args.weights)}
         server = Server(engine, token, identity, host=args.host, port=args.port, max_buffer_bytes=args.max_buffer_bytes,
                         catalogue=lambda: _pipeline_catalogue(args.weights))
@@ -312,15 +318,30 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _memory_plan(memory, pipeline_name: str, weights_dir: str | None) -> dict[str, Any]:
+    """The components a pipeline would run with their storage and compute dtypes, and the mode ``auto`` would pick."""
+    from . import pipelines
+
+    try:
+        names = pipelines.get(pipeline_name)(weights_dir=weights_dir).register_components(memory)
+    except BackendError as exc:
+        return {"error": exc.message}
+    return {**memory.preview(names), "components": [memory.describe_component(name) for name in names]}
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .weights import summarise_missing
 
     runtime = _runtime(args)
+    pipelines_found = _pipeline_catalogue(args.weights)
+    for entry in pipelines_found:
+        if entry["weights"]["ready"]:
+            entry["memory"] = _memory_plan(runtime.memory, entry["name"], args.weights)
     report = {
         "backend": {"name": SERVER_NAME, "version": __version__, "protocol": PROTOCOL_VERSION, "python": sys.version.split()[0]},
         "devices": runtime.describe_devices(),
         "memory": runtime.status(),
-        "pipelines": _pipeline_catalogue(args.weights),
+        "pipelines": pipelines_found,
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -334,13 +355,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         out.append(f" {marker} {dev['device']:<7} {dev['name']}: {memory}; " + ", ".join(extra + [f"computes in {dev.get('compute_dtype')}"]))
     memory = report["memory"]
     out += ["", f"Memory: mode {memory['mode']} ({memory['why']})",
-            f"  precision: float16 weights compute in {memory['precision']['float16_components_compute_in']} "
+            f"  precision: models made for float16 compute in {memory['precision']['float16_models_compute_in']} "
             f"({memory['precision']['why']})"]
     out += ["", "Models:"]
     for p in report["pipelines"]:
         w = p["weights"]
         if w["ready"]:
             out.append(f"  {p['name']:<22} ready ({w['where']})")
+            plan = p["memory"]
+            if "error" in plan:
+                out.append(f"  {'':<22} {plan['error']}")
+                continue
+            out.append(f"  {'':<22} memory: {plan['mode']} ({plan['why']})")
+            for c in plan["components"]:
+                out.append(f"  {'':<24} {c['name']:<28} stored {c['storage_dtype']}, computes in {c['compute_dtype']} "
+                           f"({_gib(c['compute_bytes'])}; {c['compute_dtype_why']})")
         else:
             out.append(f"  {p['name']:<22} missing: {summarise_missing(w['missing'])}")
             if w["download"]:

@@ -54,10 +54,6 @@ class DeviceInfo:
     def torch_device(self) -> str:
         return f"cuda:{self.index}" if self.kind == "cuda" else self.kind
 
-    @property
-    def is_accelerator(self) -> bool:
-        return self.kind != "cpu"
-
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"device": self.torch_device, "kind": self.kind, "name": self.name,
                                "total_bytes": self.total_bytes, "free_bytes": self.free_bytes}
@@ -160,25 +156,28 @@ class PrecisionChoice:
     reason: str
 
 
-def choose_precision(device: DeviceInfo, released: str = FLOAT16, requested: str = "auto") -> PrecisionChoice:
-    """The compute dtype for a component released in ``released`` running on ``device``.
+def choose_precision(device: DeviceInfo, made_for: str = FLOAT16, requested: str = "auto") -> PrecisionChoice:
+    """The compute dtype on ``device`` of a component whose model family computes in ``made_for``.
 
-    ``requested`` is the user's ``--precision``: ``auto`` keeps what the weights were released in
-    where the device computes it well; ``bfloat16`` is honoured only where it is native;
-    ``float32`` is always honoured.
+    ``made_for`` is the family's declaration (Hunyuan3D-1: float16), never the dtype its file
+    happens to be stored in. ``requested`` is the user's ``--precision``: ``auto`` keeps the
+    family's precision where the device computes it well; ``bfloat16`` is honoured only where it
+    is native; ``float32`` is always honoured.
     """
     if requested not in PRECISIONS:
         raise BackendError("bad_parameter", f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
+    if made_for not in PRECISIONS[1:]:
+        raise BackendError("internal", f"a model declares precision {made_for!r}, not one of {', '.join(PRECISIONS[1:])}")
     if requested == FLOAT32:
         return PrecisionChoice(FLOAT32, "float32 requested")
     if device.kind == "cuda":
-        return _cuda_precision(device, released, requested)
+        return _cuda_precision(device, made_for, requested)
     if device.kind == "mps":
         bf16_ok = device.os_version is not None and device.os_version >= (14,)
         if requested == BFLOAT16 and bf16_ok:
             return PrecisionChoice(BFLOAT16, "bfloat16 requested; supported on macOS 14+")
-        if released == FLOAT32 and requested == "auto":
-            return PrecisionChoice(FLOAT32, "released in float32")
+        if made_for == FLOAT32 and requested == "auto":
+            return PrecisionChoice(FLOAT32, "the model is made to compute in float32")
         note = " (bfloat16 needs macOS 14+)" if requested == BFLOAT16 else ""
         return PrecisionChoice(FLOAT16, "Apple GPUs compute float16 natively" + note)
     if requested == BFLOAT16 and device.native_bf16:
@@ -187,7 +186,7 @@ def choose_precision(device: DeviceInfo, released: str = FLOAT16, requested: str
     return PrecisionChoice(FLOAT32, "CPUs compute half precision slowly or not at all" + note)
 
 
-def _cuda_precision(device: DeviceInfo, released: str, requested: str) -> PrecisionChoice:
+def _cuda_precision(device: DeviceInfo, made_for: str, requested: str) -> PrecisionChoice:
     capability = device.capability or (0, 0)
     cc = f"{capability[0]}.{capability[1]}"
     if capability < (6, 0):
@@ -197,14 +196,14 @@ def _cuda_precision(device: DeviceInfo, released: str, requested: str) -> Precis
     bf16_native = capability >= (8, 0)
     if requested == BFLOAT16 and bf16_native:
         return PrecisionChoice(BFLOAT16, f"bfloat16 requested; native on compute capability {cc}")
-    if requested == FLOAT16 or released == FLOAT16:
+    if requested == FLOAT16 or made_for == FLOAT16:
         note = f" (bfloat16 needs compute capability 8.0, this is {cc})" if requested == BFLOAT16 else ""
-        return PrecisionChoice(FLOAT16, "float16 as released" + note if released == FLOAT16 else "float16 requested")
-    if released == BFLOAT16:
+        return PrecisionChoice(FLOAT16, "the model is made to compute in float16" + note if made_for == FLOAT16 else "float16 requested")
+    if made_for == BFLOAT16:
         if bf16_native:
-            return PrecisionChoice(BFLOAT16, "bfloat16 as released")
-        return PrecisionChoice(FLOAT32, f"released in bfloat16, which compute capability {cc} only emulates")
-    return PrecisionChoice(FLOAT32, "released in float32")
+            return PrecisionChoice(BFLOAT16, "the model is made to compute in bfloat16")
+        return PrecisionChoice(FLOAT32, f"the model is made for bfloat16, which compute capability {cc} only emulates")
+    return PrecisionChoice(FLOAT32, "the model is made to compute in float32")
 
 
 # What to try next when a dtype fails its smoke test.
@@ -253,7 +252,7 @@ def smoke_test(torch_device: str, dtype: str) -> str | None:
 
 @dataclass
 class PrecisionPolicy:
-    """Maps a component's released dtype to its compute dtype on one device, smoke-tested.
+    """Resolves a component's declared precision to its compute dtype on one device, smoke-tested.
 
     Args:
         device: where components execute.
@@ -266,8 +265,8 @@ class PrecisionPolicy:
     smoke: Callable[[str, str], str | None] = smoke_test
     _verdicts: dict[str, str | None] = field(default_factory=dict, repr=False)
 
-    def choose(self, released: str = FLOAT16) -> PrecisionChoice:
-        choice = choose_precision(self.device, released, self.requested)
+    def choose(self, made_for: str = FLOAT16) -> PrecisionChoice:
+        choice = choose_precision(self.device, made_for, self.requested)
         dtype, reason = choice.dtype, choice.reason
         while True:
             failure = self._verdict(dtype)
@@ -282,8 +281,8 @@ class PrecisionPolicy:
                 )
             dtype, reason = fallback, f"{dtype} failed its smoke test ({failure}); using {fallback}"
 
-    def compute_dtype(self, released: str = FLOAT16) -> str:
-        return self.choose(released).dtype
+    def compute_dtype(self, made_for: str = FLOAT16) -> str:
+        return self.choose(made_for).dtype
 
     def _verdict(self, dtype: str) -> str | None:
         if dtype not in self._verdicts:
@@ -294,7 +293,7 @@ class PrecisionPolicy:
         choice = self.choose(FLOAT16)
         return {
             "requested": self.requested,
-            "float16_components_compute_in": choice.dtype,
+            "float16_models_compute_in": choice.dtype,
             "why": choice.reason,
             "smoke_tests": {dtype: failure or "passed" for dtype, failure in self._verdicts.items()},
         }

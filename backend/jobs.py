@@ -27,6 +27,7 @@ from .protocol import Buffer, ErrorCode, error_header
 
 Sink = Callable[[dict[str, Any], list[Buffer]], None]
 DEFAULT_MAX_QUEUE = 32
+DEFAULT_KEEP_ALIVE_S = 600.0
 
 
 @dataclass
@@ -55,13 +56,19 @@ class JobEngine:
         output_dir: where every finished result is also written (GLB + JSON); None disables it.
         weights_dir: passed to pipelines that look for checkpoints in a user folder.
         max_queue: queued jobs beyond this are refused with ``busy``.
+        keep_alive_s: after this long without a job the worker releases accelerator memory
+            (weights stay in host RAM); 0 never does.
     """
 
-    def __init__(self, runtime: Any, output_dir: Path | None, weights_dir: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE):
+    def __init__(self, runtime: Any, output_dir: Path | None, weights_dir: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+                 keep_alive_s: float = DEFAULT_KEEP_ALIVE_S):
         self.runtime = runtime
         self.output_dir = output_dir
         self.weights_dir = weights_dir
         self.max_queue = max_queue
+        self.keep_alive_s = keep_alive_s
+        self._release_requests: list[Callable[[dict[str, Any]], None]] = []
+        self._idle_release_at: float | None = None  # monotonic time of the next idle release, set by the worker
         self._queue: collections.deque[Job] = collections.deque()
         self._running: Job | None = None
         self._lock = threading.Condition()
@@ -126,17 +133,15 @@ class JobEngine:
             running = self._running.describe() if self._running else None
             if running:
                 running["elapsed"] = round(time.monotonic() - self._running.submitted, 3)
-            return {"queue": [j.describe() for j in self._queue], "running": running}
+            release_in = None if self._idle_release_at is None else round(max(0.0, self._idle_release_at - time.monotonic()), 1)
+            return {"queue": [j.describe() for j in self._queue], "running": running,
+                    "keep_alive_s": self.keep_alive_s, "idle_release_in_s": release_in}
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def request_release(self, reply: Callable[[dict[str, Any]], None]) -> None:
+        """Free accelerator memory as soon as no job runs (now, when idle); ``reply`` hears what was freed."""
         with self._lock:
-            while self._queue or self._running is not None:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._lock.wait(remaining)
-        return True
+            self._release_requests.append(reply)
+            self._lock.notify_all()
 
     def stop(self) -> None:
         """Refuse new jobs, cancel queued and running ones, and let the worker exit."""
@@ -155,22 +160,62 @@ class JobEngine:
     def _work(self) -> None:
         while True:
             with self._lock:
-                while not self._queue and not self._stopping:
-                    self._lock.wait()
-                if self._stopping and not self._queue:
+                job, replies = self._next_task()
+                if job is None and replies is None:
                     return
-                job = self._queue.popleft()
-                job.state = "running"
-                self._running = job
-            try:
-                self.execute(job)
-            finally:
-                with self._lock:
-                    self._running = None
-                    self._lock.notify_all()
+                if job is not None:
+                    job.state = "running"
+                    self._running, self._idle_release_at = job, None
+            if replies is not None:
+                self._release(replies)
+                continue
+            self.execute(job, finished=self._job_finished)
 
-    def execute(self, job: Job) -> None:
-        """Run one job to its end, sending exactly one closing event (result, cancelled or error)."""
+    def _job_finished(self) -> None:
+        with self._lock:
+            self._running = None
+            self._schedule_idle_release()
+            self._lock.notify_all()
+
+    def _next_task(self) -> tuple[Job | None, list[Callable[[dict[str, Any]], None]] | None]:
+        """Under the lock: a release asked for (or due after idling), else the next job; (None, None) to stop."""
+        while True:
+            if self._release_requests:
+                replies, self._release_requests = self._release_requests, []
+                return None, replies
+            if self._queue:
+                return self._queue.popleft(), None
+            if self._stopping:
+                return None, None
+            wait = None if self._idle_release_at is None else self._idle_release_at - time.monotonic()
+            if wait is not None and wait <= 0:
+                self._idle_release_at = None
+                return None, []
+            self._lock.wait(wait)
+
+    def _release(self, replies: list[Callable[[dict[str, Any]], None]]) -> None:
+        """On the worker, between jobs: the only thread that moves weights."""
+        try:
+            freed = self.runtime.release() if self.runtime is not None else {"freed": [], "freed_bytes": 0}
+        except Exception as exc:  # noqa: BLE001 - a failed release must not end the worker; the askers hear why
+            traceback.print_exc(file=sys.stderr)
+            freed = {"error": f"{type(exc).__name__}: {exc}"}
+        if not replies:
+            print(f"idle for {self.keep_alive_s:g} s: released {freed.get('freed_bytes', 0) / 2**20:.0f} MiB of accelerator memory",
+                  file=sys.stderr, flush=True)
+        for reply in replies:
+            reply(freed)
+
+    def _schedule_idle_release(self) -> None:
+        holds = self.runtime is not None and self.runtime.holds_memory()
+        self._idle_release_at = time.monotonic() + self.keep_alive_s if self.keep_alive_s > 0 and holds else None
+
+    def execute(self, job: Job, finished: Callable[[], None] | None = None) -> None:
+        """Run one job to its end, sending exactly one closing event (result, cancelled or error).
+
+        ``finished`` runs after the runtime's between-jobs work and before the closing event goes
+        out, so a client holding its result already finds the engine idle in ``status``.
+        """
         started = time.monotonic()
         timings: dict[str, float] = {}
         stage_started = [started]
@@ -192,28 +237,30 @@ class JobEngine:
             if job.stage:
                 timings[job.stage] = timings.get(job.stage, 0.0) + time.monotonic() - stage_started[0]
             timings["total"] = time.monotonic() - started
-            header, buffers = self._result(job, output, timings)
+            closing = self._result(job, output, timings)
             job.state = "done"
-            job.sink(header, buffers)
         except JobCancelled:
             job.state = "cancelled"
-            job.sink({"op": "cancelled", "job": job.id, "stage": job.stage or None}, [])
+            closing = {"op": "cancelled", "job": job.id, "stage": job.stage or None}, []
         except BackendError as exc:
             job.state = "failed"
-            job.sink(error_header(exc.code, exc.message, exc.hint, job=job.id, stage=job.stage or None), [])
+            closing = error_header(exc.code, exc.message, exc.hint, job=job.id, stage=job.stage or None), []
         except MemoryError:
             job.state = "failed"
-            job.sink(error_header(ErrorCode.OUT_OF_MEMORY, "the machine ran out of memory", job=job.id, stage=job.stage or None,
-                                  hint="try --memory stage or stream, a lower resolution, or close other programs"), [])
+            closing = error_header(ErrorCode.OUT_OF_MEMORY, "the machine ran out of memory", job=job.id, stage=job.stage or None,
+                                   hint="try --memory stage or stream, a lower resolution, or close other programs"), []
         except Exception as exc:  # noqa: BLE001 - a bug in a pipeline must not take the backend down
             job.state = "failed"
             traceback.print_exc(file=sys.stderr)
             code = ErrorCode.OUT_OF_MEMORY if "out of memory" in str(exc).lower() else ErrorCode.JOB_FAILED
-            job.sink(error_header(code, f"{type(exc).__name__}: {exc}", job=job.id, stage=job.stage or None,
-                                  hint="the backend log has the details; the backend is still running"), [])
+            closing = error_header(code, f"{type(exc).__name__}: {exc}", job=job.id, stage=job.stage or None,
+                                   hint="the backend log has the details; the backend is still running"), []
         finally:
             if self.runtime is not None:
                 self.runtime.after_job()
+            if finished is not None:
+                finished()
+        job.sink(*closing)
 
     def _result(self, job: Job, output: PipelineOutput, timings: dict[str, float]) -> tuple[dict[str, Any], list[Buffer]]:
         mesh = output.mesh

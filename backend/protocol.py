@@ -281,7 +281,7 @@ def _expected_nbytes(dtype: str, shape: Iterable[int]) -> int:
 # Message schemas
 
 # Field type checks for each client op: name -> (accepted types, required).
-_STR, _INT, _DICT, _NUM = (str,), (int,), (dict,), (int, float)
+_STR, _INT, _DICT = (str,), (int,), (dict,)
 CLIENT_OPS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "hello": {"protocol": (_INT, True), "token": (_STR, True), "client": (_STR, False)},
     "ping": {},
@@ -289,11 +289,12 @@ CLIENT_OPS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "cancel": {"job": (_STR, True)},
     "status": {},
     "pipelines": {},
+    "release": {},
     "shutdown": {},
 }
 COMMON_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {"op": (_STR, True), "ref": (_STR + _INT, False)}
 
-SERVER_EVENTS = ("welcome", "pong", "accepted", "progress", "result", "cancelled", "error", "status", "pipelines", "bye")
+SERVER_EVENTS = ("welcome", "pong", "accepted", "progress", "result", "cancelled", "error", "status", "pipelines", "released", "bye")
 
 
 def validate_request(header: dict[str, Any]) -> str:

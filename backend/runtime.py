@@ -74,12 +74,22 @@ class Runtime:
         return described
 
     def status(self) -> dict[str, Any]:
-        """Mode, why, what is resident now, memory figures and the latest stages' figures (JSON-able)."""
+        """Mode, why, where each component is, memory figures and the latest stages' figures (JSON-able).
+
+        The memory manager's published snapshot: safe to read from any thread while a job runs.
+        """
         if self.memory is None:
             return {"device": self.device, "mode": "none", "components": []}
-        return {**self.memory.describe(), "recent_stages": self.memory.stats()[-8:]}
+        return self.memory.describe()
 
     def after_job(self) -> None:
         """Between jobs: components stay resident; cached, unused accelerator memory is handed back."""
         if self.memory is not None:
             self.memory.after_job()
+
+    def release(self) -> dict[str, Any]:
+        """Give back the accelerator memory the components hold (see ``MemoryManager.release``)."""
+        return self.memory.release() if self.memory is not None else {"freed": [], "freed_bytes": 0, "device": self.device}
+
+    def holds_memory(self) -> bool:
+        return self.memory is not None and self.memory.holds_executable_copies()

@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -122,6 +123,8 @@ class ClientSession:
                 self.send({"op": "status", **self.server.status(), **ref})
             elif op == "pipelines":
                 self.send({"op": "pipelines", "pipelines": self.server.refresh_pipelines(), **ref})
+            elif op == "release":
+                self.server.engine.request_release(lambda freed: self._released(freed, ref))
             elif op == "submit":
                 self._submit(header, message, ref)
             elif op == "cancel":
@@ -136,7 +139,18 @@ class ClientSession:
             return self.authenticated and not exc.fatal
         except BackendError as exc:
             self.send({**error_header(exc.code, exc.message, exc.hint), **ref})
+        except Exception as exc:  # noqa: BLE001 - a bug answering one message must not cost the client its connection or job
+            traceback.print_exc(file=sys.stderr)
+            self.send({**error_header(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}",
+                                      "the backend log has the details; the connection stays open"), **ref})
         return True
+
+    def _released(self, freed: dict[str, Any], ref: dict[str, Any]) -> None:
+        if "error" in freed:
+            self.send({**error_header(ErrorCode.INTERNAL, f"releasing memory failed: {freed['error']}",
+                                      "the backend log has the details"), **ref})
+        else:
+            self.send({"op": "released", **freed, **ref})
 
     def _handshake(self, op: str, header: dict[str, Any], ref: dict[str, Any]) -> bool:
         if op != "hello":

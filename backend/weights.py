@@ -80,13 +80,12 @@ def locate(file: WeightFile, weights_dir: str | None, cache_dir: str | Path | No
 
 def unreadable_reason(path: Path) -> str | None:
     """Why a safetensors file can't be used (truncated, not safetensors), or None when its header reads."""
-    from safetensors import SafetensorError, safe_open
+    from .memory.loading import WeightsError, read_safetensors_header
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            f.keys()
-    except (SafetensorError, OSError) as exc:
-        return f"unreadable: {exc}"
+        read_safetensors_header(path)
+    except WeightsError as exc:
+        return f"unreadable: {exc.message.removeprefix(str(path) + ': ')}"
     return None
 
 

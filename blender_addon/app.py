@@ -32,6 +32,7 @@ def start() -> None:
     environment = EnvironmentTask()
     downloads = DownloadTask()
     bpy.app.timers.register(_tick, first_interval=IDLE_INTERVAL_S, persistent=True)
+    bpy.app.handlers.render_pre.append(release_before_render)
 
 
 def stop() -> None:
@@ -39,6 +40,8 @@ def stop() -> None:
     global session, environment, downloads, _synced_welcome
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
+    if release_before_render in bpy.app.handlers.render_pre:
+        bpy.app.handlers.render_pre.remove(release_before_render)
     if session is not None:
         session.close()
     if environment is not None:
@@ -68,6 +71,13 @@ def pump() -> None:
             sync_params(wm.hy3d)
     if changed:
         _redraw()
+
+
+@bpy.app.handlers.persistent
+def release_before_render(*_args) -> None:
+    """Cycles and EEVEE need the GPU memory the backend holds; the preference says whether to ask for it."""
+    if session is not None and bpy.context.preferences.addons[__package__].preferences.release_before_render:
+        session.release_memory()
 
 
 def _use_downloaded_weights() -> None:

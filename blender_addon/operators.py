@@ -62,6 +62,21 @@ class HY3D_OT_refresh_models(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class HY3D_OT_free_gpu_memory(bpy.types.Operator):
+    """Have the backend give its GPU memory back to Blender now; its next job copies the weights over again"""
+
+    bl_idname = "hy3d.free_gpu_memory"
+    bl_label = "Free GPU Memory"
+
+    @classmethod
+    def poll(cls, context):
+        return app.session is not None and app.session.phase is Phase.READY
+
+    def execute(self, context):
+        app.session.release_memory()
+        return {"FINISHED"}
+
+
 class HY3D_OT_generate(bpy.types.Operator):
     """Generate a mesh from the image or the prompt; it appears at the 3D cursor"""
 
@@ -203,6 +218,6 @@ class HY3D_OT_cancel_download(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_refresh_models, HY3D_OT_generate, HY3D_OT_cancel,
+classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_refresh_models, HY3D_OT_free_gpu_memory, HY3D_OT_generate, HY3D_OT_cancel,
            HY3D_OT_import_result, HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env,
            HY3D_OT_download_weights, HY3D_OT_cancel_download)

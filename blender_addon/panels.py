@@ -152,6 +152,7 @@ def draw_job(layout, session) -> None:
         row = layout.row()
         row.scale_y = 1.8
         row.operator("hy3d.generate", icon="MESH_MONKEY")
+        layout.operator("hy3d.free_gpu_memory", icon="MEMORY")
         return
     layout.progress(factor=job.fraction(), type="BAR", text=job.progress_text())
     layout.operator("hy3d.cancel", icon="CANCEL")

@@ -8,21 +8,16 @@ import tempfile
 from pathlib import Path
 
 import bpy
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import app, downloads, launcher
 from .backend import envsetup
+from .backend.memory.manager import MODE_HELP
 from .downloads import DownloadRequest
 from .environment import SetupRequest
 from .session import ConnectionSettings, Phase, device_summary
 
-MEMORY_MODES = (
-    ("auto", "Auto", "Pick from free memory and model sizes"),
-    ("resident", "Resident", "Keep every model on the GPU (fastest, most memory)"),
-    ("stage", "Stage", "Only the running stage on the GPU (like Hunyuan3D-1's --save_memory)"),
-    ("stream", "Stream", "Move weights block by block (least GPU memory)"),
-    ("cpu", "CPU", "Run on the CPU only"),
-)
+MEMORY_MODES = tuple((mode, mode.capitalize() if mode != "cpu" else "CPU", help) for mode, help in MODE_HELP.items())
 
 TORCH_BUILDS = (
     ("auto", "Automatic", "CUDA build matching the NVIDIA driver, the default build on Apple Silicon, else the CPU build"),
@@ -64,6 +59,8 @@ class HY3D_AddonPreferences(bpy.types.AddonPreferences):
                                 description="Folder with the model weights (empty: the Hugging Face cache)")
     device: StringProperty(name="Device", default="auto", description="auto, cpu, cuda, cuda:N or mps")
     memory: EnumProperty(name="Memory Mode", items=MEMORY_MODES)
+    release_before_render: BoolProperty(name="Free GPU Memory Before Rendering", default=True,
+                                        description="Ask the backend to give its GPU memory back when a render starts")
     output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH",
                                description="Every result is also saved here as GLB (empty: the backend's default)")
 
@@ -85,6 +82,7 @@ class HY3D_AddonPreferences(bpy.types.AddonPreferences):
             row.prop(self, "host")
             row.prop(self, "port")
             col.prop(self, "token")
+        layout.prop(self, "release_before_render")
         layout.operator("hy3d.test_connection", icon="LINKED")
         draw_connection_report(layout)
 

@@ -371,6 +371,13 @@ class Session:
         if self.phase is Phase.READY:
             self._connection.send({"op": "status", "ref": "status"})
 
+    def release_memory(self) -> bool:
+        """Have the backend give its GPU memory back now (its weights stay in RAM); status follows."""
+        if self.phase is not Phase.READY:
+            return False
+        self._connection.send({"op": "release", "ref": "release"})
+        return True
+
     def close(self) -> None:
         """End everything: threads, socket, and the backend if we started it."""
         self._drop_connection()
@@ -432,6 +439,9 @@ class Session:
         op, job = header.get("op"), self.job
         if op == "status":
             self.status = header
+            return False
+        if op == "released":
+            self.request_status()
             return False
         if op == "pipelines" and self.welcome is not None:
             self.welcome = {**self.welcome, "pipelines": header.get("pipelines", [])}

@@ -179,6 +179,42 @@ def scenario_cancel(config: dict) -> dict:
     return facts
 
 
+def scenario_free_gpu_memory(config: dict) -> dict:
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    inputs = bpy.context.window_manager.hy3d
+    inputs.pipeline, inputs.source, inputs.prompt = "test-memory", "TEXT", "x"
+
+    def placement_after(action) -> str:
+        app.session.status = None
+        action()
+        pump_until(lambda: app.session.status is not None and app.session.job is None)
+        return app.session.status["memory"]["components"][0]["placement"]
+
+    def render() -> None:
+        scene = bpy.context.scene
+        scene.render.engine = "CYCLES"
+        scene.cycles.device, scene.cycles.samples = "CPU", 1
+        scene.render.resolution_x = scene.render.resolution_y = 8
+        bpy.ops.render.render()
+
+    facts = {"handler_installed": app.release_before_render in bpy.app.handlers.render_pre}
+    generate_and_wait()
+    facts["after_job"] = placement_after(app.session.request_status)
+    facts["after_button"] = placement_after(bpy.ops.hy3d.free_gpu_memory)
+    generate_and_wait()
+    prefs = bpy.context.preferences.addons[PACKAGE].preferences
+    facts["default_release_before_render"] = prefs.release_before_render
+    prefs.release_before_render = False
+    render()
+    facts["after_render_without_preference"] = placement_after(app.session.request_status)
+    prefs.release_before_render = True
+    facts["after_render"] = placement_after(render)
+    return facts
+
+
 def scenario_backend_killed(config: dict) -> dict:
     install(config)
     configure(config)

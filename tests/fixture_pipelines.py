@@ -92,28 +92,49 @@ class TestMemoryPipeline(Pipeline):
     stages = ("compute",)
     inputs = ("text",)
     requires_one_of = ("text",)
-    params = (Param("fail_times", int, 0, "the stage raises out-of-memory this many times", minimum=0, maximum=5),)
+    params = (
+        Param("fail_times", int, 0, "the stage raises out-of-memory this many times", minimum=0, maximum=5),
+        Param("stages", int, 1, "stages to run, each with its own component (registered as the job goes)", minimum=1, maximum=50),
+        Param("stage_delay", float, 0.0, "seconds each stage takes", minimum=0.0, maximum=5.0),
+    )
 
     def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
         import torch
 
         memory = ctx.memory
-        if not memory.is_registered("test.linear"):
-            def load():
-                torch.manual_seed(0)
-                return torch.nn.Linear(3, 3).to(torch.float16)
 
-            memory.register("test.linear", load, released_dtype=torch.float16)
+        def load():
+            torch.manual_seed(0)
+            return torch.nn.Linear(3, 3).to(torch.float16)
+
         failures = [request.params["fail_times"]]
+        positions = torch.tensor(icosphere(1, 0.5)[0])
+        for index in range(request.params["stages"]):
+            name = "test.linear" if index == 0 else f"test.linear.{index}"
+            memory.register(name, load, precision="float16")
 
-        def compute(modules):
-            if failures[0] > 0:
-                failures[0] -= 1
-                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-            layer = modules["test.linear"]
-            points = torch.tensor(icosphere(1, 0.5)[0], dtype=memory.compute_dtype("test.linear"), device=memory.device)
-            return (points + 0.01 * layer(points)).float().cpu().numpy()
+            def compute(modules, name=name, positions=positions):
+                if failures[0] > 0:
+                    failures[0] -= 1
+                    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+                time.sleep(request.params["stage_delay"])
+                points = positions.to(memory.device, memory.compute_dtype(name))
+                return (points + 0.01 * modules[name](points)).float().cpu()
 
-        positions = memory.run_stage("compute", ["test.linear"], compute, report=ctx.note)
-        ctx.progress("compute", 1, 1)
-        return PipelineOutput(Mesh(positions, icosphere(1, 0.5)[1]), info={"dtype": str(memory.compute_dtype("test.linear"))})
+            positions = ctx.run_stage("compute", [name], compute)
+            ctx.progress("compute", index + 1, request.params["stages"])
+        return PipelineOutput(Mesh(positions.numpy(), icosphere(1, 0.5)[1]), info={"dtype": str(memory.compute_dtype("test.linear"))})
+
+
+@pipelines.register
+class TestBuggyPipeline(Pipeline):
+    """A plug-in whose validation has a bug: answering its submit raises an unexpected exception."""
+
+    name = "test-buggy"
+    description = "Raises an unexpected exception while its request is validated"
+    stages = ("never",)
+    inputs = ("text",)
+    requires_one_of = ("text",)
+
+    def validate(self, request: JobRequest) -> JobRequest:
+        return {}["missing"]

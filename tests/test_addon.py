@@ -97,6 +97,15 @@ def test_generate_puts_the_coloured_mesh_at_the_cursor(addon_zip, tmp_path):
     assert again["location"] == pytest.approx([0.0, 0.0, 3.0])
 
 
+def test_free_gpu_memory_button_and_release_before_rendering(addon_zip, tmp_path):
+    facts = run_scenario("free_gpu_memory", addon_zip, tmp_path)
+    assert facts["handler_installed"] and facts["default_release_before_render"]
+    # On the CPU the backend keeps a float32 copy of the float16 test weights ready between jobs;
+    # releasing drops it, as it drops the GPU's copies on a GPU.
+    assert facts["after_job"] == "ready" and facts["after_button"] == "parked"
+    assert facts["after_render_without_preference"] == "ready" and facts["after_render"] == "parked"
+
+
 def test_cancel_stops_the_job_and_the_backend_keeps_working(addon_zip, tmp_path):
     facts = run_scenario("cancel", addon_zip, tmp_path)
     assert facts["outcome"] == ["cancelled", "Cancelled during shape"]

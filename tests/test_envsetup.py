@@ -135,7 +135,7 @@ def test_dry_run_works_in_a_python_with_only_the_standard_library(tmp_path):
     out = done.stdout
     assert f"interpreter:  {python}" in out
     assert f"torch==2.13.0+{envsetup.CUDA_BUILDS[0].tag}" in out and "https://download.pytorch.org/whl/" in out
-    assert "numpy>=1.24" in out and "-m pip install" in out
+    assert "numpy>=1.26" in out and "-m pip install" in out
     assert not (tmp_path / "env").exists()
 
 

@@ -2,6 +2,8 @@
 
 import errno
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,68 @@ def test_cancel_during_every_reconstruction_stage_leaves_the_engine_consistent(t
     assert not (tmp_path / "out").exists()  # nothing saved for a cancelled job
     finished = run(None)[-1]
     assert finished["op"] == "result" and finished["mesh"]["faces"] > 0
+
+
+def test_release_gives_memory_back_and_idle_release_follows_keep_alive(tmp_path):
+    backend = BackendProcess(tmp_path, "--keep-alive", "0.04")  # 2.4 s
+    try:
+        client = backend.client()
+        job = client.request({"op": "submit", "pipeline": "test-memory", "text": "x"}).header["job"]
+        assert client.until_done(job)[0].op == "result"
+        status = client.request({"op": "status"}).header
+        assert status["keep_alive_s"] == pytest.approx(2.4) and 0 < status["idle_release_in_s"] <= 2.4
+        assert status["memory"]["components"][0]["placement"] == "ready"  # cpu mode: a float32 copy of float16 weights
+        released = client.request({"op": "release"})
+        assert released.op == "released", released.header
+        float32_bytes = (3 * 3 + 3) * 4
+        assert released.header["freed"] == [{"component": "test.linear", "bytes": float32_bytes}]
+        assert released.header["freed_bytes"] == float32_bytes
+        status = client.request({"op": "status"}).header
+        assert status["memory"]["components"][0]["placement"] == "parked"
+        assert client.request({"op": "release"}).header["freed"] == [], "nothing left to free"
+
+        job = client.request({"op": "submit", "pipeline": "test-memory", "text": "x"}).header["job"]
+        assert client.until_done(job)[0].op == "result"
+        assert client.request({"op": "status"}).header["memory"]["components"][0]["placement"] == "ready"
+        deadline = time.monotonic() + 20
+        while True:
+            status = client.request({"op": "status"}).header
+            if status["memory"]["components"][0]["placement"] == "parked" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert status["memory"]["components"][0]["placement"] == "parked", "released after idling for --keep-alive"
+        assert status["idle_release_in_s"] is None
+    finally:
+        backend.stop()
+
+
+def test_status_hammered_from_several_clients_during_a_multi_stage_job(backend):
+    client = backend.client()
+    watchers = [backend.client() for _ in range(4)]
+    job = client.request({"op": "submit", "pipeline": "test-memory", "text": "x",
+                          "params": {"stages": 12, "stage_delay": 0.05}}).header["job"]
+    replies: list[list[str]] = [[] for _ in watchers]
+    done = threading.Event()
+
+    def hammer(watcher, seen):
+        while not done.is_set():
+            seen.append(watcher.request({"op": "status"}).op)
+
+    threads = [threading.Thread(target=hammer, args=pair) for pair in zip(watchers, replies)]
+    for thread in threads:
+        thread.start()
+    result, _ = client.until_done(job)
+    done.set()
+    for thread in threads:
+        thread.join(30)
+    assert result.op == "result", result.header
+    assert all(seen and set(seen) == {"status"} for seen in replies), [set(seen) for seen in replies]
+    memory = client.request({"op": "status"}).header["memory"]
+    assert len(memory["components"]) == 12
+
+
+def test_an_unexpected_error_answering_a_message_is_internal_and_the_connection_stays(backend):
+    client = backend.client()
+    reply = client.request({"op": "submit", "pipeline": "test-buggy", "text": "x"})
+    assert reply.op == "error" and reply.header["code"] == "internal" and "KeyError" in reply.header["message"]
+    assert client.request({"op": "ping"}).op == "pong"

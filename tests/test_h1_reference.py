@@ -10,6 +10,7 @@ root mean square), pictures to 1e-3 in [0, 1].
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,10 +20,11 @@ from PIL import Image
 from backend.memory import MemoryManager
 from backend.mesh.grid import sample_grid
 from backend.pipelines.hunyuan3d_v1.components import register_components
-from backend.pipelines.hunyuan3d_v1.multiview import LiteMultiview, StageRunner, StdMultiview
+from backend.pipelines.hunyuan3d_v1.multiview import LiteMultiview, StdMultiview
 from backend.pipelines.hunyuan3d_v1.svrm.loading import read_config
 from backend.pipelines.hunyuan3d_v1.svrm.preprocess import prepare_inputs
-from backend.pipelines.hunyuan3d_v1.svrm_pipeline import BOUND, COMPONENTS, SVRMPipeline
+from backend.pipelines.base import JobContext
+from backend.pipelines.hunyuan3d_v1.svrm_pipeline import BOUND, COMPONENTS, register_svrm
 
 DATA = Path(__file__).parent / "data" / "h1_reference"
 SVRM_FILE = DATA / "svrm" / "svrm.safetensors"
@@ -56,7 +58,7 @@ def svrm_golden() -> dict[str, np.ndarray]:
 def svrm_stages():
     """``run(part, fn)``: ``fn`` gets the part loaded from the fixture's file by the memory manager (CPU, float32)."""
     memory = MemoryManager()
-    SVRMPipeline.register_components(memory, SVRM_FILE, read_config(SVRM_FILE))
+    register_svrm(memory, SVRM_FILE)
 
     def run(part: str, fn):
         def stage(modules):
@@ -132,15 +134,9 @@ def test_multiview_matches_the_reference_step_by_step(variant, monkeypatch):
     root = DATA / f"mvd_{variant}"
     with np.load(DATA / f"mvd_{variant}_golden.npz") as data:
         golden = {name: data[name] for name in data.files}
-    model = model_class(root)
     memory = MemoryManager()
-    names = register_components(memory, root, f"golden_{variant}", model.parts)
-    stages = StageRunner(
-        run=lambda stage, parts, fn: memory.run_stage(stage, [names[p] for p in parts], lambda modules: fn({p: modules[names[p]] for p in parts})),
-        dtype=lambda part: memory.compute_dtype(names[part]),
-        device=memory.device,
-        progress=lambda *_: None,
-    )
+    model = model_class(root, register_components(memory, root, f"golden_{variant}", model_class.parts))
+    ctx = JobContext(lambda event: None, lambda: False, SimpleNamespace(memory=memory))
 
     latents_per_step, pixels = [], []
     step, decode_pixels = EulerAncestralDiscreteScheduler.step, model.decode_pixels
@@ -156,7 +152,7 @@ def test_multiview_matches_the_reference_step_by_step(variant, monkeypatch):
 
     monkeypatch.setattr(EulerAncestralDiscreteScheduler, "step", recording_step)
     monkeypatch.setattr(model, "decode_pixels", recording_decode)
-    output = model.generate(stages, Image.open(DATA / "mvd_input.png"), seed=SEED, steps=STEPS, guidance=guidance)
+    output = model.generate(ctx, Image.open(DATA / "mvd_input.png"), seed=SEED, steps=STEPS, guidance=guidance)
 
     assert len(latents_per_step) == len(golden["latents"])
     for index, (ours, reference) in enumerate(zip(latents_per_step, golden["latents"])):

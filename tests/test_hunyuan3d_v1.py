@@ -75,6 +75,11 @@ def save_half(model, folder: Path) -> None:
     model.to(torch.float16).save_pretrained(str(folder))
 
 
+def save_full(model, folder: Path) -> None:
+    """Some released parts are stored in float32 (mvd_lite's UNet, HunyuanDiT's text encoders)."""
+    model.to(torch.float32).save_pretrained(str(folder))
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
@@ -106,7 +111,7 @@ def make_lite(root: Path) -> Path:
 
     folder = root / "mvd_lite"
     torch.manual_seed(0)
-    save_half(tiny_unet(HIDDEN), folder / "unet")
+    save_full(tiny_unet(HIDDEN), folder / "unet")
     save_half(tiny_vae(), folder / "vae")
     save_half(CLIPTextModel(CLIPTextConfig(hidden_size=HIDDEN, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
                                            vocab_size=10, max_position_embeddings=TEXT_TOKENS, bos_token_id=0, eos_token_id=1,
@@ -149,13 +154,13 @@ def make_hunyuan_dit(root: Path) -> Path:
                                 in_channels=4, cross_attention_dim=16, cross_attention_dim_t5=16, pooled_projection_dim=8,
                                 hidden_size=16, text_len=77, text_len_t5=256, activation_fn="gelu-approximate"), folder / "transformer")
     save_half(tiny_vae((8, 8, 8, 8)), folder / "vae")  # HunyuanDiT's pipeline assumes a VAE that scales by 8
-    save_half(BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+    save_full(BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                                    max_position_embeddings=80)), folder / "text_encoder")
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz", "3d", ","]))
     BertTokenizer(str(vocab)).save_pretrained(str(folder / "tokenizer"))
     vocab.unlink()
-    save_half(T5EncoderModel(T5Config(vocab_size=8, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)), folder / "text_encoder_2")
+    save_full(T5EncoderModel(T5Config(vocab_size=8, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)), folder / "text_encoder_2")
     T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁a", -1.0), ("▁cat", -2.0)],
                 extra_ids=0).save_pretrained(str(folder / "tokenizer_2"))
     DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.03, prediction_type="v_prediction",
@@ -377,11 +382,11 @@ def test_a_damaged_embedding_file_is_refused(weights, tmp_path):
     broken = copy_tree(weights / "mvd_std", tmp_path / "mvd_std")
     (broken / "uc_text_emb.pt").write_bytes(pickle.dumps({"not": "a tensor"}, protocol=2))
     with pytest.raises(BackendError) as error:
-        StdMultiview(broken)
+        StdMultiview(broken, {})
     assert error.value.code == ErrorCode.WEIGHTS_CORRUPT
     (broken / "uc_text_emb.pt").write_bytes(b"PK\x03\x04 an interrupted download")
     with pytest.raises(BackendError) as error:
-        StdMultiview(broken)
+        StdMultiview(broken, {})
     assert error.value.code == ErrorCode.WEIGHTS_CORRUPT and "uc_text_emb.pt" in error.value.message
 
 
@@ -486,3 +491,39 @@ def test_the_download_command_fetches_into_the_weights_folder(weights, tmp_path,
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     assert main(["download", "hunyuan3d-1-svrm", "--weights", str(tmp_path / "w")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "w" / "svrm")
+
+
+# -- precision: the family's, not the file's -----------------------------------------------------
+
+
+def test_every_part_computes_in_float16_on_a_gpu_even_where_its_file_is_float32(weights):
+    from test_devices import A100, FakeProbe
+
+    from backend.runtime import Runtime
+
+    gib = 1 << 30
+    gpu = Runtime.create(probe=FakeProbe(cuda=[A100]), smoke=lambda d, t: None, free_memory=lambda: (70 * gib, 80 * gib)).memory
+    cpu = MemoryManager()
+    for memory in (gpu, cpu):
+        for pipeline in (Hunyuan3D1LitePipeline, Hunyuan3D1StdPipeline):
+            pipeline(weights_dir=str(weights)).register_components(memory)
+    on_gpu = {c["name"]: c for c in gpu.describe()["components"]}
+    assert len(on_gpu) == 4 + 4 + 4 + 3  # lite, std, HunyuanDiT, SVRM
+    assert {"mvd_lite.unet", "hunyuandit.text_encoder", "hunyuandit.text_encoder_2"} <= {
+        name for name, c in on_gpu.items() if c["storage_dtype"] == "float32"}
+    assert {c["compute_dtype"] for c in on_gpu.values()} == {"float16"}
+    assert {c["compute_dtype"] for c in cpu.describe()["components"]} == {"float32"}
+    assert "float16" in on_gpu["mvd_lite.unet"]["compute_dtype_why"]
+
+    # A float32 file bound for a float16 device is converted once while loading and parked in float16.
+    for name in ("mvd_lite.unet", "hunyuandit.text_encoder_2"):
+        gpu.load(name)
+        component = gpu.describe_component(name)
+        assert component["placement"] == "parked" and component["parked_dtype"] == "float16"
+        assert component["storage_dtype"] == "float32"
+        module = gpu._components[name].module
+        assert {p.dtype for p in module.parameters()} == {torch.float16} and {p.device.type for p in module.parameters()} == {"cpu"}
+        # ... and cannot be called while parked: nothing computes float16 on the CPU by mistake.
+        with pytest.raises(BackendError) as error:
+            module(torch.zeros(1, dtype=torch.long))
+        assert error.value.code == ErrorCode.INTERNAL and "parked" in error.value.message

@@ -96,14 +96,14 @@ def test_stage_mode_keeps_only_the_running_stage_on_the_device():
         def check(modules, names=names):
             for other in {"a", "b", "c"}:
                 running = other in names
-                assert mm.placement(other) == ("device" if running else "host") or mm.placement(other) == "unloaded"
+                assert mm.placement(other) == ("ready" if running else "parked") or mm.placement(other) == "unloaded"
                 module = mm._components[other].module
                 if module is not None:
                     assert devices_of(module) == ({"meta"} if running else {"cpu"})
                     assert dtypes_of(module) == ({torch.float32} if running else {torch.float16})
 
         run(mm, stage, names, check=check)
-    assert {mm.placement(n) for n in "abc"} == {"host"}
+    assert {mm.placement(n) for n in "abc"} == {"parked"}
 
 
 def test_stage_mode_on_the_cpu_parks_in_float16_and_runs_in_float32():
@@ -117,7 +117,7 @@ def test_stage_mode_on_the_cpu_parks_in_float16_and_runs_in_float32():
 
     run(mm, "one", ["a"])
     run(mm, "two", ["b"], check=check)
-    assert mm.placement("a") == mm.placement("b") == "host"
+    assert mm.placement("a") == mm.placement("b") == "parked"
 
 
 # -- residency across jobs -----------------------------------------------------------------------
@@ -141,10 +141,10 @@ def test_components_stay_resident_across_jobs_and_the_least_recently_used_is_evi
     job()
     assert calls == [0, 1], "the second job loads nothing"
     assert sum(s["h2d_bytes"] for s in mm.stats()[2:]) == 0, "nor moves anything"
-    assert mm.placement("a") == mm.placement("b") == "device"
+    assert mm.placement("a") == mm.placement("b") == "ready"
 
     run(mm, "third", ["c"])
-    assert [mm.placement(n) for n in "abc"] == ["host", "device", "device"], "a was used least recently"
+    assert [mm.placement(n) for n in "abc"] == ["parked", "ready", "ready"], "a was used least recently"
     assert devices_of(mm._components["a"].module) == {"cpu"}
 
 
@@ -170,7 +170,7 @@ def test_out_of_memory_steps_down_one_mode_and_retries_once():
     assert downgrades == [{"stage": "multiview", "from": "resident", "to": "stage",
                            "error": "CUDA out of memory. Tried to allocate 2.00 GiB"}]
     assert mm.last_stage_stats["mode"] == "stage" and mm.last_stage_stats["downgraded_from"] == "resident"
-    assert mm.placement("a") == "host", "stage mode parked it afterwards"
+    assert mm.placement("a") == "parked", "stage mode parked it afterwards"
     assert mm.describe()["mode"] == "stage"
     json.dumps(events)
 
@@ -185,7 +185,7 @@ def test_out_of_memory_twice_is_a_clear_error_and_leaves_nothing_on_the_device()
     with pytest.raises(BackendError) as err:
         mm.run_stage("reconstruct", ["a"], fn)
     assert err.value.code == ErrorCode.OUT_OF_MEMORY and "reconstruct" in err.value.message
-    assert mm.placement("a") == "host"
+    assert mm.placement("a") == "parked"
     assert devices_of(mm._components["a"].module) == {"cpu"}
 
 
@@ -211,7 +211,7 @@ def test_a_failing_stage_leaves_every_component_parked():
     mm.register("a", half_loader(0))
     mm.register("b", half_loader(1))
     run(mm, "warm", ["a"])
-    assert mm.placement("a") == "device"
+    assert mm.placement("a") == "ready"
 
     def fn(modules):
         assert devices_of(modules["a"]) == devices_of(modules["b"]) == {"meta"}
@@ -220,7 +220,7 @@ def test_a_failing_stage_leaves_every_component_parked():
     with pytest.raises(KeyError):
         mm.run_stage("s", ["a", "b"], fn)
     for name in "ab":
-        assert mm.placement(name) == "host"
+        assert mm.placement(name) == "parked"
         assert devices_of(mm._components[name].module) == {"cpu"}
         assert dtypes_of(mm._components[name].module) == {torch.float16}
 
@@ -235,7 +235,7 @@ def test_a_failing_loader_leaves_the_components_already_moved_parked():
     mm.register("b", broken)
     with pytest.raises(WeightsError):
         run(mm, "s", ["a", "b"])
-    assert mm.placement("a") == "host" and mm.placement("b") == "unloaded"
+    assert mm.placement("a") == "parked" and mm.placement("b") == "unloaded"
     assert devices_of(mm._components["a"].module) == {"cpu"}
 
 
@@ -256,7 +256,7 @@ def test_a_failure_while_moving_installs_nothing(monkeypatch):
     run(mm, "s", ["a"])  # the first attempt fails mid-copy; the retry in stage mode succeeds
     monkeypatch.undo()
     assert mm.last_stage_stats["downgraded_from"] == "resident"
-    assert mm.placement("a") == "host"
+    assert mm.placement("a") == "parked"
     assert devices_of(mm._components["a"].module) == {"cpu"}
 
 
@@ -289,7 +289,7 @@ def test_auto_on_the_cpu_is_cpu_mode():
     mm.register("a", half_loader())
     run(mm, "s", ["a"])
     assert mm.last_stage_stats["mode"] == "cpu"
-    assert mm.placement("a") == "device", "cpu mode keeps the float32 copy for the next job"
+    assert mm.placement("a") == "ready", "cpu mode keeps the float32 copy for the next job"
 
 
 def test_stage_figures_are_recorded_and_json_able():
@@ -300,7 +300,7 @@ def test_stage_figures_are_recorded_and_json_able():
     stats = mm.last_stage_stats
     expected = sum(p.numel() * 2 for p in tiny_model().parameters()) + sum(
         b.numel() * b.element_size() for b in tiny_model().buffers())
-    assert stats["h2d_bytes"] == expected and stats["d2h_bytes"] == 0
+    assert stats["h2d_bytes"] == expected
     assert stats["peak_host_rss_bytes"] > 0 and stats["components"] == ["a"]
     assert any("memory_stats" in e for e in events)
     json.dumps(mm.describe())
@@ -373,3 +373,250 @@ def test_corrupt_file_is_named(tmp_path, content):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(WeightsError, match="absent.safetensors"):
         load_safetensors_module(tiny_model, tmp_path / "absent.safetensors")
+
+
+# -- precision is the family's; a parked module cannot run ------------------------------------------
+
+
+def fake_cuda(mode: str = "stage") -> MemoryManager:
+    """A CUDA GPU as the policy sees it (tests never move tensors to it)."""
+    info = DeviceInfo("cuda", 0, "NVIDIA GeForce RTX 4090", 24 << 30, 20 << 30, (8, 9))
+    return MemoryManager(PrecisionPolicy(info, smoke=lambda d, t: None), mode, free_memory=lambda: (20 << 30, 24 << 30))
+
+
+def test_a_float32_checkpoint_of_a_float16_model_is_parked_in_float16_for_a_gpu_and_float32_on_the_cpu(tmp_path):
+    path = tmp_path / "full.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model(3).state_dict().items()}, str(path))
+    for mm, compute in ((fake_cuda(), torch.float16), (MemoryManager(), torch.float32)):
+        mm.register("model", lambda: load_safetensors_module(tiny_model, path), precision="float16", files=[path])
+        assert mm.compute_dtype("model") == compute
+        assert mm.describe_component("model")["storage_dtype"] == "float32"
+        mm.load("model")
+        assert dtypes_of(mm._components["model"].module) == {compute}, "parked in the smaller of storage and compute dtypes"
+        assert mm.describe_component("model")["parked_dtype"] == str(compute).removeprefix("torch.")
+    x = torch.randn(2, 3, 4, 4)
+    out = mm.run_stage("s", ["model"], lambda m: m["model"](x))  # the CPU manager: float32 throughout
+    assert (out - tiny_model(3)(x)).abs().max().item() == 0.0
+
+
+def test_a_model_made_for_float32_stays_float32_on_a_gpu():
+    mm = fake_cuda()
+    mm.register("nano", half_loader(), precision="float32")
+    assert mm.compute_dtype("nano") == torch.float32
+    assert "float32" in mm.describe_component("nano")["compute_dtype_why"]
+
+
+def test_a_parked_module_raises_when_called_and_runs_inside_a_stage():
+    mm = fake_accelerator("stage")
+    mm.register("a", half_loader())
+    mm.load("a")
+    module = mm._components["a"].module
+    for call in (lambda: module(torch.zeros(1, 3, 4, 4, dtype=torch.float16)), lambda: module[3](torch.zeros(1, 256))):
+        with pytest.raises(BackendError) as error:
+            call()
+        assert error.value.code == ErrorCode.INTERNAL and "'a'" in error.value.message and "parked" in error.value.message
+    out = mm.run_stage("s", ["a"], lambda m: m["a"](torch.zeros(1, 3, 4, 4, device="meta")))
+    assert out.device.type == "meta"
+    with pytest.raises(BackendError):
+        module(torch.zeros(1, 3, 4, 4))  # parked again after the stage
+
+
+# -- components are a name and a file -----------------------------------------------------------------
+
+
+def test_registering_again_reuses_the_file_and_a_new_file_replaces_it(tmp_path):
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    for path, seed in ((first, 1), (second, 2)):
+        save_file({k: v.contiguous() for k, v in tiny_model(seed).state_dict().items()}, str(path))
+    mm = MemoryManager(mode="cpu")
+    x = torch.randn(1, 3, 4, 4)
+
+    def register(path):
+        mm.register("model", lambda: load_safetensors_module(tiny_model, path), precision="float32", files=[path])
+
+    register(first)
+    first_out = mm.run_stage("s", ["model"], lambda m: m["model"](x))
+    module = mm._components["model"].module
+    register(first)
+    assert mm._components["model"].module is module, "the same file is not loaded again"
+    register(second)
+    assert mm.placement("model") == "unloaded"
+    second_out = mm.run_stage("s", ["model"], lambda m: m["model"](x))
+    assert torch.equal(first_out, tiny_model(1)(x)) and torch.equal(second_out, tiny_model(2)(x))
+    assert mm.describe_component("model")["files"] == [str(second.resolve())]
+
+
+# -- memory is given back ------------------------------------------------------------------------------
+
+
+def test_release_parks_everything_and_says_what_was_freed():
+    mm = fake_accelerator("resident")
+    for index, name in enumerate("ab"):
+        mm.register(name, half_loader(index))
+    run(mm, "s", ["a", "b"])
+    assert mm.holds_executable_copies() and mm.describe()["device_weights_bytes"] > 0
+    freed = mm.release()
+    expected = sum(p.numel() * 4 for p in tiny_model().parameters()) + sum(b.numel() * 4 for b in tiny_model().buffers())
+    assert freed["freed"] == [{"component": "a", "bytes": expected}, {"component": "b", "bytes": expected}]
+    assert freed["freed_bytes"] == 2 * expected
+    assert {mm.placement(n) for n in "ab"} == {"parked"} and not mm.holds_executable_copies()
+    assert mm.describe()["device_weights_bytes"] == 0
+    assert mm.release()["freed"] == []
+    run(mm, "s", ["a"])  # weights stayed in host RAM: the next stage only copies them over
+    assert mm.placement("a") == "ready"
+
+
+def test_release_in_cpu_mode_drops_the_float32_copies_of_float16_weights():
+    mm = MemoryManager(mode="cpu")
+    mm.register("half", half_loader(0))
+    mm.register("full", lambda: tiny_model(1), precision="float32")
+    run(mm, "s", ["half", "full"])
+    freed = {f["component"]: f["bytes"] for f in mm.release()["freed"]}
+    assert freed["half"] == sum(p.numel() * 4 for p in tiny_model().parameters()) + sum(b.numel() * 4 for b in tiny_model().buffers())
+    assert freed["full"] == 0, "float32 weights compute from their host copy: nothing to free"
+    run(mm, "s", ["full"])
+    assert mm.placement("full") == "ready" and not mm.holds_executable_copies(), "so idling schedules no release"
+
+
+def test_an_out_of_memory_step_down_lasts_for_its_job_only():
+    mm = fake_accelerator("resident")
+    mm.register("a", half_loader())
+    failures = [1]
+
+    def fn(modules):
+        if failures[0]:
+            failures[0] -= 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return mm.placement("a")
+
+    assert mm.run_stage("first", ["a"], fn) == "ready"
+    assert mm.run_stage("second", ["a"], fn) == "ready" and mm.last_stage_stats["mode"] == "stage", "the rest of the job stays lower"
+    mm.after_job()
+    events: list[dict] = []
+    mm.run_stage("first", ["a"], fn, report=lambda **e: events.append(e))
+    assert mm.last_stage_stats["mode"] == "resident"
+    assert any("planning afresh" in e["message"] for e in events)
+
+
+def test_auto_plans_on_the_running_jobs_components_only():
+    one = sum(p.numel() * 4 for p in tiny_model().parameters())
+    mm = fake_accelerator("auto", budget_bytes=256 * MIB + 2 * one + one // 2)
+    for name in "abc":
+        mm.register(name, half_loader(), size_bytes=one // 2)
+    events: list[dict] = []
+    run(mm, "s", ["a"], events)
+    assert [e["memory"]["mode"] for e in events if "memory" in e] == ["stage"], "a, b and c together exceed the budget"
+    mm.after_job()
+    for name in "ab":  # the next job uses two of the three
+        mm.register(name, half_loader(), size_bytes=one // 2)
+    events.clear()
+    run(mm, "s", ["a"], events)
+    assert [e["memory"]["mode"] for e in events if "memory" in e] == ["resident"]
+    assert mm.describe()["job_components"] == ["a", "b"]
+
+
+# -- stream mode and page-locked buffers, their logic on the CPU -------------------------------------
+
+
+class ImmediateSide:
+    """Stands in for the side CUDA stream: copies at once and records the order of events."""
+
+    def __init__(self, log: list):
+        self.log = log
+
+    def copy(self, start):
+        copies = start()
+        self.log.append(("copied", len(self.log)))
+        return copies, len(self.log) - 1
+
+    def use(self, copies, ready):
+        self.log.append(("used", ready))
+
+    def drain(self):
+        self.log.append(("drained",))
+
+
+def blocks_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Sequential(*(nn.Linear(8, 8) for _ in range(4))), nn.Linear(8, 2))
+    return model.half()
+
+
+def test_stream_runs_blocks_in_order_with_the_next_one_prefetched_and_drops_each_after_it_runs():
+    from backend.memory.component import Component
+    from backend.memory.streaming import BlockStreamer
+    from backend.memory.transfer import Transfers
+
+    component = Component("m", blocks_model, "float16", (), lambda m: list(m[1]), None, "float16")
+    component.attach(blocks_model(), torch.float32)
+    log: list = []
+    seen: list[int] = []
+    blocks = list(component.module[1])
+    for index, block in enumerate(blocks):
+        block.register_forward_hook(lambda m, a, o, i=index: seen.append(i))
+    transfers = Transfers()
+    streamer = BlockStreamer(component, torch.device("meta"), torch.float32, transfers, side=ImmediateSide(log))
+    with streamer:
+        assert component.streaming and component.module[0].weight.device.type == "meta", "the rest moves for the stage"
+        assert {b.weight.device.type for b in blocks} == {"cpu"} and list(streamer._pending) == [0], "block 0 is on its way"
+        for _ in range(2):  # a denoising loop calls the model again
+            component.module(torch.zeros(1, 4, device="meta"))
+        assert seen == [0, 1, 2, 3] * 2
+        # After a block runs its device copy is dropped: every block points at its host copy again.
+        assert {b.weight.device.type for b in blocks} == {"cpu"}
+        assert list(streamer._pending) == [0], "after the last block, block 0 is prefetched for the next call"
+    assert log[-1] == ("drained",) and not component.streaming and component.placement == "parked"
+    assert component.module[0].weight.device.type == "cpu"
+    copies = [entry for entry in log if entry[0] == "copied"]
+    assert len(copies) == 1 + 4 * 2, "block 0 at entry, then each next block once per block run"
+    block_bytes = sum(p.numel() * 2 for p in blocks[0].parameters())
+    rest_bytes = sum(p.numel() * 2 for p in (*component.module[0].parameters(), *component.module[2].parameters()))
+    assert transfers.h2d_bytes == rest_bytes + 9 * block_bytes
+
+
+def test_stream_makes_each_block_current_just_before_it_runs():
+    from backend.memory.component import Component
+    from backend.memory.streaming import BlockStreamer
+    from backend.memory.transfer import Transfers
+
+    component = Component("m", blocks_model, "float16", (), lambda m: list(m[1]), None, "float16")
+    component.attach(blocks_model(), torch.float32)
+    where: list[str] = []
+    blocks = list(component.module[1])
+    for block in blocks:
+        block.register_forward_hook(lambda m, a, o: where.append(f"{m.weight.device.type}/{m.weight.dtype}"), prepend=True)
+    with BlockStreamer(component, torch.device("meta"), torch.float32, Transfers(), side=ImmediateSide([])):
+        component.module(torch.zeros(1, 4, device="meta"))
+    assert where == ["meta/torch.float32"] * 4
+
+
+def test_pinning_gathers_host_copies_into_one_exact_buffer_and_falls_back_when_refused(monkeypatch, checkpoint):
+    from backend.memory import transfer
+
+    mm = MemoryManager(mode="stage")
+    mm.register("model", lambda: load_safetensors_module(tiny_model, checkpoint), files=[checkpoint])
+    mm.load("model")
+    component = mm._components["model"]
+    before = {id(slot): slot.host.clone() for slot in component.slots}
+    hosts = [slot.host for slot in component.slots]
+
+    monkeypatch.setattr(transfer, "_register", lambda buffer: False)  # the OS refuses (WSL, a full quota)
+    assert transfer.pin_host_copies(component, limit_bytes=1 << 30) is False
+    assert not component.pinned and [slot.host for slot in component.slots] == hosts, "the file-backed copies stay"
+
+    assert transfer.pin_host_copies(component, limit_bytes=16) is False, "over the pinning limit: nothing is gathered"
+
+    registered: list[int] = []
+    monkeypatch.setattr(transfer, "_register", lambda buffer: registered.append(buffer.numel()) or True)
+    assert transfer.pin_host_copies(component, limit_bytes=1 << 30) is True
+    sizes = [slot.nbytes for slot in component.slots]
+    assert registered == [component.arena.numel()] and component.arena.numel() == sum(-(-s // 64) * 64 for s in sizes)
+    base = component.arena.data_ptr()
+    for slot in component.slots:
+        offset = slot.host.data_ptr() - base
+        assert offset % 64 == 0 and 0 <= offset < component.arena.numel()
+        assert torch.equal(slot.host, before[id(slot)]) and slot.current().data_ptr() == slot.host.data_ptr()
+    assert mm.run_stage("s", ["model"], lambda m: m["model"](torch.zeros(1, 3, 4, 4)).shape) == (1, 4)
+    monkeypatch.setattr(transfer, "unpin", lambda buffer: registered.append(-buffer.numel()))
+    mm.unload("model")
+    assert registered[-1] == -registered[0], "unloading unpins the buffer"

@@ -6,6 +6,7 @@ import io
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from backend.errors import BackendError
-from backend.memory import WeightsError
+from backend.memory import MemoryManager, WeightsError
 from backend.pipelines.base import JobContext, JobRequest
 from backend.pipelines.nano import data, metrics, shapes
 from backend.pipelines.nano.checkpoint import BUNDLED_WEIGHTS, load_model, read_config, save_weights
@@ -264,7 +265,7 @@ def test_the_surface_level_shifts_every_query_and_is_saved(tmp_path):
 
 
 def context(events: list) -> JobContext:
-    return JobContext(events.append, lambda: False)
+    return JobContext(events.append, lambda: False, SimpleNamespace(memory=MemoryManager()))
 
 
 def png(rgba: np.ndarray) -> bytes:

@@ -15,15 +15,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from backend.errors import BackendError
-from backend.memory import MemoryManager, WeightsError
+from backend.memory import MemoryManager, WeightsError, stored_size_and_dtype
 from backend.pipelines.base import JobContext, JobRequest
 from backend.pipelines.hunyuan3d_v1.svrm import SVRM, SVRMConfig
 from backend.pipelines.hunyuan3d_v1.svrm.cameras import svrm_cameras
 from backend.pipelines.hunyuan3d_v1.svrm.layers import attention
-from backend.pipelines.hunyuan3d_v1.svrm.loading import component_bytes, load_component, read_config, save_checkpoint
+from backend.pipelines.hunyuan3d_v1.svrm.loading import load_component, read_config, save_checkpoint
+from backend.pipelines.hunyuan3d_v1.svrm.model import COMPONENT_PREFIXES
 from backend.pipelines.hunyuan3d_v1.svrm.preprocess import prepare_inputs, split_view_grid
 from backend.pipelines.hunyuan3d_v1.svrm.synthesizer import PLANE_AXES
-from backend.pipelines.hunyuan3d_v1.svrm_pipeline import COMPONENTS, SVRMPipeline
+from backend.pipelines.hunyuan3d_v1.svrm_pipeline import COMPONENTS, SVRMPipeline, register_svrm
 from backend.protocol import ErrorCode
 from backend.weights import SVRM_WEIGHTS, require
 
@@ -108,10 +109,10 @@ def test_tiny_float16_checkpoint_loads_strictly_and_runs_in_float32(tmp_path):
     save_checkpoint(reference, path, dtype=torch.float16)
     assert {t.dtype for t in load_file(str(path)).values()} == {torch.float16}
     assert read_config(path) == config
-    assert sum(component_bytes(path).values()) == 2 * sum(p.numel() for p in reference.parameters())
+    assert sum(stored_size_and_dtype([path], prefix)[0] for prefix in COMPONENT_PREFIXES.values()) == 2 * sum(p.numel() for p in reference.parameters())
 
     memory = MemoryManager()  # the CPU: float16 weights must compute in float32
-    SVRMPipeline.register_components(memory, path, config)
+    register_svrm(memory, path)
     images, cameras = tiny_inputs(config)
     points = torch.rand(1, 500, 3, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.6
 
@@ -270,7 +271,7 @@ def test_pipeline_turns_views_into_a_coloured_mesh_in_the_y_up_frame(tmp_path):
     np.testing.assert_allclose(mesh.colors_float()[:, :3], np.broadcast_to(orange, (mesh.vertex_count, 3)), atol=1 / 255)
     stages = [event["stage"] for event in events if event["step"] is not None]
     assert stages.index("encode") < stages.index("triplane") < stages.index("mesh")
-    assert {memory.placement(name) for name in COMPONENTS.values()} == {"device"}  # cpu mode keeps them loaded
+    assert {memory.placement(name) for name in COMPONENTS.values()} == {"ready"}  # cpu mode keeps them loaded
 
 
 def test_upstream_mesh_finish_clusters_the_surface(tmp_path):

@@ -2,17 +2,16 @@
 
 Pipelines get one through ``ctx.memory`` and use only this::
 
-    mm.register("svrm", loader, released_dtype=torch.float16,
-                blocks=lambda m: list(m.transformer.blocks),   # movable units, for `stream` mode
-                size_bytes=917_000_000)                         # lets `auto` plan before loading
-    mm.is_registered("svrm") -> bool
-    mm.device -> torch.device                                   # where stages execute
-    mm.compute_dtype("svrm") -> torch.dtype                     # cast inputs to this
-    mm.run_stage("reconstruct", ["svrm"], lambda mods: mods["svrm"](x), report=ctx.note,
-                 activation_bytes=None) -> fn's result
-    mm.last_stage_stats / mm.stats()                            # per-stage figures, as dicts
-    mm.placement("svrm") -> "unloaded" | "host" | "device"
-    mm.describe() -> dict                                       # mode, why, budget, components
+    mm.register("svrm.encoder", loader, precision="float16",     # what the family computes in on GPUs
+                files=[path], prefix="encoder.",                  # identity, size and storage dtype
+                blocks=lambda m: list(m.model.blocks))            # movable units, for `stream` mode
+    mm.device -> torch.device                                     # where stages execute
+    mm.compute_dtype("svrm.encoder") -> torch.dtype               # cast inputs to this
+    ctx.run_stage("encode", ["svrm.encoder"], lambda mods: mods["svrm.encoder"](x),
+                  activation_bytes=None) -> fn's result           # the one way to run a stage
+    mm.release() -> what was freed                                # give accelerator memory back
+    mm.placement("svrm.encoder") -> "unloaded" | "parked" | "ready"
+    mm.describe() -> dict                                         # immutable status snapshot
 
 ``loader()`` returns the module on the CPU in its storage dtype; ``load_safetensors_module``
 builds one from safetensors files without a second copy in RAM. The manager owns every move
@@ -20,7 +19,7 @@ and cast: nothing else calls ``.cuda()``, ``.half()`` or ``.to(device)`` on a mo
 docs/memory.md describes the modes and the precision policy.
 """
 
-from .loading import WeightsError, load_safetensors_module
+from .loading import WeightsError, load_safetensors_module, read_safetensors_header, stored_size_and_dtype
 from .manager import MODES, MemoryManager
 
-__all__ = ["MODES", "MemoryManager", "WeightsError", "load_safetensors_module"]
+__all__ = ["MODES", "MemoryManager", "WeightsError", "load_safetensors_module", "read_safetensors_header", "stored_size_and_dtype"]

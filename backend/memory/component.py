@@ -1,16 +1,23 @@
 """A registered model component and the tensors it owns.
 
-Every parameter and buffer of a component is a ``Slot``: its host copy (the storage: a view of
-the weights file, or of one exact-size, pinned host buffer) and whatever the module currently
-computes with. Moving to the device installs fresh device copies in the slots; offloading
-installs the host copy again, so weights are never copied back.
+Every parameter and buffer of a component is a ``Slot``: its host copy (the parked weights: a
+view of the weights file, a copy converted once to a smaller compute dtype, or a view of one
+exact-size, pinned host buffer) and whatever the module currently computes with. Making a
+component ready installs fresh copies in its compute dtype where it executes; parking installs
+the host copy again, so weights are never copied back.
+
+A parked component refuses to run: a forward pre-hook on the module and its children raises,
+so no code path can compute with parked (possibly float16, CPU-resident) weights by mistake.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackendError
+from ..protocol import ErrorCode
 
 if TYPE_CHECKING:
     import torch
@@ -71,26 +78,42 @@ def collect_slots(module: nn.Module) -> list[Slot]:
 
 @dataclass
 class Component:
+    """Args mirror ``MemoryManager.register``; the rest is the manager's accounting.
+
+    ``ready``: every slot holds a copy in the compute dtype where the component executes.
+    ``streaming``: ``stream`` mode is running it block by block.
+    """
+
     name: str
     loader: Callable[[], nn.Module]
-    released_dtype: str
+    precision: str
+    files: tuple[str, ...]
     blocks: Callable[[nn.Module], list[nn.Module]] | None
     declared_bytes: int | None
+    storage_dtype: str | None
     compute_dtype: str = "float32"
+    precision_why: str = ""
     module: nn.Module | None = None
     slots: list[Slot] = field(default_factory=list)
     block_slots: list[list[Slot]] = field(default_factory=list)
-    on_device: bool = False
+    ready: bool = False
+    streaming: bool = False
     arena: torch.Tensor | None = None
     pinned: bool = False
     last_used: int = 0
+    _guards: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def loaded(self) -> bool:
         return self.module is not None
 
     @property
+    def placement(self) -> str:
+        return "unloaded" if self.module is None else "ready" if self.ready else "parked"
+
+    @property
     def storage_bytes(self) -> int:
+        """Bytes of the parked host copies (the file's size before loading)."""
         if self.module is None:
             return self.declared_bytes or 0
         return sum(slot.nbytes for slot in self.slots)
@@ -98,33 +121,68 @@ class Component:
     def compute_bytes(self, itemsize: int) -> int:
         """Bytes the component takes where it executes (floating tensors in the compute dtype)."""
         if self.module is None:
-            released_itemsize = 4 if self.released_dtype == "float32" else 2
-            return (self.declared_bytes or 0) * itemsize // released_itemsize
+            stored_itemsize = 4 if self.storage_dtype == "float32" else 2
+            return (self.declared_bytes or 0) * itemsize // stored_itemsize
         return sum(_compute_nbytes(slot.host, itemsize) for slot in self.slots)
 
-    def attach(self, module: nn.Module) -> None:
+    def attach(self, module: nn.Module, compute_dtype: torch.dtype) -> None:
+        """Adopt a freshly loaded module, parked in the smaller of its storage and compute dtypes."""
         self.module = module
         self.slots = collect_slots(module)
+        for slot in self.slots:
+            host = slot.host
+            if host.is_floating_point() and host.element_size() > compute_dtype.itemsize:
+                converted = host.to(compute_dtype)
+                slot.release_file_pages()  # the file's bytes are not needed again
+                slot.mapping, slot.host = None, converted
+                slot.install(converted)
         self.block_slots = []
         if self.blocks is not None:
             by_tensor = {id(slot.current()): slot for slot in self.slots}
             for block in self.blocks(module):
                 tensors = [*block.parameters(), *block.buffers()]
                 self.block_slots.append([by_tensor[id(t)] for t in tensors if id(t) in by_tensor])
+        for sub in (module, *module.children()):
+            self._guards.append(sub.register_forward_pre_hook(self._refuse_when_parked))
+
+    def _refuse_when_parked(self, _module: nn.Module, _args: Any) -> None:
+        if not (self.ready or self.streaming):
+            raise BackendError(
+                ErrorCode.INTERNAL,
+                f"component {self.name!r} was called while parked in host memory; it computes only inside the memory manager's run_stage",
+                hint="this is a bug in the pipeline: call the module inside run_stage's function",
+            )
 
     @property
     def rest_slots(self) -> list[Slot]:
         in_blocks = {id(slot) for block in self.block_slots for slot in block}
         return [slot for slot in self.slots if id(slot) not in in_blocks]
 
-    def park(self) -> None:
-        """Point every slot back at its host copy; device copies are dropped, nothing is copied."""
+    def copies_bytes(self) -> int:
+        """Bytes the executable copies hold besides the host copies (0 where the module computes from them)."""
+        total = 0
+        for slot in self.slots:
+            current = slot.current()
+            if current.data_ptr() != slot.host.data_ptr() or current.device != slot.host.device:
+                total += current.numel() * current.element_size()
+        return total
+
+    def park(self) -> int:
+        """Point every slot back at its host copy; device copies are dropped, nothing is copied.
+
+        Returns the bytes of the executable copies dropped.
+        """
+        freed = self.copies_bytes()
         for slot in self.slots:
             slot.install(slot.host)
-        self.on_device = False
+        self.ready = self.streaming = False
+        return freed
 
     def unload(self) -> None:
-        self.module, self.slots, self.block_slots, self.on_device = None, [], [], False
+        for guard in self._guards:
+            guard.remove()
+        self._guards.clear()
+        self.module, self.slots, self.block_slots, self.ready, self.streaming = None, [], [], False, False
         if self.arena is not None and self.pinned:
             from .transfer import unpin
 

@@ -16,6 +16,7 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,9 @@ _DTYPES = {
     "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
     "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
 }
-_meta_lock = threading.Lock()
+_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+             "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
+_FLOATING = ("float64", "float32", "float16", "bfloat16")
 
 
 class WeightsError(BackendError):
@@ -42,57 +45,106 @@ class WeightsError(BackendError):
         super().__init__(ErrorCode.WEIGHTS_CORRUPT, f"{os.fspath(path)}: {problem}", hint)
 
 
+@dataclass(frozen=True)
+class TensorEntry:
+    dtype: str  # torch's name: "float16", "int64", ...
+    shape: tuple[int, ...]
+    begin: int  # offsets in the data section
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """What a safetensors file says about itself, checked against its size."""
+
+    path: Path
+    tensors: dict[str, TensorEntry]
+    metadata: dict[str, str]
+    data_start: int
+    size: int
+
+
+def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """The header of a safetensors file; a WeightsError names the file when it is unreadable,
+    truncated or inconsistent. The one reader of safetensors headers in the backend."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if size < 8:
+                raise WeightsError(path, f"is {size} bytes, too short to be a safetensors file")
+            length = int.from_bytes(f.read(8), "little")
+            if length > min(size - 8, _MAX_HEADER_BYTES):
+                raise WeightsError(path, f"is truncated or not a safetensors file (header of {length} bytes in a file of {size})")
+            raw = f.read(length)
+    except OSError as exc:
+        raise WeightsError(path, f"cannot be read: {exc.strerror or exc}", hint="check the path and permissions") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(path, f"has a corrupt header ({exc})") from None
+    if not isinstance(header, dict):
+        raise WeightsError(path, "has a corrupt header (not a JSON object)")
+    data_start = 8 + length
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise WeightsError(path, "has a corrupt header (__metadata__ is not an object)")
+    tensors = {}
+    for name, entry in header.items():
+        try:
+            dtype = _DTYPES[entry["dtype"]]
+            shape = tuple(int(n) for n in entry["shape"])
+            begin, end = (int(n) for n in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise WeightsError(path, f"has a corrupt entry for tensor {name!r}: {entry!r}") from None
+        if end - begin != math.prod(shape) * _ITEMSIZE[dtype] or begin < 0:
+            raise WeightsError(path, f"has inconsistent offsets for tensor {name!r}")
+        if data_start + end > size:
+            raise WeightsError(path, f"is truncated: tensor {name!r} ends at byte {data_start + end} but the file has {size}")
+        tensors[name] = TensorEntry(dtype, shape, begin, end)
+    return SafetensorsHeader(path, tensors, {str(k): str(v) for k, v in metadata.items()}, data_start, size)
+
+
+def stored_size_and_dtype(paths: Sequence[str | os.PathLike[str]], prefix: str = "") -> tuple[int, str | None]:
+    """Bytes of the tensors in ``paths`` whose names start with ``prefix``, and the floating dtype most
+    of those bytes are stored in (None when there is no floating tensor)."""
+    total, floating = 0, {}
+    for path in paths:
+        for name, entry in read_safetensors_header(path).tensors.items():
+            if name.startswith(prefix):
+                total += entry.nbytes
+                if entry.dtype in _FLOATING:
+                    floating[entry.dtype] = floating.get(entry.dtype, 0) + entry.nbytes
+    return total, max(floating, key=floating.get) if floating else None
+
+
 class MappedFile:
     """One safetensors file mapped privately (copy-on-write) into memory."""
 
     def __init__(self, path: str | os.PathLike[str]):
         import torch
 
-        self.path = Path(path)
+        header = read_safetensors_header(path)
+        self.path = header.path
         self.tensors: dict[str, torch.Tensor] = {}
         try:
-            size = self.path.stat().st_size
             with open(self.path, "rb") as f:
-                header, data_start = self._read_header(f, size)
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > data_start else None
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if header.size > header.data_start else None
         except OSError as exc:
             raise WeightsError(path, f"cannot be read: {exc.strerror or exc}", hint="check the path and permissions") from None
         self._base = torch.frombuffer(self._map, dtype=torch.uint8).data_ptr() if self._map is not None else 0
-        for name, entry in header.items():
-            if name != "__metadata__":
-                self.tensors[name] = self._view(name, entry, data_start, size)
-
-    def _read_header(self, f, size: int) -> tuple[dict, int]:
-        if size < 8:
-            raise WeightsError(self.path, f"is {size} bytes, too short to be a safetensors file")
-        length = int.from_bytes(f.read(8), "little")
-        if length > min(size - 8, _MAX_HEADER_BYTES):
-            raise WeightsError(self.path, f"is truncated or not a safetensors file (header of {length} bytes in a file of {size})")
-        try:
-            header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise WeightsError(self.path, f"has a corrupt header ({exc})") from None
-        if not isinstance(header, dict):
-            raise WeightsError(self.path, "has a corrupt header (not a JSON object)")
-        return header, 8 + length
-
-    def _view(self, name: str, entry: object, data_start: int, size: int) -> torch.Tensor:
-        import torch
-
-        try:
-            dtype = getattr(torch, _DTYPES[entry["dtype"]])
-            shape = [int(n) for n in entry["shape"]]
-            begin, end = (int(n) for n in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise WeightsError(self.path, f"has a corrupt entry for tensor {name!r}: {entry!r}") from None
-        count = math.prod(shape)
-        if end - begin != count * dtype.itemsize or begin < 0:
-            raise WeightsError(self.path, f"has inconsistent offsets for tensor {name!r}")
-        if data_start + end > size:
-            raise WeightsError(self.path, f"is truncated: tensor {name!r} ends at byte {data_start + end} but the file has {size}")
-        if count == 0:
-            return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(self._map, dtype=dtype, count=count, offset=data_start + begin).view(shape)
+        for name, entry in header.tensors.items():
+            dtype = getattr(torch, entry.dtype)
+            count = entry.nbytes // dtype.itemsize
+            if count == 0:
+                self.tensors[name] = torch.empty(entry.shape, dtype=dtype)
+            else:
+                self.tensors[name] = torch.frombuffer(self._map, dtype=dtype, count=count,
+                                                      offset=header.data_start + entry.begin).view(entry.shape)
 
     def owns(self, tensor: torch.Tensor) -> bool:
         return self._map is not None and self._base <= tensor.data_ptr() < self._base + len(self._map)
@@ -108,26 +160,31 @@ class MappedFile:
             self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
+_building = threading.local()
+
+
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
-    """Inside, new modules get their parameters on ``meta``; buffers stay real (some are never saved)."""
+    """Inside, modules built on this thread get their parameters on ``meta``; buffers stay real
+    (some are never saved). Uses torch's parameter-registration hook, which acts only for the
+    thread inside this block, so modules built elsewhere at the same time are untouched."""
     import torch
     from torch import nn
+    from torch.nn.modules.module import register_module_parameter_registration_hook
 
-    original = nn.Module.register_parameter
+    def to_meta(_module: nn.Module, _name: str, param: nn.Parameter) -> nn.Parameter | None:
+        if getattr(_building, "depth", 0) and param.device.type != "meta":
+            return nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        return None
 
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        original(module, name, param)
-
-    with _meta_lock:
-        nn.Module.register_parameter = register_on_meta
-        try:
-            with torch.device("cpu"):
-                yield
-        finally:
-            nn.Module.register_parameter = original
+    handle = register_module_parameter_registration_hook(to_meta)
+    _building.depth = getattr(_building, "depth", 0) + 1
+    try:
+        with torch.device("cpu"):
+            yield
+    finally:
+        _building.depth -= 1
+        handle.remove()
 
 
 def load_safetensors_module(

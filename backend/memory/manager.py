@@ -5,14 +5,17 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..devices import FLOAT16, DeviceInfo, PrecisionPolicy, dtype_name
 from ..errors import BackendError
 from ..protocol import ErrorCode
 from .component import Component
+from .loading import stored_size_and_dtype
 from .stats import GB, HostPeak, StageStats, Stopwatch, current_rss
 from .transfer import Transfers, move_to_device, pin_host_copies
 
@@ -23,7 +26,15 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "resident", "stage", "stream", "cpu")
+# The one list of memory modes, with what each does: the CLI's --memory and the add-on's preference read it.
+MODE_HELP = {
+    "auto": "pick from free memory and the sizes of the job's models",
+    "resident": "keep every model on the GPU (fastest, most memory)",
+    "stage": "only the running stage on the GPU (like Hunyuan3D-1's --save_memory)",
+    "stream": "move weights block by block (least GPU memory)",
+    "cpu": "run on the CPU only",
+}
+MODES = tuple(MODE_HELP)
 _STEP_DOWN = {"resident": "stage", "cpu": "stage", "stage": "stream"}
 _RESERVE_BYTES = 1 << 30
 _MIN_ACTIVATION_BYTES = 256 << 20
@@ -74,7 +85,11 @@ class MemoryManager:
         self._clock = itertools.count(1)
         self._stats: deque[StageStats] = deque(maxlen=_STATS_KEPT)
         self._decision: tuple[str, str] | None = None  # (mode, why) of the latest stage
-        self._downgraded: tuple[str, str] | None = None  # (mode, why) after an out-of-memory step down
+        self._downgraded: tuple[str, str] | None = None  # (mode, why) after an out-of-memory step down, for this job
+        self._previous_downgrade: str | None = None  # told at the next job's first stage
+        self._job: list[str] = []  # components the running job registered or used: what ``auto`` plans on
+        self.snapshot: dict[str, Any] = {}
+        self._publish()
 
     # -- registration ------------------------------------------------------------------------
 
@@ -83,41 +98,96 @@ class MemoryManager:
         name: str,
         loader: Callable[[], nn.Module],
         *,
-        released_dtype: Any = FLOAT16,
+        precision: str = FLOAT16,
+        files: Sequence[str | os.PathLike[str]] = (),
+        prefix: str = "",
         blocks: Callable[[nn.Module], list[nn.Module]] | None = None,
         size_bytes: int | None = None,
     ) -> None:
-        """Declare a component; nothing is loaded until a stage asks for it.
+        """Declare a component for the running job; nothing is loaded until a stage asks for it.
+
+        Registering again with the same files is a no-op, so pipelines register on every job.
+        A component is its name and its resolved files: the same name with other files (a new
+        weights folder or snapshot) unloads the old weights and loads the new ones when needed.
 
         Args:
-            name: unique, e.g. ``"svrm"`` or ``"mvd_lite.unet"``.
+            name: unique, e.g. ``"svrm.encoder"`` or ``"mvd_lite.unet"``.
             loader: returns the module on the CPU in its storage dtype (``load_safetensors_module``).
-            released_dtype: the precision the weights were published in.
+            precision: what the model family computes in on an accelerator (``"float16"`` for
+                Hunyuan3D-1); the policy resolves it per device. Never the file's storage dtype.
+            files: the safetensors files the loader reads; their headers give the size and the
+                storage dtype before loading.
+            prefix: only the tensors whose names start with this belong to the component (one
+                file holding several components).
             blocks: returns the module's movable units in execution order, for ``stream`` mode.
-            size_bytes: the weights' size before loading (lets ``auto`` plan without loading).
+            size_bytes: the weights' size when there are no ``files`` to read it from.
         """
-        if name in self._components:
-            raise ValueError(f"component {name!r} is already registered")
-        released = dtype_name(released_dtype)
-        component = Component(name, loader, released, blocks, size_bytes)
-        component.compute_dtype = self.policy.compute_dtype(released)
-        self._components[name] = component
+        resolved = tuple(str(Path(f).resolve()) for f in files)
+        existing = self._components.get(name)
+        if existing is not None and existing.files == resolved:
+            self._join_job(name)
+            return
+        if existing is not None:
+            log.info("component %s now loads from %s; unloading the weights from %s", name, ", ".join(resolved), ", ".join(existing.files))
+            existing.unload()
+        choice = self.policy.choose(dtype_name(precision))
+        storage = None
+        if resolved:
+            stored, storage = stored_size_and_dtype(resolved, prefix)
+            size_bytes = stored if size_bytes is None else size_bytes
+        self._components[name] = Component(name, loader, dtype_name(precision), resolved, blocks, size_bytes, storage,
+                                           compute_dtype=choice.dtype, precision_why=choice.reason)
+        self._join_job(name)
+        self._publish()
 
-    def is_registered(self, name: str) -> bool:
-        return name in self._components
+    def _join_job(self, name: str) -> None:
+        if name not in self._job:
+            self._job.append(name)
 
     def compute_dtype(self, name: str) -> torch.dtype:
         import torch
 
         return getattr(torch, self._component(name).compute_dtype)
 
+    def load(self, name: str) -> None:
+        """Read the weights of ``name`` into host RAM, parked (a stage loads them anyway when needed)."""
+        self._ensure_loaded(self._component(name))
+        self._publish()
+
     def unload(self, name: str) -> None:
         """Forget the loaded weights of ``name`` (it stays registered and loads again when needed)."""
         self._component(name).unload()
+        self._publish()
+
+    def release(self) -> dict[str, Any]:
+        """Give back every executable copy (accelerator memory; float32 copies in ``cpu`` mode) now.
+
+        Parked host copies stay, so the next stage only copies them over again. Returns what was
+        freed per component and, on CUDA, the memory PyTorch held before and after.
+        """
+        before = self._held_device_memory()
+        freed = []
+        for component in self._components.values():
+            if component.ready:
+                freed.append({"component": component.name, "bytes": component.park()})
+        self._release_cached_memory()
+        after = self._held_device_memory()
+        self._decision = None
+        self._publish()
+        out: dict[str, Any] = {"freed": freed, "freed_bytes": sum(f["bytes"] for f in freed), "device": str(self.device)}
+        if before is not None:
+            out["device_reserved_before"], out["device_reserved_after"] = before, after
+        log.info("released %d component(s), %d bytes", len(freed), out["freed_bytes"])
+        return out
+
+    def holds_executable_copies(self) -> bool:
+        """Whether ``release`` would free anything."""
+        return any(c.ready and c.copies_bytes() for c in self._components.values())
 
     def close(self) -> None:
         for component in self._components.values():
             component.unload()
+        self._publish()
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -145,6 +215,11 @@ class MemoryManager:
         (resident -> stage -> stream) and the stage runs once more.
         """
         components = [self._component(name) for name in names]
+        for name in names:
+            self._join_job(name)
+        if self._previous_downgrade is not None:
+            self._tell(report, f"memory: planning afresh ({self._previous_downgrade} applied to the previous job only)")
+            self._previous_downgrade = None
         activation = activation_bytes if activation_bytes is not None else self._default_activation(components)
         mode, why = self._plan(stage, components, activation)
         if self._decision is None or self._decision[0] != mode:
@@ -170,7 +245,7 @@ class MemoryManager:
                         f"stage {stage!r} ran out of memory in {mode} mode: {failure}",
                         hint="close other programs using the GPU, lower the resolution, or run with --device cpu",
                     )
-                why = f"out of memory in {stage} with {mode} mode"
+                why = f"out of memory in {stage} with {mode} mode; {lower} mode for the rest of this job"
                 self._tell(report, f"memory: {why}; retrying with {lower} mode",
                            downgrade={"stage": stage, "from": mode, "to": lower, "error": failure})
                 self._downgraded = (lower, why)
@@ -196,12 +271,13 @@ class MemoryManager:
                     dtype = self.compute_dtype(component.name)
                     if self.device.type == "cuda" and mode in ("stage", "stream"):
                         pin_host_copies(component, self._pin_budget())
-                    if mode == "stream" and component.block_slots and not component.on_device:
+                    if mode == "stream" and component.block_slots and not component.ready:
                         from .streaming import BlockStreamer
 
                         streams.enter_context(BlockStreamer(component, self.device, dtype, transfers))
-                    elif not component.on_device:
+                    elif not component.ready:
                         move_to_device(component, self.device, dtype, transfers)
+                self._publish()
                 result = fn({component.name: component.module for component in components})
                 self._synchronize()
                 succeeded = True
@@ -211,12 +287,16 @@ class MemoryManager:
                     for component in components:
                         if component.loaded:
                             component.park()
+                    if self.device.type == "cpu":
+                        _trim_host_heap()
                 stats.seconds = watch.elapsed
                 stats.peak_host_rss_bytes = host_peak.peak
+                self._publish()
         stats.peak_device_bytes = self._device_peak()
-        stats.h2d_bytes, stats.d2h_bytes = transfers.h2d_bytes, transfers.d2h_bytes
+        stats.h2d_bytes = transfers.h2d_bytes
         stats.h2d_seconds = transfers.seconds()
         self._stats.append(stats)
+        self._publish()
         self._tell(report, stats.summary(), memory_stats=stats.as_dict())
         return result
 
@@ -232,7 +312,7 @@ class MemoryManager:
                 hint="loaders return CPU modules (load_safetensors_module); the memory manager moves them",
             )
         module.eval().requires_grad_(False)
-        component.attach(module)
+        component.attach(module, self.compute_dtype(component.name))
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -243,28 +323,51 @@ class MemoryManager:
             return self.mode, "chosen with --memory"
         if self.device.type == "cpu":
             return "cpu", "no accelerator: components run in float32 in host RAM and stay while they fit"
-        budget = self._weights_budget(activation)
-        everything = sum(self._compute_bytes(c) for c in self._components.values())
+        return self._plan_on(stage, components, self._job_components(components), self._weights_budget(activation))
+
+    def _job_components(self, extra: list[Component]) -> list[Component]:
+        names = list(dict.fromkeys([*self._job, *(c.name for c in extra)]))
+        return [self._components[n] for n in names if n in self._components]
+
+    def _plan_on(self, stage: str, components: list[Component], job: list[Component], budget: int) -> tuple[str, str]:
+        everything = sum(self._compute_bytes(c) for c in job)
         needed = sum(self._compute_bytes(c) for c in components)
         if everything <= budget:
-            return "resident", f"all components ({everything / GB:.1f} GB) fit the {budget / GB:.1f} GB budget"
+            return "resident", f"the job's {len(job)} component(s) ({everything / GB:.1f} GB) fit the {budget / GB:.1f} GB budget"
         if needed <= budget or self.device.type != "cuda":
-            return "stage", (f"all components ({everything / GB:.1f} GB) exceed the {budget / GB:.1f} GB budget; "
+            return "stage", (f"the job's {len(job)} component(s) ({everything / GB:.1f} GB) exceed the {budget / GB:.1f} GB budget; "
                              f"{stage} needs {needed / GB:.1f} GB")
         return "stream", f"{stage} needs {needed / GB:.1f} GB, more than the {budget / GB:.1f} GB budget"
+
+    def preview(self, names: list[str]) -> dict[str, Any]:
+        """The mode ``auto`` would pick for a job of ``names`` on this machine now, with the numbers behind it."""
+        components = [self._component(name) for name in names]
+        compute = sum(self._compute_bytes(c) for c in components)
+        largest = max(components, key=self._compute_bytes, default=None)
+        out: dict[str, Any] = {"job_compute_bytes": compute}
+        if self.mode != "auto":
+            out["mode"], out["why"] = self.mode, "chosen with --memory"
+        elif self.device.type == "cpu":
+            out["mode"], out["why"] = "cpu", "no accelerator: components run in float32 in host RAM"
+        elif largest is not None:
+            activation = self._default_activation([largest])
+            budget = self._weights_budget(activation)
+            out["mode"], out["why"] = self._plan_on(f"its largest stage ({largest.name})", [largest], components, budget)
+            out["budget_bytes"] = budget
+        return out
 
     def _make_room(self, components: list[Component], mode: str, activation: int) -> None:
         """Park what this stage does not use: everything in stage/stream modes, least recently used first otherwise."""
         wanted = {id(c) for c in components}
-        others = sorted((c for c in self._components.values() if c.on_device and id(c) not in wanted),
+        others = sorted((c for c in self._components.values() if c.ready and id(c) not in wanted),
                         key=lambda c: c.last_used)
         if mode in ("stage", "stream"):
             for component in others:
                 component.park()
             return
         budget = self._weights_budget(activation)
-        held = sum(self._compute_bytes(c) for c in self._components.values() if c.on_device)
-        incoming = sum(self._compute_bytes(c) for c in components if not c.on_device)
+        held = sum(self._compute_bytes(c) for c in self._components.values() if c.ready)
+        incoming = sum(self._compute_bytes(c) for c in components if not c.ready)
         for component in others:
             if held + incoming <= budget:
                 break
@@ -275,7 +378,7 @@ class MemoryManager:
         if self.budget_bytes is not None:
             return self.budget_bytes - activation
         free, _total = self._free_memory()
-        held = sum(self._compute_bytes(c) for c in self._components.values() if c.on_device)
+        held = sum(self._compute_bytes(c) for c in self._components.values() if c.ready)
         return free + held - self.reserve_bytes - activation
 
     def _compute_bytes(self, component: Component) -> int:
@@ -330,16 +433,28 @@ class MemoryManager:
         import torch
 
         if self.device.type == "cpu":
-            return  # nothing cached to hand back, and a full gc pass would stall the server's other threads
+            _trim_host_heap()  # no gc pass here: it would stall the server's other threads
+            return
         gc.collect()  # tensors caught in reference cycles hold device memory until collected
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         elif self.device.type == "mps":
             torch.mps.empty_cache()
 
+    def _held_device_memory(self) -> int | None:
+        import torch
+
+        return torch.cuda.memory_reserved(self.device) if self.device.type == "cuda" else None
+
     def after_job(self) -> None:
-        """Hand cached but unused accelerator memory back (Blender's viewport shares the GPU)."""
+        """Between jobs: hand cached but unused accelerator memory back (Blender's viewport shares
+        the GPU); an out-of-memory step down ends with its job, and the next job plans afresh."""
         self._release_cached_memory()
+        if self._downgraded is not None:
+            self._previous_downgrade = f"the step down to {self._downgraded[0]} mode"
+        self._downgraded = None
+        self._job = []
+        self._publish()
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -352,12 +467,18 @@ class MemoryManager:
         return [s.as_dict() for s in self._stats]
 
     def placement(self, name: str) -> str:
-        """``unloaded``, ``host`` (parked) or ``device`` (ready to execute), from the manager's accounting."""
-        component = self._component(name)
-        return "unloaded" if not component.loaded else "device" if component.on_device else "host"
+        """``unloaded``; ``parked`` (host copy only, cannot be called); ``ready`` (a copy in its
+        compute dtype where it executes: the accelerator, or host RAM in ``cpu`` mode)."""
+        return self._component(name).placement
 
     def describe(self) -> dict[str, Any]:
+        """The latest published status: an immutable snapshot, safe to read from any thread."""
+        return self.snapshot
+
+    def _publish(self) -> None:
+        """Build a fresh status and swap it in whole; readers on other threads never see a dict change."""
         mode, why = self._decision or self._plan_preview()
+        components = list(self._components.values())
         out: dict[str, Any] = {
             "mode": mode,
             "requested": self.mode,
@@ -365,35 +486,42 @@ class MemoryManager:
             "device": str(self.device),
             "precision": self.policy.describe(),
             "reserve_bytes": self.reserve_bytes,
-            "components": [self._describe_component(c) for c in self._components.values()],
-            "device_weights_bytes": sum(self._compute_bytes(c) for c in self._components.values() if c.on_device),
-            "pinned_bytes": sum(c.arena.numel() for c in self._components.values() if c.pinned),
+            "components": [self.describe_component(c.name) for c in components],
+            "job_components": list(self._job),
+            "device_weights_bytes": sum(self._compute_bytes(c) for c in components if c.ready and self.device.type != "cpu"),
+            "pinned_bytes": sum(c.arena.numel() for c in components if c.pinned),
             "host_rss_bytes": current_rss(),
+            "recent_stages": [stats.as_dict() for stats in list(self._stats)[-8:]],
         }
         if self.budget_bytes is not None:
             out["budget_bytes"] = self.budget_bytes
         else:
             free, total = self._free_memory()
             out["free_bytes"], out["total_bytes"] = free, total
-        return out
+        self.snapshot = out
 
     def _plan_preview(self) -> tuple[str, str]:
         if self.mode != "auto":
             return self.mode, "chosen with --memory"
         if self.device.type == "cpu":
             return "cpu", "no accelerator: components run in float32 in host RAM"
-        return "auto", "decided per stage from free memory and the stage's components"
+        return "auto", "decided per stage from free memory and the job's components"
 
-    def _describe_component(self, component: Component) -> dict[str, Any]:
-        storage = sorted({dtype_name(s.host.dtype) for s in component.slots if s.host.is_floating_point()})
+    def describe_component(self, name: str) -> dict[str, Any]:
+        """Where ``name`` is, its storage, parked and compute dtypes, and why it computes in that one."""
+        component = self._component(name)
+        parked = sorted({dtype_name(s.host.dtype) for s in component.slots if s.host.is_floating_point()})
         return {
             "name": component.name,
-            "placement": self.placement(component.name),
+            "placement": component.placement,
+            "files": list(component.files),
             "storage_bytes": component.storage_bytes,
             "compute_bytes": self._compute_bytes(component),
-            "released_dtype": component.released_dtype,
-            "storage_dtype": storage[0] if len(storage) == 1 else storage or component.released_dtype,
+            "precision": component.precision,
+            "storage_dtype": component.storage_dtype,
+            "parked_dtype": (parked[0] if len(parked) == 1 else parked) if parked else None,
             "compute_dtype": component.compute_dtype,
+            "compute_dtype_why": component.precision_why,
             "pinned": component.pinned,
             "streamable": component.blocks is not None,
         }
@@ -409,6 +537,20 @@ class MemoryManager:
         log.info(message)
         if report is not None:
             report(message=message, **extra)
+
+
+def _trim_host_heap() -> None:
+    """Hand freed heap memory back to the OS. glibc keeps what the float32 copies of a stage used
+    (its mmap threshold grows with large frees), so RSS would otherwise stay at the stage's peak."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (musl): nothing to trim this way
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -19,7 +19,6 @@ class StageStats:
     peak_device_bytes: int | None = None  # None on the CPU, where host RSS is the figure
     peak_host_rss_bytes: int = 0
     h2d_bytes: int = 0
-    d2h_bytes: int = 0
     h2d_seconds: float = 0.0
     components: list[str] = field(default_factory=list)
     downgraded_from: str | None = None

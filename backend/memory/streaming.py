@@ -9,6 +9,7 @@ around, so a denoising loop that calls the model again finds block 0 already on 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .component import Component
@@ -18,13 +19,49 @@ if TYPE_CHECKING:
     import torch
 
 
-class BlockStreamer:
-    def __init__(self, component: Component, device: torch.device, dtype: torch.dtype, transfers: Transfers):
+class SideStream:
+    """Copies on a side CUDA stream, so they overlap the computation on the current one."""
+
+    def __init__(self, device: torch.device):
         import torch
 
-        self._component, self._device, self._dtype, self._transfers = component, device, dtype, transfers
+        self._device = device
         self._side = torch.cuda.Stream(device)
-        self._pending: dict[int, tuple[list[torch.Tensor], torch.cuda.Event]] = {}
+
+    def copy(self, start: Callable[[], list[torch.Tensor]]) -> tuple[list[torch.Tensor], Any]:
+        """Run ``start`` (which issues the copies) on the side stream; returns its copies and a ready event."""
+        import torch
+
+        with torch.cuda.stream(self._side):
+            copies = start()
+        ready = torch.cuda.Event()
+        ready.record(self._side)
+        return copies, ready
+
+    def use(self, copies: list[torch.Tensor], ready: Any) -> None:
+        """Make the current stream wait for the copies, and keep their memory until it is done with them."""
+        import torch
+
+        current = torch.cuda.current_stream(self._device)
+        current.wait_event(ready)
+        for copy in copies:
+            copy.record_stream(current)  # the side stream must not reuse this memory while the block computes
+
+    def drain(self) -> None:
+        import torch
+
+        torch.cuda.current_stream(self._device).wait_stream(self._side)
+
+
+class BlockStreamer:
+    """Runs ``component`` block by block. ``side`` is the copy engine (a ``SideStream`` on CUDA;
+    tests hand in one that copies at once, so the ordering logic runs on any machine)."""
+
+    def __init__(self, component: Component, device: torch.device, dtype: torch.dtype, transfers: Transfers,
+                 side: SideStream | None = None):
+        self._component, self._device, self._dtype, self._transfers = component, device, dtype, transfers
+        self._side = side or SideStream(device)
+        self._pending: dict[int, tuple[list[torch.Tensor], Any]] = {}
         self._hooks: list[Any] = []
 
     def __enter__(self) -> BlockStreamer:
@@ -39,42 +76,36 @@ class BlockStreamer:
                 self._hooks.append(block.register_forward_pre_hook(lambda _m, _a, i=index: self._before(i)))
                 self._hooks.append(block.register_forward_hook(lambda _m, _a, _o, i=index: self._after(i)))
             self._prefetch(0)
+            component.streaming = True
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import torch
-
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        torch.cuda.current_stream(self._device).wait_stream(self._side)
+        self._side.drain()
         self._pending.clear()
         self._component.park()
 
     def _prefetch(self, index: int) -> None:
-        import torch
-
         if index in self._pending or not self._component.block_slots:
             return
         slots = self._component.block_slots[index]
-        with torch.cuda.stream(self._side), self._transfers.timed(self._device):
-            copies = executable_copies(slots, self._device, self._dtype, self._transfers)
-        ready = torch.cuda.Event()
-        ready.record(self._side)
-        self._pending[index] = (copies, ready)
+
+        def start() -> list[torch.Tensor]:
+            with self._transfers.timed(self._device):
+                return executable_copies(slots, self._device, self._dtype, self._transfers)
+
+        self._pending[index] = self._side.copy(start)
 
     def _before(self, index: int) -> None:
-        import torch
-
         self._prefetch(index)
         copies, ready = self._pending.pop(index)
-        current = torch.cuda.current_stream(self._device)
-        current.wait_event(ready)
+        self._side.use(copies, ready)
         for slot, copy in zip(self._component.block_slots[index], copies):
-            copy.record_stream(current)  # the side stream must not reuse this memory while the block computes
             slot.install(copy)
         self._prefetch((index + 1) % len(self._component.block_slots))
 

@@ -26,7 +26,6 @@ class Transfers:
     """Bytes moved during one stage; CUDA copies are timed with events on the stream that ran them."""
 
     h2d_bytes: int = 0
-    d2h_bytes: int = 0
     _events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = field(default_factory=list)
 
     def timed(self, device: torch.device) -> _CopyTimer:
@@ -91,7 +90,7 @@ def move_to_device(component: Component, device: torch.device, dtype: torch.dtyp
         copies = executable_copies(component.slots, device, dtype, transfers)
     for slot, copy in zip(component.slots, copies):
         slot.install(copy)
-    component.on_device = True
+    component.ready = True
 
 
 def pin_host_copies(component: Component, limit_bytes: int) -> bool:
@@ -115,7 +114,7 @@ def pin_host_copies(component: Component, limit_bytes: int) -> bool:
         view.copy_(slot.host)
         slot.release_file_pages()
         slot.mapping = None
-        if not component.on_device:
+        if not component.ready:
             slot.install(view)
         slot.host = view
     component.arena, component.pinned = arena, True

@@ -114,7 +114,23 @@ class JobContext:
 
     @property
     def memory(self) -> Any:
-        return getattr(self.runtime, "memory", None)
+        memory = getattr(self.runtime, "memory", None)
+        if memory is None:
+            raise BackendError(ErrorCode.INTERNAL, "this pipeline needs the runtime's memory manager",
+                               hint="run it through the backend (a job, `generate`), which creates one")
+        return memory
+
+    def run_stage(self, stage: str, names: list[str] | dict[str, str], fn: Callable[[dict[str, Any]], Any], *,
+                  activation_bytes: int | None = None) -> Any:
+        """Run ``fn({name: module})`` with the named components ready where they compute.
+
+        The one way a pipeline runs a stage: the memory manager plans, moves and casts, and its
+        notes (mode chosen, out-of-memory step down, the stage's figures) reach the job's events.
+        ``names`` may map the keys ``fn`` wants (a model's own part names) to component names.
+        """
+        aliases = names if isinstance(names, dict) else {name: name for name in names}
+        return self.memory.run_stage(stage, list(aliases.values()), lambda modules: fn({key: modules[name] for key, name in aliases.items()}),
+                                     report=self.note, activation_bytes=activation_bytes)
 
     def check_cancelled(self) -> None:
         """Raise JobCancelled if the job was cancelled; call between steps."""
@@ -157,6 +173,13 @@ class Pipeline:
     def check_weights(self) -> WeightsReport:
         """Where the weights were found, or what is missing and how to get it."""
         return WeightsReport(ready=True, where="built in")
+
+    def register_components(self, memory: Any, request: JobRequest | None = None) -> list[str]:
+        """Declare to ``memory`` every component a job of ``request`` uses (None: every one whose
+        weights are present), without loading anything; returns their names. ``run`` calls it
+        first, so ``--memory auto`` plans on the whole job; ``doctor`` calls it to show each
+        component's precision and the mode ``auto`` would pick."""
+        return []
 
     def validate(self, request: JobRequest) -> JobRequest:
         """Fill defaults and check every parameter and input; raise BackendError naming the fix."""

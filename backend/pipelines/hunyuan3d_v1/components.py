@@ -10,21 +10,25 @@ comes back on the CPU in the dtype of its file: the memory manager decides where
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...memory.loading import WeightsError, load_safetensors_module
+from ...memory.loading import (
+    WeightsError,
+    load_safetensors_module,
+    parameters_on_meta,
+    read_safetensors_header,
+    stored_size_and_dtype,
+)
+from . import PRECISION
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
     from torch import nn
 
-_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
-_DTYPE_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 _DIFFUSERS_STEM = "diffusion_pytorch_model"
 _TRANSFORMERS_STEM = "model"
 # Attention weights of VAEs saved by diffusers before 0.14 (renamed by diffusers' own loader too).
@@ -48,27 +52,6 @@ def weight_files(folder: Path, stem: str) -> list[Path]:
     raise WeightsError(folder, f"holds no {stem}.safetensors", hint="download the folder again")
 
 
-def _header(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            length = int.from_bytes(f.read(8), "little")
-            return json.loads(f.read(length))
-    except (OSError, ValueError) as exc:
-        raise WeightsError(path, f"has no readable safetensors header ({exc})") from None
-
-
-def stored_size_and_dtype(files: list[Path]) -> tuple[int, str]:
-    """Bytes of the floating-point tensors in ``files`` and the dtype most of them are stored in."""
-    by_dtype: dict[str, int] = {}
-    for path in files:
-        for name, entry in _header(path).items():
-            if name != "__metadata__" and entry.get("dtype") in _DTYPE_BYTES:
-                by_dtype[entry["dtype"]] = by_dtype.get(entry["dtype"], 0) + math.prod(entry["shape"]) * _DTYPE_BYTES[entry["dtype"]]
-    if not by_dtype:
-        return 0, "float32"
-    return sum(by_dtype.values()), _DTYPE_NAMES[max(by_dtype, key=by_dtype.get)]
-
-
 def _legacy_rename(key: str) -> str:
     for old, new in _LEGACY_ATTENTION_NAMES.items():
         if old in key and ".attentions." in key:
@@ -90,11 +73,26 @@ def load_diffusers_model(class_name: str, folder: Path) -> nn.Module:
 
 
 def load_transformers_model(class_name: str, folder: Path) -> nn.Module:
-    """A transformers model (CLIP, BERT, T5 encoders) from its folder, in the dtype of its file."""
+    """A transformers model (CLIP, BERT, T5 encoders) from its folder, in the dtype of its file.
+
+    When the file's tensor names are exactly the model's, it is read zero-copy like the diffusers
+    parts (so on the CPU its pages are handed back as they are converted); otherwise (older
+    releases' layouts, tied weights saved once) through transformers' own loader.
+    """
     import transformers
 
     model_class = getattr(transformers, class_name)
-    _size, dtype = stored_size_and_dtype(weight_files(folder, _TRANSFORMERS_STEM))
+    files = weight_files(folder, _TRANSFORMERS_STEM)
+    try:
+        config = model_class.config_class.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise WeightsError(folder, f"has no readable config.json ({exc})") from None
+    with parameters_on_meta():
+        model = model_class(config)
+    stored = {name for path in files for name in read_safetensors_header(path).tensors}
+    if stored == set(model.state_dict()):
+        return load_safetensors_module(lambda: model, files)
+    dtype = stored_size_and_dtype(files)[1] or "float32"
     try:
         model, info = model_class.from_pretrained(str(folder), local_files_only=True, dtype=dtype, output_loading_info=True)
     except (OSError, ValueError) as exc:
@@ -146,14 +144,15 @@ class ComponentSpec:
 
 
 def register_components(memory: Any, root: Path, prefix: str, specs: tuple[ComponentSpec, ...]) -> dict[str, str]:
-    """Declare each part of the folder at ``root`` to the memory manager (once); returns part -> component name."""
+    """Declare each part of the folder at ``root`` to the memory manager; returns part -> component name.
+
+    Every part computes in Hunyuan3D-1's precision; the dtype its file is stored in only decides
+    how it is read and parked.
+    """
     names = {}
     for spec in specs:
         name = names[spec.subfolder] = f"{prefix}.{spec.name}"
-        if memory.is_registered(name):
-            continue
-        size, dtype = stored_size_and_dtype(spec.files(root))
-        memory.register(name, lambda spec=spec: spec.load(root), released_dtype=dtype, blocks=spec.blocks, size_bytes=size)
+        memory.register(name, lambda spec=spec: spec.load(root), precision=PRECISION, files=spec.files(root), blocks=spec.blocks)
     return names
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ...errors import BackendError
 from ...images import decode_image, encode_png
 from ...protocol import ErrorCode
-from ...weights import HUNYUAN_DIT, MVD_LITE, MVD_STD, SVRM_FOLDER, WeightFolder, check_folders, require_folders
+from ...weights import HUNYUAN_DIT, MVD_LITE, MVD_STD, SVRM_FOLDER, WeightFolder, check_folder, check_folders, require_folders
 from .. import register
 from ..base import MAX_FACES, SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput, WeightsReport
 from .svrm_pipeline import MESH_FINISH, RESOLUTION
@@ -59,8 +59,29 @@ class Hunyuan3D1Pipeline(Pipeline):
     multiview_folder: ClassVar[WeightFolder]
     component_prefix: ClassVar[str]
 
-    def multiview_model(self, root: Path) -> MultiviewModel:
+    @property
+    def multiview_class(self) -> type[MultiviewModel]:
         raise NotImplementedError
+
+    def register_components(self, memory: Any, request: JobRequest | None = None) -> list[str]:
+        from .components import register_components
+        from .svrm_pipeline import register_svrm
+        from .text_to_image import PARTS
+
+        if request is None:  # every part whose weights are present
+            checks = [check_folder(folder, self.weights_dir) for folder in self._folders(text=True)]
+            roots = {check.folder: check.path for check in checks if check.ready}
+        else:
+            folders = self._folders(text="image" not in request.images)
+            roots = dict(zip(folders, require_folders(folders, self.weights_dir)))
+        names: list[str] = []
+        if self.multiview_folder in roots:
+            names += register_components(memory, roots[self.multiview_folder], self.component_prefix, self.multiview_class.parts).values()
+        if SVRM_FOLDER in roots:
+            names += register_svrm(memory, roots[SVRM_FOLDER] / "svrm.safetensors")
+        if HUNYUAN_DIT in roots:
+            names += register_components(memory, roots[HUNYUAN_DIT], "hunyuandit", PARTS).values()
+        return names
 
     def _folders(self, text: bool) -> list[WeightFolder]:
         return [self.multiview_folder, SVRM_FOLDER] + ([HUNYUAN_DIT] if text else [])
@@ -83,18 +104,17 @@ class Hunyuan3D1Pipeline(Pipeline):
 
     def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
         from .background import prepare_condition_image
-        from .multiview import StageRunner
+        from .components import register_components
         from .svrm_pipeline import reconstruct
 
         memory = ctx.memory
-        if memory is None:
-            raise BackendError(ErrorCode.INTERNAL, f"{self.name} needs the runtime's memory manager", hint="run it through the backend")
         params = request.params
         from_text = "image" not in request.images
 
         # 1. Weights, checked before anything loads.
         roots = require_folders(self._folders(text=from_text), self.weights_dir)
         multiview_root, svrm_root = roots[0], roots[1]
+        self.register_components(memory, request)  # every part of the job, so --memory auto plans on all of them
         images: dict[str, bytes] = {}
         info: dict[str, Any] = {"weights": {"multiview": str(multiview_root), "svrm": str(svrm_root)}}
 
@@ -115,19 +135,10 @@ class Hunyuan3D1Pipeline(Pipeline):
         ctx.progress("background", 1, 1, f"background: {used}")
 
         # 4. Six views.
-        model = self.multiview_model(multiview_root)
-        from .components import register_components
-
-        names = register_components(memory, multiview_root, self.component_prefix, model.parts)
-        stages = StageRunner(
-            run=lambda stage, parts, fn: memory.run_stage(stage, [names[p] for p in parts],
-                                                          lambda modules: fn({p: modules[names[p]] for p in parts}), report=ctx.note),
-            dtype=lambda part: memory.compute_dtype(names[part]),
-            device=memory.device,
-            progress=ctx.progress,
-        )
+        names = register_components(memory, multiview_root, self.component_prefix, self.multiview_class.parts)
+        model = self.multiview_class(multiview_root, names)
         ctx.progress("condition", 0, 1, "encoding the picture for the multiview model")
-        views = model.generate(stages, condition, seed=params["seed"], steps=params["steps"], guidance=params["guidance"],
+        views = model.generate(ctx, condition, seed=params["seed"], steps=params["steps"], guidance=params["guidance"],
                                view_size=params["view_size"])
         images["views"] = encode_png(views.grid)
 
@@ -149,11 +160,10 @@ class Hunyuan3D1Pipeline(Pipeline):
         ctx.progress(STAGE, 0, params["text_steps"], "drawing the prompt")
 
         def draw(modules: dict[str, Any]) -> Image.Image:
-            return generate_image(root, {part: modules[name] for part, name in names.items()}, memory.device, prompt,
-                                  seed=params["seed"], steps=params["text_steps"], size=params["text_image_size"],
-                                  on_step=lambda step, total: ctx.progress(STAGE, step, total))
+            return generate_image(root, modules, memory.device, prompt, seed=params["seed"], steps=params["text_steps"],
+                                  size=params["text_image_size"], on_step=lambda step, total: ctx.progress(STAGE, step, total))
 
-        return memory.run_stage(STAGE, list(names.values()), draw, report=ctx.note)
+        return ctx.run_stage(STAGE, names, draw)
 
 
 @register
@@ -169,10 +179,11 @@ class Hunyuan3D1LitePipeline(Hunyuan3D1Pipeline):
     multiview_folder = MVD_LITE
     component_prefix = "mvd_lite"
 
-    def multiview_model(self, root: Path) -> MultiviewModel:
+    @property
+    def multiview_class(self) -> type[MultiviewModel]:
         from .multiview import LiteMultiview
 
-        return LiteMultiview(root)
+        return LiteMultiview
 
 
 @register
@@ -187,7 +198,8 @@ class Hunyuan3D1StdPipeline(Hunyuan3D1Pipeline):
     multiview_folder = MVD_STD
     component_prefix = "mvd_std"
 
-    def multiview_model(self, root: Path) -> MultiviewModel:
+    @property
+    def multiview_class(self) -> type[MultiviewModel]:
         from .multiview import StdMultiview
 
-        return StdMultiview(root)
+        return StdMultiview

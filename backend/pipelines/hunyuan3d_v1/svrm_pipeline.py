@@ -14,6 +14,7 @@ Each model part is a memory-manager component, so ``stage`` and ``stream`` modes
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BackendError
@@ -22,14 +23,12 @@ from ...protocol import ErrorCode
 from ...weights import SVRM_WEIGHTS, locate, require
 from .. import register
 from ..base import MAX_FACES, JobContext, JobRequest, Param, Pipeline, PipelineOutput, WeightsReport
+from . import PRECISION
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from PIL import Image
 
     from ...mesh import Mesh
-    from .svrm import SVRMConfig
 
 RESOLUTION = Param(
     "resolution", int, 384, "samples per axis of the grid the surface is extracted from (384 upstream; lower is faster, coarser)",
@@ -58,6 +57,23 @@ QUERY_BUDGET_BYTES = 1 << 30
 COMPONENTS = {"encoder": "svrm.encoder", "triplane": "svrm.triplane", "synthesizer": "svrm.synthesizer"}
 
 
+def register_svrm(memory: Any, path: Path) -> list[str]:
+    """Tell the memory manager how to load each SVRM part from ``path``; returns their names."""
+    from .svrm.loading import load_component, read_config
+    from .svrm.model import COMPONENT_PREFIXES
+
+    config = read_config(path)
+    block_lists = {
+        "encoder": lambda module: list(module.model.blocks),
+        "triplane": lambda module: list(module.img_to_triplane_decoder.transformer_blocks),
+        "synthesizer": None,
+    }
+    for part, name in COMPONENTS.items():
+        memory.register(name, lambda part=part: load_component(path, part, config), precision=PRECISION, files=[path],
+                        prefix=COMPONENT_PREFIXES[part], blocks=block_lists[part])
+    return list(COMPONENTS.values())
+
+
 @register
 class SVRMPipeline(Pipeline):
     name = "hunyuan3d-1-svrm"
@@ -80,32 +96,16 @@ class SVRMPipeline(Pipeline):
             )
         return request
 
-    @staticmethod
-    def register_components(memory: Any, path: Path, config: SVRMConfig) -> None:
-        """Tell the memory manager how to load each part (once per manager)."""
-        from .svrm.loading import component_bytes, load_component
-
-        block_lists = {
-            "encoder": lambda module: list(module.model.blocks),
-            "triplane": lambda module: list(module.img_to_triplane_decoder.transformer_blocks),
-            "synthesizer": None,
-        }
-        sizes = component_bytes(path)
-        for part, name in COMPONENTS.items():
-            if not memory.is_registered(name):
-                memory.register(
-                    name,
-                    lambda part=part: load_component(path, part, config),
-                    released_dtype="float16",
-                    blocks=block_lists[part],
-                    size_bytes=sizes[part],
-                )
+    def register_components(self, memory: Any, request: JobRequest | None = None) -> list[str]:
+        path = locate(SVRM_WEIGHTS, self.weights_dir)[0] if request is None else require(SVRM_WEIGHTS, self.weights_dir)
+        return [] if path is None else register_svrm(memory, path)
 
     def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
         from .svrm.preprocess import LITE_VIEW_ORDER, STD_VIEW_ORDER, split_view_grid
 
         params = request.params
         path = require(SVRM_WEIGHTS, self.weights_dir)
+        register_svrm(ctx.memory, path)
         order = STD_VIEW_ORDER if params["view_layout"] == "std" else LITE_VIEW_ORDER
         views = split_view_grid(decode_image(request.images["views"], "views"), order)
         mesh, info = reconstruct(path, views, decode_image(request.images["image"], "image"), ctx,
@@ -123,11 +123,9 @@ def reconstruct(path: Path, views: list[Image.Image], condition: Image.Image, ct
     from .svrm.preprocess import prepare_inputs
 
     memory = ctx.memory
-    if memory is None:
-        raise BackendError(ErrorCode.INTERNAL, "the reconstruction needs the runtime's memory manager", hint="run it through the backend")
     config = read_config(path)
     images, cameras = prepare_inputs(views, condition, config.image_size)
-    SVRMPipeline.register_components(memory, path, config)
+    register_svrm(memory, path)
     device = memory.device
 
     ctx.progress("encode", 0, 1, "encoding the views")
@@ -137,7 +135,7 @@ def reconstruct(path: Path, views: list[Image.Image], condition: Image.Image, ct
         with torch.inference_mode():
             return modules[COMPONENTS["encoder"]](images.to(device, dtype), cameras.to(device, dtype))
 
-    context = memory.run_stage("encode", [COMPONENTS["encoder"]], encode, report=ctx.note)
+    context = ctx.run_stage("encode", [COMPONENTS["encoder"]], encode)
     ctx.progress("encode", 1, 1)
     ctx.progress("triplane", 0, 1, "building the triplane")
 
@@ -146,7 +144,7 @@ def reconstruct(path: Path, views: list[Image.Image], condition: Image.Image, ct
         with torch.inference_mode():
             return modules[COMPONENTS["triplane"]](context.to(dtype))
 
-    triplane = memory.run_stage("triplane", [COMPONENTS["triplane"]], build_triplane, report=ctx.note)
+    triplane = ctx.run_stage("triplane", [COMPONENTS["triplane"]], build_triplane)
     ctx.progress("triplane", 1, 1)
 
     def extract(modules: dict[str, torch.nn.Module]) -> Mesh:
@@ -175,7 +173,7 @@ def reconstruct(path: Path, views: list[Image.Image], condition: Image.Image, ct
             check_cancelled=ctx.check_cancelled,
         )
 
-    mesh = memory.run_stage("mesh", [COMPONENTS["synthesizer"]], extract, report=ctx.note, activation_bytes=QUERY_BUDGET_BYTES)
+    mesh = ctx.run_stage("mesh", [COMPONENTS["synthesizer"]], extract, activation_bytes=QUERY_BUDGET_BYTES)
     if not mesh.face_count:
         raise BackendError(
             ErrorCode.JOB_FAILED,

@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ...memory import WeightsError, load_safetensors_module
+from ...memory import WeightsError, load_safetensors_module, read_safetensors_header
 from .model import NanoConfig, NanoModel
 
 CONFIG_KEY = "nano_config"
@@ -32,8 +31,7 @@ def save_weights(model: NanoModel, path: str | os.PathLike[str]) -> None:
 
 
 def read_config(path: str | os.PathLike[str]) -> NanoConfig:
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    metadata = read_safetensors_header(path).metadata
     if CONFIG_KEY not in metadata:
         raise WeightsError(path, "has no Nano config in its metadata", hint="use a file written by the Nano training command")
     try:
@@ -46,7 +44,3 @@ def load_model(path: str | os.PathLike[str]) -> NanoModel:
     """The model in evaluation mode on the CPU, in the file's dtype."""
     config = read_config(path)
     return load_safetensors_module(lambda: NanoModel(config), path)
-
-
-def weights_bytes(path: str | os.PathLike[str]) -> int:
-    return Path(path).stat().st_size

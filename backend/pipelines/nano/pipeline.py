@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 RESOLUTION = Param("resolution", int, 128, "samples per axis of the grid the surface is extracted from (higher is finer and slower)",
                    minimum=32, maximum=512, advanced=True)
 COMPONENT = "nano"
+# Trained and calibrated in float32; the model is small, so half precision would save little.
+PRECISION = "float32"
 WEIGHTS_NAME = "nano.safetensors"
 # The model's field lives Z up with the camera on +X; (y, z, x) is the Y-up mesh frame, view along -Z.
 MESH_AXES = (1, 2, 0)
@@ -136,16 +138,27 @@ class NanoPipeline(Pipeline):
             raise BackendError(ErrorCode.WEIGHTS_MISSING, f"missing {', '.join(report.missing)} ({report.where})", hint=report.download)
         return Path(report.where)
 
+    def register_components(self, memory, request: JobRequest | None = None) -> list[str]:
+        from .checkpoint import load_model
+
+        path = weights_path(self.weights_dir) if request is None else self._require_weights()
+        if path is None:
+            return []
+        memory.register(COMPONENT, lambda: load_model(path), precision=PRECISION, files=[path])
+        return [COMPONENT]
+
     def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
         import torch
 
         from ...mesh import mesh_from_grid
-        from .checkpoint import load_model, read_config
+        from .checkpoint import read_config
         from .render import frame_object
 
         params = request.params
         path = self._require_weights()
         config = read_config(path)
+        memory = ctx.memory
+        self.register_components(memory, request)
 
         ctx.progress("prepare", 0, 1, "finding the object in the picture")
         rgba = torch.from_numpy(picture_to_rgba(request.images["image"]))
@@ -155,25 +168,18 @@ class NanoPipeline(Pipeline):
         framed = frame_object(rgba, config.image_size).permute(2, 0, 1)[None]
         ctx.progress("prepare", 1, 1)
 
-        memory = ctx.memory
-        if memory is not None and not memory.is_registered(COMPONENT):
-            memory.register(COMPONENT, lambda: load_model(path), released_dtype="float32", size_bytes=path.stat().st_size)
-
-        def run_stage(stage: str, fn):
-            if memory is None:
-                return fn({COMPONENT: load_model(path)}, torch.device("cpu"), torch.float32)
-            return memory.run_stage(stage, [COMPONENT], lambda modules: fn(modules, memory.device, memory.compute_dtype(COMPONENT)),
-                                    report=ctx.note)
+        device, dtype = memory.device, memory.compute_dtype(COMPONENT)
 
         ctx.progress("encode", 0, 1, "reading the picture")
-        def encode(modules, device, dtype):
+
+        def encode(modules):
             with torch.inference_mode():
                 return modules[COMPONENT].encode(framed.to(device, dtype))
 
-        planes = run_stage("encode", encode)
+        planes = ctx.run_stage("encode", [COMPONENT], encode)
         ctx.progress("encode", 1, 1)
 
-        def extract(modules, device, dtype):
+        def extract(modules):
             model = modules[COMPONENT]
 
             def sdf(points: torch.Tensor) -> torch.Tensor:
@@ -192,7 +198,7 @@ class NanoPipeline(Pipeline):
                 check_cancelled=ctx.check_cancelled,
             )
 
-        mesh = run_stage("mesh", extract)
+        mesh = ctx.run_stage("mesh", [COMPONENT], extract)
         if not mesh.face_count:
             raise BackendError(ErrorCode.JOB_FAILED, "the model found no surface in this picture",
                                hint="Nano knows simple shapes seen from the side or a little above; try another picture")
@@ -201,4 +207,4 @@ class NanoPipeline(Pipeline):
 
         Image.fromarray((framed[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype("uint8"), "RGBA").save(preview, format="PNG")
         return PipelineOutput(mesh=mesh, images={"input": preview.getvalue()},
-                              info={"weights": str(path), "device": str(memory.device) if memory is not None else "cpu", "seed": params["seed"]})
+                              info={"weights": str(path), "device": str(memory.device), "seed": params["seed"]})

@@ -14,11 +14,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..components import ComponentSpec, ImageNormalizer, block_list, unet_blocks
-from .model import GRID_COLS, GRID_ROWS, Conditioning, MultiviewModel, StageRunner
+from .model import GRID_COLS, GRID_ROWS, Conditioning, MultiviewModel
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
+
+    from ...base import JobContext
 
 # Guidance per grid cell (row, column): azimuths [[0, 60], [120, 180], [240, 300]].
 VIEW_GUIDANCE = ((3.0, 2.5), (2.0, 1.5), (2.0, 2.5))
@@ -42,8 +44,8 @@ class LiteMultiview(MultiviewModel):
     reference_preprocessor = "feature_extractor_vae"
     initial_noise_first = False
 
-    def __init__(self, root):
-        super().__init__(root)
+    def __init__(self, root, names):
+        super().__init__(root, names)
         self.clip_normalizer = ImageNormalizer.from_folder(root / "feature_extractor_clip")
 
     def _empty_prompt_tokens(self) -> torch.Tensor:
@@ -52,13 +54,13 @@ class LiteMultiview(MultiviewModel):
         tokenizer = AutoTokenizer.from_pretrained(str(self.root / "tokenizer"), local_files_only=True)
         return tokenizer([""], padding="max_length", max_length=MAX_TEXT_TOKENS, truncation=True, return_tensors="pt").input_ids
 
-    def condition(self, modules: dict[str, Any], stages: StageRunner, image: Image.Image, generator: torch.Generator,
+    def condition(self, modules: dict[str, Any], ctx: JobContext, image: Image.Image, generator: torch.Generator,
                   view_size: int) -> Conditioning:
         import torch
 
-        device = stages.device
-        reference = self.encode_reference(modules["vae"], self.reference_normalizer(image), generator, stages.dtype("vae"), device)
-        clip_pixels = self.clip_normalizer(image).to(device, stages.dtype("vision_encoder"))
+        device = ctx.memory.device
+        reference = self.encode_reference(modules["vae"], self.reference_normalizer(image), generator, self.dtype(ctx, "vae"), device)
+        clip_pixels = self.clip_normalizer(image).to(device, self.dtype(ctx, "vision_encoder"))
         image_embedding = modules["vision_encoder"](clip_pixels).image_embeds.float()[:, None, :]
         text = modules["text_encoder"](self._empty_prompt_tokens().to(device))[0].float()
         ramp = torch.tensor(self.ramp, device=device)[:, None]

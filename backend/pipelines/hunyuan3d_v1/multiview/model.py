@@ -14,7 +14,6 @@ Latents stay float32 between steps; the UNet computes in its component's compute
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -30,28 +29,14 @@ if TYPE_CHECKING:
     from PIL import Image
     from torch import nn
 
+    from ...base import JobContext
+
 GRID_ROWS, GRID_COLS = 3, 2
 # Latents are stored shifted and scaled: upstream's ``unscale_latents``.
 LATENT_SHIFT, LATENT_SCALE = 0.22, 0.75
 # Decoded pixels are 0.8 x the VAE output around mid-grey (upstream's ``unscale_image``).
 DECODED_SCALE = 0.8
 STAGE_CONDITION, STAGE_DENOISE, STAGE_DECODE = "condition", "multiview", "decode"
-
-
-class StageRunner:
-    """How a multiview model asks for its parts: ``run(stage, parts, fn)`` gives ``fn`` ``{part: module}``.
-
-    Args:
-        run: runs ``fn`` with the named parts ready (the memory manager's ``run_stage``).
-        dtype: the compute dtype of a part.
-        device: where the parts compute.
-        progress: ``progress(stage, step, total)``; may raise to cancel.
-    """
-
-    def __init__(self, run: Callable[[str, list[str], Callable[[dict[str, Any]], Any]], Any],
-                 dtype: Callable[[str], torch.dtype], device: torch.device,
-                 progress: Callable[[str, int, int], None]):
-        self.run, self.dtype, self.device, self.progress = run, dtype, device, progress
 
 
 @dataclass
@@ -75,7 +60,7 @@ class MultiviewModel:
 
     Args:
         root: the weights folder (``mvd_lite/`` or ``mvd_std/``), laid out as released.
-        prefix: the memory-manager name prefix of its components.
+        names: the memory-manager component of each part (``register_components``).
     """
 
     parts: ClassVar[tuple[ComponentSpec, ...]]
@@ -84,10 +69,10 @@ class MultiviewModel:
     reference_preprocessor: ClassVar[str]  # the folder of the VAE-side image normaliser
     initial_noise_first: ClassVar[bool]  # std draws the starting noise before the VAE samples
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, names: dict[str, str]):
         import json
 
-        self.root = root
+        self.root, self.names = root, names
         try:
             self.index = json.loads((root / "model_index.json").read_text())
         except (OSError, ValueError) as exc:
@@ -105,7 +90,7 @@ class MultiviewModel:
 
     # -- to be provided by the variants ------------------------------------------------------
 
-    def condition(self, modules: dict[str, Any], stages: StageRunner, image: Image.Image, generator: torch.Generator,
+    def condition(self, modules: dict[str, Any], ctx: JobContext, image: Image.Image, generator: torch.Generator,
                   view_size: int) -> Conditioning:
         """Reference latents and embeddings from the condition image; ``modules`` holds ``condition_parts()``."""
         raise NotImplementedError
@@ -115,7 +100,7 @@ class MultiviewModel:
 
     # -- shared --------------------------------------------------------------------------------
 
-    def generate(self, stages: StageRunner, image: Image.Image, *, seed: int, steps: int, guidance: float,
+    def generate(self, ctx: JobContext, image: Image.Image, *, seed: int, steps: int, guidance: float,
                  view_size: int | None = None) -> MultiviewOutput:
         """Six views of the object in ``image`` (RGBA, background removed, centred on a square)."""
         import torch
@@ -130,28 +115,35 @@ class MultiviewModel:
         noise = None
         if self.initial_noise_first:
             noise = torch.randn(latent_shape, generator=generator)
-        conditioning = stages.run(STAGE_CONDITION, self.condition_parts(),
-                                  lambda modules: self._condition(modules, stages, condition_image, generator, view_size))
+        conditioning = ctx.run_stage(STAGE_CONDITION, self.components(self.condition_parts()),
+                                     lambda modules: self._condition(modules, ctx, condition_image, generator, view_size))
         if noise is None:
             noise = torch.randn(latent_shape, generator=generator)
         latents = noise * scheduler.init_noise_sigma
-        stages.progress(STAGE_DENOISE, 0, steps)
-        latents = stages.run(STAGE_DENOISE, ["unet"], lambda modules: self._denoise(stages, modules["unet"], scheduler, latents,
-                                                                                  conditioning, generator, guidance))
-        stages.progress(STAGE_DECODE, 0, 1)
-        grid = stages.run(STAGE_DECODE, ["vae"], lambda modules: self._decode(stages, modules["vae"], latents))
-        stages.progress(STAGE_DECODE, 1, 1)
+        ctx.progress(STAGE_DENOISE, 0, steps)
+        latents = ctx.run_stage(STAGE_DENOISE, self.components(["unet"]),
+                                lambda modules: self._denoise(ctx, modules["unet"], scheduler, latents, conditioning, generator, guidance))
+        ctx.progress(STAGE_DECODE, 0, 1)
+        grid = ctx.run_stage(STAGE_DECODE, self.components(["vae"]), lambda modules: self._decode(ctx, modules["vae"], latents))
+        ctx.progress(STAGE_DECODE, 1, 1)
         return MultiviewOutput(grid=grid, views=split_grid(grid, self.view_order), condition=condition_image)
+
+    def components(self, parts: list[str]) -> dict[str, str]:
+        """``{part: component}``, as ``JobContext.run_stage`` takes them."""
+        return {part: self.names[part] for part in parts}
+
+    def dtype(self, ctx: JobContext, part: str) -> torch.dtype:
+        return ctx.memory.compute_dtype(self.names[part])
 
     def condition_parts(self) -> list[str]:
         return [spec.subfolder for spec in self.parts if spec.subfolder != "unet"]
 
-    def _condition(self, modules: dict[str, Any], stages: StageRunner, image: Image.Image, generator: torch.Generator,
+    def _condition(self, modules: dict[str, Any], ctx: JobContext, image: Image.Image, generator: torch.Generator,
                    view_size: int) -> Conditioning:
         import torch
 
         with torch.inference_mode():
-            return self.condition(modules, stages, image, generator, view_size)
+            return self.condition(modules, ctx, image, generator, view_size)
 
     def _latent_shape(self, view_size: int) -> tuple[int, int, int, int]:
         factor = self.vae_scale_factor * self.unet_downsampling
@@ -191,11 +183,11 @@ class MultiviewModel:
         unconditional = _sample_posterior(vae, torch.zeros_like(pixels), generator, dtype, device)
         return torch.cat([unconditional, conditional])
 
-    def _denoise(self, stages: StageRunner, unet: nn.Module, scheduler: Any, latents: torch.Tensor,
+    def _denoise(self, ctx: JobContext, unet: nn.Module, scheduler: Any, latents: torch.Tensor,
                  conditioning: Conditioning, generator: torch.Generator, guidance: float) -> torch.Tensor:
         import torch
 
-        device, dtype = stages.device, stages.dtype("unet")
+        device, dtype = ctx.memory.device, self.dtype(ctx, "unet")
         bank = ReferenceBank()
         install_reference_attention(unet, bank)
         reference = conditioning.reference_latents.to(device, torch.float32)
@@ -220,16 +212,16 @@ class MultiviewModel:
                     unconditional, conditional = prediction.float().chunk(2)
                     noise_prediction = self.guide(unconditional, conditional, float(timestep), guidance)
                     latents = scheduler.step(noise_prediction, timestep, latents, generator=generator).prev_sample
-                    stages.progress(STAGE_DENOISE, index + 1, len(timesteps))
+                    ctx.progress(STAGE_DENOISE, index + 1, len(timesteps))
         finally:
             bank.clear()
         return latents
 
-    def _decode(self, stages: StageRunner, vae: nn.Module, latents: torch.Tensor) -> Image.Image:
+    def _decode(self, ctx: JobContext, vae: nn.Module, latents: torch.Tensor) -> Image.Image:
         import numpy as np
         from PIL import Image
 
-        pixels = self.decode_pixels(vae, latents, stages.device, stages.dtype("vae"))
+        pixels = self.decode_pixels(vae, latents, ctx.memory.device, self.dtype(ctx, "vae"))
         array = (pixels.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         return Image.fromarray(array)
 

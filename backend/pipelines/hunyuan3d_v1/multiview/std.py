@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 from ....errors import BackendError
 from ....protocol import ErrorCode
 from ..components import ComponentSpec, ImageNormalizer, block_list, unet_blocks
-from .model import GRID_COLS, GRID_ROWS, Conditioning, MultiviewModel, StageRunner
+from .model import GRID_COLS, GRID_ROWS, Conditioning, MultiviewModel
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
+
+    from ...base import JobContext
 
 TEXT_EMBEDDING_FILE = "uc_text_emb.pt"
 POOLED_EMBEDDING_FILE = "uc_text_emb_2.pt"
@@ -37,8 +39,8 @@ class StdMultiview(MultiviewModel):
     reference_preprocessor = "feature_extractor_vae"
     initial_noise_first = True
 
-    def __init__(self, root):
-        super().__init__(root)
+    def __init__(self, root, names):
+        super().__init__(root, names)
         self.clip_normalizer = ImageNormalizer.from_folder(root / "vision_processor")
         self.text_embedding = self._load_embedding(TEXT_EMBEDDING_FILE, dims=3)
         self.pooled_embedding = self._load_embedding(POOLED_EMBEDDING_FILE, dims=2)
@@ -56,15 +58,15 @@ class StdMultiview(MultiviewModel):
             raise BackendError(ErrorCode.WEIGHTS_CORRUPT, f"{path} does not hold a {dims}-d tensor", hint="download the folder again")
         return tensor.float()
 
-    def condition(self, modules: dict[str, Any], stages: StageRunner, image: Image.Image, generator: torch.Generator,
+    def condition(self, modules: dict[str, Any], ctx: JobContext, image: Image.Image, generator: torch.Generator,
                   view_size: int) -> Conditioning:
         import torch
 
-        device = stages.device
+        device = ctx.memory.device
         unet_config = self._config("unet")
-        reference = self.encode_reference(modules["vae"], self.reference_normalizer(image), generator, stages.dtype("vae"), device)
+        reference = self.encode_reference(modules["vae"], self.reference_normalizer(image), generator, self.dtype(ctx, "vae"), device)
         clip_pixels = self.clip_normalizer(image)
-        embeddings = [modules[part](clip_pixels.to(device, stages.dtype(part))).image_embeds.float()
+        embeddings = [modules[part](clip_pixels.to(device, self.dtype(ctx, part))).image_embeds.float()
                       for part in ("vision_encoder", "vision_encoder_2")]
         image_embedding = torch.cat(embeddings, dim=-1)[:, None, :]
         text = self.text_embedding.to(device)

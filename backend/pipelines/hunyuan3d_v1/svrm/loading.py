@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ....memory.loading import load_safetensors_module
+from ....memory.loading import load_safetensors_module, read_safetensors_header
 from .config import EncoderConfig, SVRMConfig, SynthesizerConfig, TriplaneTransformerConfig
 from .model import COMPONENT_PREFIXES, SVRM, build_component
 
 # The official file carries no config; checkpoints of other sizes record theirs under this key.
 CONFIG_METADATA_KEY = "svrm_config"
-DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4}
 
 
 def config_to_json(config: SVRMConfig) -> str:
@@ -43,9 +40,7 @@ def config_from_json(text: str) -> SVRMConfig:
 
 def read_config(path: str | Path) -> SVRMConfig:
     """The config recorded in the file's metadata, or the official sizes when there is none."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    text = metadata.get(CONFIG_METADATA_KEY)
+    text = read_safetensors_header(path).metadata.get(CONFIG_METADATA_KEY)
     return config_from_json(text) if text else SVRMConfig()
 
 
@@ -53,18 +48,6 @@ def save_checkpoint(model: SVRM, path: str | Path, dtype: torch.dtype = torch.fl
     """Write the model like the official file (every tensor in ``dtype``), with its config in the metadata."""
     state = {key: tensor.detach().to("cpu", dtype).contiguous() for key, tensor in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": "pt", CONFIG_METADATA_KEY: config_to_json(model.config)})
-
-
-def component_bytes(path: str | Path) -> dict[str, int]:
-    """Stored size of each component's tensors, read from the file's header alone."""
-    sizes = dict.fromkeys(COMPONENT_PREFIXES, 0)
-    with safe_open(str(path), framework="pt") as f:
-        for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-            part = next((part for part, prefix in COMPONENT_PREFIXES.items() if name.startswith(prefix)), None)
-            if part is not None:
-                tensor = f.get_slice(name)
-                sizes[part] += math.prod(tensor.get_shape()) * DTYPE_BYTES[tensor.get_dtype()]
-    return sizes
 
 
 def load_component(path: str | Path, name: str, config: SVRMConfig | None = None) -> nn.Module:
