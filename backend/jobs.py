@@ -37,6 +37,7 @@ class Job:
     sink: Sink
     cancel: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
+    started: float | None = None  # when it began running; ``elapsed`` counts from here everywhere
     state: str = "queued"  # queued -> running -> done | failed | cancelled
     stage: str = ""
     step: int | None = None
@@ -125,7 +126,8 @@ class JobEngine:
         with self._lock:
             running = self._running.describe() if self._running else None
             if running:
-                running["elapsed"] = round(time.monotonic() - self._running.submitted, 3)
+                began = self._running.started
+                running["elapsed"] = round(time.monotonic() - began, 3) if began is not None else 0.0
             return {"queue": [j.describe() for j in self._queue], "running": running}
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -137,6 +139,12 @@ class JobEngine:
                     return False
                 self._lock.wait(remaining)
         return True
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to exit after ``stop``; returns whether it did."""
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+        return not self._worker.is_alive()
 
     def stop(self) -> None:
         """Refuse new jobs, cancel queued and running ones, and let the worker exit."""
@@ -171,7 +179,7 @@ class JobEngine:
 
     def execute(self, job: Job) -> None:
         """Run one job to its end, sending exactly one closing event (result, cancelled or error)."""
-        started = time.monotonic()
+        started = job.started = time.monotonic()
         timings: dict[str, float] = {}
         stage_started = [started]
 
