@@ -6,9 +6,9 @@ import bpy
 from bpy.props import IntProperty, StringProperty
 
 from . import app, importer
-from .downloads import DownloadError
+from .errors import AddonError
 from .preferences import connection_settings, download_request, environment_dir, setup_request
-from .session import Phase, SessionError
+from .session import Phase
 
 
 class HY3D_OT_connect(bpy.types.Operator):
@@ -70,13 +70,18 @@ class HY3D_OT_generate(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return app.session is not None and app.session.phase is Phase.READY and app.session.job is None
+        if app.session is None or app.session.phase is not Phase.READY or app.session.job is not None:
+            return False
+        problem = context.window_manager.hy3d.problem()
+        if problem:
+            cls.poll_message_set(problem)
+        return not problem
 
     def execute(self, context):
         try:
             app.session.submit(context.window_manager.hy3d.request())
-        except SessionError as exc:
-            self.report({"ERROR"}, f"{exc.message}. {exc.hint}" if exc.hint else exc.message)
+        except AddonError as exc:
+            self.report({"ERROR"}, exc.report_text())
             return {"CANCELLED"}
         return {"FINISHED"}
 
@@ -97,7 +102,7 @@ class HY3D_OT_cancel(bpy.types.Operator):
 
 
 class HY3D_OT_import_result(bpy.types.Operator):
-    """Put this result in the scene again, at the 3D cursor"""
+    """Put this result in the scene again, at the 3D cursor (new results are placed there on arrival)"""
 
     bl_idname = "hy3d.import_result"
     bl_label = "Import Result"
@@ -114,8 +119,7 @@ class HY3D_OT_import_result(bpy.types.Operator):
             self.report({"ERROR"}, "That result is no longer in the history")
             return {"CANCELLED"}
         entry = app.session.history[self.index]
-        obj = importer.build_object(context, entry.mesh, "Hunyuan3D")
-        entry.object_name = obj.name
+        entry.object_name = importer.build_object(context, entry.mesh, app.OBJECT_NAME).name
         return {"FINISHED"}
 
 
@@ -182,8 +186,8 @@ class HY3D_OT_download_weights(bpy.types.Operator):
     def execute(self, context):
         try:
             app.downloads.start(download_request(context, self.model))
-        except DownloadError as exc:
-            self.report({"ERROR"}, f"{exc.message}. {exc.hint}" if exc.hint else exc.message)
+        except AddonError as exc:
+            self.report({"ERROR"}, exc.report_text())
             return {"CANCELLED"}
         return {"FINISHED"}
 

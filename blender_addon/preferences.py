@@ -14,7 +14,9 @@ from . import app, downloads, launcher
 from .backend import envsetup
 from .downloads import DownloadRequest
 from .environment import SetupRequest
-from .session import ConnectionSettings, Phase, device_summary
+from .connection import ConnectionSettings
+from .session import Phase
+from .status_text import device_summary
 
 MEMORY_MODES = (
     ("auto", "Auto", "Pick from free memory and model sizes"),
@@ -98,8 +100,9 @@ def draw_connection_report(layout) -> None:
         box.label(text="Connecting...", icon="SORTTIME")
     elif session.phase is Phase.FAILED and session.problem is not None:
         box.label(text=session.problem.message, icon="ERROR")
-        if session.problem.hint:
-            box.label(text=session.problem.hint)
+        for line in (session.problem.hint, *session.problem.details):
+            if line:
+                box.label(text=line)
     elif session.phase is Phase.READY and session.welcome is not None:
         for line in device_summary({**session.welcome, **(session.status or {})}):
             box.label(text=line)
@@ -134,10 +137,31 @@ def environment_status(prefs) -> list[str]:
     """The status line: which Python the backend will run with, and what setup found in it."""
     if prefs.python_path:
         return [f"Using the existing environment: {bpy.path.abspath(prefs.python_path)}"]
-    report = envsetup.read_report(Path(environment_dir(prefs)))
+    report = setup_report(environment_dir(prefs))
     if report is None:
         return ["Not set up: press Set Up Backend (or choose an existing Python below)"]
     return ["Ready", *report.summary()]
+
+
+_setup_reports: dict[str, tuple[tuple, envsetup.Report | None]] = {}
+
+
+def setup_report(env_dir: str) -> envsetup.Report | None:
+    """The finished setup's report; read again only when its files change, not on every redraw."""
+    state_dir = Path(env_dir) / envsetup.STATE_DIR
+    stamp = tuple(_file_stamp(state_dir / name) for name in (envsetup.STATE_NAME, envsetup.REPORT_NAME))
+    cached = _setup_reports.get(env_dir)
+    if cached is None or cached[0] != stamp:
+        cached = _setup_reports[env_dir] = (stamp, envsetup.read_report(Path(env_dir)))
+    return cached[1]
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def environment_dir(prefs) -> str:
@@ -168,7 +192,7 @@ def backend_python(prefs) -> str:
     """The chosen existing Python, else the one in the environment Set Up Backend made (if it finished)."""
     if prefs.python_path:
         return bpy.path.abspath(prefs.python_path)
-    report = envsetup.read_report(Path(environment_dir(prefs)))
+    report = setup_report(environment_dir(prefs))
     return report.python if report is not None else ""
 
 

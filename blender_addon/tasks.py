@@ -20,6 +20,7 @@ class Outcome:
     kind: str  # "result", "done", "ready", "removed", "cancelled" or "error"
     message: str
     hint: str = ""
+    details: tuple[str, ...] = ()  # lines to quote, such as the end of a log
 
 
 @dataclass(frozen=True)
