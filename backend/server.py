@@ -44,7 +44,7 @@ _CLOSE = object()
 
 def _handshake_required() -> dict[str, Any]:
     return error_header(ErrorCode.HANDSHAKE_REQUIRED, "the first message must be 'hello' with the token",
-                        hint="send {\"op\": \"hello\", \"protocol\": %d, \"token\": ...} first (docs/protocol.md)" % PROTOCOL_VERSION)
+                        hint=f'send {{"op": "hello", "protocol": {PROTOCOL_VERSION}, "token": ...}} first (docs/protocol.md)')
 
 
 class ClientSession:

@@ -26,6 +26,7 @@ CONNECT_TIMEOUT_S = 5.0
 HANDSHAKE_TIMEOUT_S = 10.0
 JOIN_TIMEOUT_S = 3.0
 LOG_LINES_QUOTED = 3
+SHUTDOWN_WAIT_S = launcher.SHUTDOWN_WAIT_S + 2 * launcher.STOP_GRACE_S  # the longest the reaper can take
 _CLOSE = object()
 
 
@@ -109,6 +110,11 @@ class Connection:
         self._outbox.put(_CLOSE)
         self._reaper = threading.Thread(target=self._reap, args=(backend, asked), name="hy3d-reaper", daemon=True)
         self._reaper.start()
+
+    def wait_closed(self, timeout: float = SHUTDOWN_WAIT_S) -> None:
+        """Wait (never on Blender's main thread) until a closed connection's backend has exited and its threads ended."""
+        if self._reaper is not None:
+            self._reaper.join(timeout)
 
     def threads_alive(self) -> bool:
         return any(t is not None and t.is_alive() for t in (self._reader, self._writer, self._reaper))

@@ -18,8 +18,8 @@ import sys
 from dataclasses import dataclass
 
 from . import launcher
-from .errors import AddonError
 from .backend.weights import DOWNLOADS, HUNYUAN_DIT_REPO, summarise_missing
+from .errors import AddonError
 from .tasks import BackgroundTask, Finished, Outcome
 
 LOG_NAME = "download.log"

@@ -12,6 +12,7 @@ from .session import Phase
 from .status_text import progress_text
 
 CHARACTER_WIDTH_PX = 7  # about one character of the default UI font, to wrap long labels
+OUTCOME_ICONS = {"result": "CHECKMARK", "done": "CHECKMARK", "ready": "CHECKMARK", "removed": "TRASH", "cancelled": "CANCEL"}
 
 
 class HY3D_PT_main(bpy.types.Panel):
@@ -128,12 +129,7 @@ def draw_download(layout, context) -> None:
         box.progress(factor=task.fraction, type="BAR", text=task.message)
         box.operator("hy3d.cancel_download", icon="CANCEL")
         return
-    outcome = task.last
-    if outcome is not None:
-        box = layout.box()
-        draw_wrapped(box, context, outcome.message, icon={"done": "CHECKMARK", "cancelled": "CANCEL"}.get(outcome.kind, "ERROR"))
-        if outcome.hint:
-            draw_wrapped(box, context, outcome.hint, icon="INFO")
+    draw_outcome(layout, context, task.last)
 
 
 def draw_wrapped(layout, context, text: str, icon: str = "NONE") -> None:
@@ -165,7 +161,7 @@ def draw_outcome(layout, context, outcome) -> None:
     """A job's or the connection's outcome: message, hint, and any quoted lines (the end of a log)."""
     if outcome is None:
         return
-    icon = {"result": "CHECKMARK", "cancelled": "CANCEL"}.get(outcome.kind, "ERROR")
+    icon = OUTCOME_ICONS.get(outcome.kind, "ERROR")
     box = layout.box()
     draw_wrapped(box, context, outcome.message, icon=icon)
     if outcome.hint:

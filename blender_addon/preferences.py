@@ -12,9 +12,10 @@ from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from . import app, downloads, launcher
 from .backend import envsetup
+from .connection import ConnectionSettings
 from .downloads import DownloadRequest
 from .environment import SetupRequest
-from .connection import ConnectionSettings
+from .panels import draw_outcome
 from .session import Phase
 from .status_text import device_summary
 
@@ -74,7 +75,7 @@ class HY3D_AddonPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "connection", expand=True)
         col = layout.column()
         if self.connection == "LAUNCH":
-            draw_environment(col.box(), self)
+            draw_environment(col.box(), context, self)
             col.prop(self, "python_path")
             col.prop(self, "weights_dir")
             col.prop(self, "device")
@@ -110,7 +111,7 @@ def draw_connection_report(layout) -> None:
         box.label(text="Not connected")
 
 
-def draw_environment(layout, prefs) -> None:
+def draw_environment(layout, context, prefs) -> None:
     layout.label(text="Backend Environment", icon="CONSOLE")
     task = app.environment
     if task is not None and task.running:
@@ -125,12 +126,7 @@ def draw_environment(layout, prefs) -> None:
     row.operator("hy3d.remove_backend_env", text="", icon="TRASH")
     layout.prop(prefs, "env_dir")
     layout.prop(prefs, "wheels_dir")
-    outcome = task.last if task is not None else None
-    if outcome is not None:
-        box = layout.box()
-        box.label(text=outcome.message, icon={"ready": "CHECKMARK", "removed": "TRASH", "cancelled": "CANCEL"}.get(outcome.kind, "ERROR"))
-        if outcome.hint:
-            box.label(text=outcome.hint, icon="INFO")
+    draw_outcome(layout, context, task.last if task is not None else None)
 
 
 def environment_status(prefs) -> list[str]:

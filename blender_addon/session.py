@@ -97,6 +97,11 @@ class Session:
     # -- commands from operators ----------------------------------------------------------------
 
     @property
+    def running(self) -> bool:
+        """A job is in flight."""
+        return self.job is not None
+
+    @property
     def busy(self) -> bool:
         return self.job is not None or self.phase is Phase.STARTING
 
@@ -161,10 +166,14 @@ class Session:
         self._drop_connection()
         self.phase = Phase.OFFLINE
 
+    def closing(self) -> list[Connection]:
+        """Closed connections still finishing (a backend exiting, threads ending)."""
+        self._closed = [c for c in self._closed if c.threads_alive()]
+        return list(self._closed)
+
     def threads_alive(self) -> bool:
         """Whether any thread of the current or a closed connection still runs."""
-        self._closed = [c for c in self._closed if c.threads_alive()]
-        return bool(self._closed) or (self._connection is not None and self._connection.threads_alive())
+        return bool(self.closing()) or (self._connection is not None and self._connection.threads_alive())
 
     def take_arrived(self) -> list[HistoryEntry]:
         arrived, self.arrived = self.arrived, []

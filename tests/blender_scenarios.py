@@ -290,6 +290,46 @@ def scenario_quit(config: dict) -> dict:
     return backend_ending(backend, config, time.perf_counter() - started)
 
 
+def scenario_import_equivalence(config: dict) -> dict:
+    """The importer's mesh (edges computed on the reader thread) against Blender computing the edges itself."""
+    import numpy as np
+
+    install(config)
+    meshdata, importer = addon_module("meshdata"), addon_module("importer")
+    rows, cols = 7, 9
+    u, v = np.meshgrid(np.linspace(-1, 1, cols + 1, dtype=np.float32), np.linspace(-1, 1, rows + 1, dtype=np.float32))
+    positions = np.stack([u, 0.2 * np.sin(3 * u) * v, v], axis=-1).reshape(-1, 3)
+    index = np.arange((rows + 1) * (cols + 1), dtype=np.int32).reshape(rows + 1, cols + 1)
+    a, b, c, d = index[:-1, :-1], index[:-1, 1:], index[1:, :-1], index[1:, 1:]
+    faces = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])
+    colors = np.random.default_rng(3).random((len(positions), 4), dtype=np.float32)
+    arrays = meshdata.from_wire({"positions": positions, "faces": faces, "colors": colors}, "y_up")
+    ours = importer.build_object(bpy.context, arrays, "Ours").data
+
+    reference = bpy.data.meshes.new("Blender's")
+    reference.vertices.add(arrays.vertex_count)
+    reference.vertices.foreach_set("co", arrays.positions.reshape(-1))
+    reference.loops.add(len(arrays.corner_verts))
+    reference.loops.foreach_set("vertex_index", arrays.corner_verts)
+    reference.polygons.add(arrays.face_count)
+    reference.polygons.foreach_set("loop_start", arrays.face_starts)
+    reference.update(calc_edges=True)
+    reference.shade_smooth()
+
+    def geometry(mesh) -> dict:
+        edges = [tuple(sorted(e.vertices)) for e in mesh.edges]
+        corners = [(loop.vertex_index, tuple(sorted(mesh.edges[loop.edge_index].vertices))) for loop in mesh.loops]
+        return {"vertices": [list(v.co) for v in mesh.vertices], "edges": sorted(edges), "edge_count": len(edges),
+                "corners": corners, "faces": [list(p.vertices) for p in mesh.polygons],
+                "smooth": [p.use_smooth for p in mesh.polygons]}
+
+    facts = {"ours": geometry(ours), "blender": geometry(reference), "ours_invalid": ours.validate(verbose=True)}
+    values = [0.0] * (4 * arrays.vertex_count)
+    ours.color_attributes.active_color.data.foreach_get("color", values)
+    facts["colors_match"] = bool(np.allclose(np.reshape(values, (-1, 4)), arrays.colors))
+    return facts
+
+
 def scenario_missing_image(config: dict) -> dict:
     """Generate with Image input and no usable picture: greyed out with the reason, never a traceback."""
     install(config)

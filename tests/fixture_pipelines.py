@@ -20,7 +20,6 @@ from backend.mesh import Mesh
 from backend.pipelines.base import MAX_FACES, SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput
 from backend.protocol import ErrorCode
 
-
 CRASH_EXIT_CODE = 70
 
 

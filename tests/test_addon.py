@@ -101,6 +101,14 @@ def test_generate_puts_the_coloured_mesh_at_the_cursor(addon_zip, tmp_path):
     assert again["location"] == pytest.approx([0.0, 0.0, 3.0])
 
 
+def test_the_importers_edges_are_the_ones_blender_would_compute(addon_zip, tmp_path):
+    facts = run_scenario("import_equivalence", addon_zip, tmp_path)
+    ours, blender = facts["ours"], facts["blender"]
+    assert ours["edge_count"] == len(set(map(tuple, ours["edges"]))) == 7 * 10 + 8 * 9 + 7 * 9  # each edge once
+    assert ours == blender  # the same vertices, edges, faces, corner-to-edge links and smooth shading
+    assert not facts["ours_invalid"] and facts["colors_match"]
+
+
 def test_cancel_stops_the_job_and_the_backend_keeps_working(addon_zip, tmp_path):
     facts = run_scenario("cancel", addon_zip, tmp_path)
     assert facts["outcome"] == ["cancelled", "Cancelled during shape"]
