@@ -61,6 +61,8 @@ class ClientSession:
         self.outbox: queue.Queue = queue.Queue()
         self.closed = threading.Event()
         self.thread = threading.Thread(target=self.run, name=f"client-{self.id}", daemon=True)
+        self._login_deadline = threading.Timer(HANDSHAKE_TIMEOUT_S, self._end_unfinished_login)
+        self._login_deadline.daemon = True
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -95,9 +97,7 @@ class ClientSession:
         writer.start()
         reader = Reader(self.conn, self.server.max_buffer_bytes)
         # The login deadline covers the whole login, however slowly its bytes arrive.
-        login_deadline = threading.Timer(HANDSHAKE_TIMEOUT_S, self._end_unfinished_login)
-        login_deadline.daemon = True
-        login_deadline.start()
+        self._login_deadline.start()
         try:
             while not self.closed.is_set():
                 try:
@@ -115,7 +115,7 @@ class ClientSession:
         except (ConnectionClosed, OSError):
             pass  # peer went away or the login deadline passed
         finally:
-            login_deadline.cancel()
+            self._login_deadline.cancel()
             self.server.engine.drop_owner(self)
             self.outbox.put(_CLOSE)
             writer.join(timeout=5)
@@ -171,6 +171,7 @@ class ClientSession:
                 hint="update the add-on and the backend together (one zip carries both)", **ref))
             return False
         self.authenticated = True
+        self._login_deadline.cancel()
         self.send({"op": "welcome", "protocol": PROTOCOL_VERSION, **self.server.identity(), **ref})
         return True
 

@@ -460,6 +460,23 @@ def scenario_environment_setup(config: dict) -> dict:
     facts["removed"] = press_and_wait(bpy.ops.hy3d.remove_backend_env)
     facts["exists_after_remove"] = os.path.exists(env_dir)
     facts["status_after"] = preferences_module.environment_status(prefs)
+
+    # Panels redraw often: the setup's files are read again only when they change.
+    envsetup = preferences_module.envsetup
+    reads, read_report = [], envsetup.read_report
+    envsetup.read_report = lambda path: reads.append(path) or read_report(path)
+    try:
+        for _ in range(5):
+            preferences_module.environment_status(prefs)
+        facts["reads_while_unchanged"] = len(reads)
+        os.makedirs(os.path.join(env_dir, envsetup.STATE_DIR))
+        with open(os.path.join(env_dir, envsetup.STATE_DIR, envsetup.STATE_NAME), "w", encoding="utf-8") as f:
+            f.write('{"done": {}, "complete": false}')
+        for _ in range(5):
+            preferences_module.environment_status(prefs)
+        facts["reads_after_a_change"] = len(reads)
+    finally:
+        envsetup.read_report = read_report
     return facts
 
 

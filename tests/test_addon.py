@@ -238,6 +238,7 @@ def test_set_up_backend_respects_online_access_reports_progress_cancels_and_remo
     assert facts["cancel_pressed"] and facts["cancelled"][0] == "cancelled" and "resume" in facts["cancelled"][2]
     assert facts["removed"] == ["removed", f"Removed {env_dir}", ""]
     assert not facts["exists_after_remove"] and facts["status_after"][0].startswith("Not set up")
+    assert facts["reads_while_unchanged"] == 0 and facts["reads_after_a_change"] == 1
 
 
 def test_download_weights_respects_online_access_shows_errors_and_updates_the_model_list(addon_zip, tmp_path):
