@@ -85,12 +85,16 @@ def pump() -> None:
 
 def place_result(entry: HistoryEntry) -> Outcome:
     """Put a mesh that arrived at the 3D cursor, as one undo step; the History keeps it if that fails."""
-    try:
-        entry.object_name = importer.build_object(bpy.context, entry.mesh, OBJECT_NAME).name
-    except (RuntimeError, MemoryError, ValueError) as exc:  # raising here would stop Blender's timer for good
-        return Outcome("error", f"The mesh arrived but could not be imported: {exc}", "it is kept in History; import it from there")
-    if bpy.ops.ed.undo_push.poll():
-        bpy.ops.ed.undo_push(message="Hunyuan3D result")
+    # A timer runs without a window; the selection, the active collection and the undo stack belong to one.
+    window = bpy.context.window or next(iter(bpy.context.window_manager.windows), None)
+    with bpy.context.temp_override(window=window):
+        try:
+            entry.object_name = importer.build_object(bpy.context, entry.mesh, OBJECT_NAME).name
+        except (RuntimeError, MemoryError, ValueError) as exc:  # raising here would stop Blender's timer for good
+            return Outcome("error", f"The mesh arrived but could not be imported: {exc}",
+                           "it is kept in History; import it from there")
+        if bpy.ops.ed.undo_push.poll():
+            bpy.ops.ed.undo_push(message="Hunyuan3D result")
     return Outcome("result", result_summary(entry))
 
 

@@ -79,10 +79,12 @@ class Received:
 class Connection:
     """One connection (and, when launching, one backend process) on its own threads."""
 
-    def __init__(self, number: int, settings: ConnectionSettings, events: queue.Queue):
+    def __init__(self, number: int, settings: ConnectionSettings, events: queue.Queue, after: tuple[Connection, ...] = ()):
+        """``after``: closed connections whose backends must have exited before this one launches another."""
         self.number = number
         self.settings = settings
         self.events = events
+        self._after = after
         self.backend: launcher.BackendProcess | None = None
         self.last_seen = time.monotonic()
         self._sock: socket.socket | None = None
@@ -170,6 +172,8 @@ class Connection:
         s = self.settings
         if s.launch is None:
             return s.host, s.port, s.token
+        for earlier in self._after:  # two backends at once could run out of GPU memory
+            earlier.wait_closed()
         with self._lock:
             if self._closing.is_set():
                 raise launcher.LaunchError("Backend start was cancelled")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import AddonError
 
-SHUTDOWN_WAIT_S = 60.0  # a backend asked to shut down first ends its job at the next step
+SHUTDOWN_WAIT_S = 150.0  # a backend asked to shut down first ends its job at the next step (it waits up to 120 s for that)
 STOP_GRACE_S = 5.0
 LOG_GENERATIONS = 3  # backend.log, backend.1.log, backend.2.log
 

@@ -117,7 +117,7 @@ class Session:
         """(Re)connect: drops any current connection (and stops a backend we started)."""
         self._drop_connection()
         self.phase, self.problem, self.welcome, self.status, self.unresponsive = Phase.STARTING, None, None, None, False
-        self._connection = Connection(next(self._numbers), settings, self.events)
+        self._connection = Connection(next(self._numbers), settings, self.events, after=tuple(self.closing()))
         self._connection.start()
 
     def submit(self, request: GenerationRequest) -> None:

@@ -51,7 +51,33 @@ def submit(client: Client, **params) -> str:
     return reply.header["job"]
 
 
+# -- transport ----------------------------------------------------------------------------------
+
+
+def test_the_ready_line_and_the_private_token_file(shared_backend):
+    spec_says('`{"event": "ready", "port": P, "pid": PID, "protocol": 1, "host": "127.0.0.1", "token_file": PATH}`')
+    spec_says("The token file is readable by the user alone.")
+    ready = shared_backend.ready
+    assert set(ready) == {"event", "port", "pid", "protocol", "host", "token_file"}
+    assert (ready["event"], ready["protocol"], ready["host"]) == ("ready", PROTOCOL_VERSION, "127.0.0.1")
+    assert Path(ready["token_file"]).stat().st_mode & 0o077 == 0
+
+
 # -- handshake --------------------------------------------------------------------------------
+
+
+def test_welcome_says_who_serves_and_lists_the_default_pipeline_first(shared_backend):
+    spec_says("`pipelines` lists the default first (`\"default\": true`)")
+    client = Client(shared_backend.port)
+    welcome = client.hello(shared_backend.token)
+    assert welcome["op"] == "welcome" and welcome["protocol"] == PROTOCOL_VERSION
+    assert welcome["server"]["name"] == "hunyuan3d-blender-backend" and welcome["server"]["pid"] == shared_backend.ready["pid"]
+    assert welcome["devices"] and all("kind" in d for d in welcome["devices"])
+    pipelines = welcome["pipelines"]
+    assert [p["default"] for p in pipelines].count(True) <= 1 and pipelines[0]["default"] == any(p["default"] for p in pipelines)
+    for pipeline in pipelines:
+        assert {"name", "description", "stages", "inputs", "params", "weights", "default"} <= set(pipeline)
+        assert {"ready", "where", "missing", "download"} <= set(pipeline["weights"])
 
 
 @pytest.mark.parametrize("hello", [
@@ -189,6 +215,47 @@ def test_elapsed_means_the_same_in_progress_and_status(shared_backend):
     assert message.header["elapsed"] <= running["elapsed"] <= message.header["elapsed"] + asked + 0.5
     client.send({"op": "cancel", "job": second})
     assert client.until_done(second)[0].op == "cancelled"
+
+
+# -- a job's events -----------------------------------------------------------------------------
+
+
+def test_a_jobs_events_carry_the_fields_the_tables_list(shared_backend):
+    spec_says("`accepted` with `job`, `position` (jobs ahead of it), `pipeline`, `params` (after defaults)")
+    spec_says("Exactly one of `result`, `cancelled`, `error` ends every accepted job.")
+    client = shared_backend.client()
+    accepted = client.request({"op": "submit", "pipeline": "test-shape", "text": "a ball", "params": {"steps": 2}}).header
+    assert {"job", "position", "pipeline", "params"} <= set(accepted) and accepted["params"]["subdivisions"] == 2
+    result, events = client.until_done(accepted["job"])
+    for progress in (e.header for e in events if e.op == "progress"):
+        assert {"job", "stage", "step", "total", "message", "elapsed"} <= set(progress)
+    header = result.header
+    assert result.op == "result" and {"job", "pipeline", "params", "seed", "timings", "mesh", "images", "info", "saved"} <= set(header)
+    assert "total" in header["timings"] and header["mesh"]["frame"] == "y_up"
+    assert {"vertices", "faces", "bounds"} <= set(header["mesh"])
+    buffers = {b.name: b for b in result.buffers}
+    assert (buffers["positions"].dtype, buffers["positions"].shape) == ("<f4", (header["mesh"]["vertices"], 3))
+    assert (buffers["faces"].dtype, buffers["faces"].shape) == ("<i4", (header["mesh"]["faces"], 3))
+    assert buffers["colors"].dtype in ("<f4", "|u1") and buffers["colors"].shape == (header["mesh"]["vertices"], 4)
+    assert client.request({"op": "ping"}).op == "pong"  # nothing else of that job follows its end
+
+
+def test_cancel_and_errors_as_the_tables_say(shared_backend):
+    spec_says("the job's `cancelled` event; `unknown_job` error if it isn't yours or is finished")
+    spec_says("| `error` | `job` (when it belongs to a job), `code`, `message`, `hint`, `stage` |")
+    client, other = shared_backend.client(), shared_backend.client()
+    job = submit(client, steps=400, step_delay=0.02)
+    while client.read().op != "progress":
+        pass
+    assert other.request({"op": "cancel", "job": job}).header["code"] == ErrorCode.UNKNOWN_JOB
+    client.send({"op": "cancel", "job": job})
+    cancelled = client.until_done(job)[0].header
+    assert cancelled["op"] == "cancelled" and cancelled["stage"] in ("prepare", "shape")
+    assert client.request({"op": "cancel", "job": job}).header["code"] == ErrorCode.UNKNOWN_JOB
+    failing = submit(client, steps=5, fail_at_step=2)
+    error = client.until_done(failing)[0].header
+    assert error["op"] == "error" and error["job"] == failing and error["code"] == ErrorCode.JOB_FAILED
+    assert error["message"] and error["hint"] and error["stage"] == "shape"
 
 
 # -- shutting down ------------------------------------------------------------------------------
