@@ -161,7 +161,7 @@ class ClientSession:
         token = header.get("token")
         if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8"), self.server.token.encode("utf-8")):
             self.server.note_auth_failure()
-            self.send(error_header(ErrorCode.UNAUTHORIZED, "wrong token",
+            self.send(error_header(ErrorCode.UNAUTHORIZED, "wrong token" if isinstance(token, str) else "hello needs the token",
                                    hint="read the token from the file named in the backend's ready line", **ref))
             return False
         if header.get("protocol") != PROTOCOL_VERSION or isinstance(header.get("protocol"), bool):
