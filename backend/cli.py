@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from . import SERVER_NAME, __version__
 from .envsetup import add_setup_env_parser, cmd_setup_env
 from .errors import BackendError
 from .memory.manager import MODES as MEMORY_MODES
-from .protocol import DEFAULT_MAX_BUFFER_BYTES, PROTOCOL_VERSION
+from .protocol import DEFAULT_MAX_BUFFER_BYTES, PROTOCOL_VERSION, ErrorCode
 
 DEVICE_CHOICES_HELP = "auto, cpu, cuda, cuda:N or mps (default: auto, the best one found)"
 
@@ -155,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     if not loopback and args.token_file is None:
-        raise BackendError("bad_parameter", f"refusing to listen on {args.host} without --token-file",
+        raise BackendError(ErrorCode.BAD_PARAMETER, f"refusing to listen on {args.host} without --token-file",
                            hint="anyone who can reach that address could use your GPU; create a token file first")
     token, token_file, remove_token = load_or_create_token(args.token_file)
     try:
@@ -170,6 +171,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         catalogue=lambda: _pipeline_catalogue(args.weights))
         if args.parent_pid:
             server.watch_parent(args.parent_pid)
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):  # shut down as the shutdown op does, token file included
+            signal.signal(stop_signal, lambda *_: server.request_shutdown())
         ready = {"event": "ready", "port": server.port, "pid": os.getpid(), "protocol": PROTOCOL_VERSION,
                  "host": args.host, "token_file": str(token_file)}
         print(json.dumps(ready), flush=True)
@@ -191,12 +194,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipelines.base import JobRequest
 
     if args.output.suffix.lower() not in FORMATS:
-        raise BackendError("bad_parameter", f"{args.output.name}: unknown mesh format", hint="end the name with .glb, .obj or .ply")
+        raise BackendError(ErrorCode.BAD_PARAMETER, f"{args.output.name}: unknown mesh format", hint="end the name with .glb, .obj or .ply")
     images = {}
     for name, path in (("image", args.image), ("views", args.views)):
         if path is not None:
             if not path.is_file():
-                raise BackendError("bad_input", f"{path}: no such file", hint=f"check the --{name} path")
+                raise BackendError(ErrorCode.BAD_INPUT, f"{path}: no such file", hint=f"check the --{name} path")
             images[name] = path.read_bytes()
     model = pipelines.choose(args.model, args.weights, given=set(images) | ({"text"} if args.text else set()))
     params = _collect_params(args, pipelines.get(model))
@@ -246,13 +249,13 @@ def _collect_params(args: argparse.Namespace, pipeline_cls) -> dict[str, Any]:
         if value is None:
             continue
         if name not in declared:
-            raise BackendError("bad_parameter", f"{pipeline_cls.name} has no --{name.replace('_', '-')} option",
+            raise BackendError(ErrorCode.BAD_PARAMETER, f"{pipeline_cls.name} has no --{name.replace('_', '-')} option",
                                hint="its parameters: " + (", ".join(declared) or "none"))
         params[name] = value
     for item in args.extra:
         name, sep, raw = item.partition("=")
         if not sep:
-            raise BackendError("bad_parameter", f"--set {item!r}: expected NAME=VALUE")
+            raise BackendError(ErrorCode.BAD_PARAMETER, f"--set {item!r}: expected NAME=VALUE")
         try:
             params[name] = json.loads(raw)
         except json.JSONDecodeError:

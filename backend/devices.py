@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import BackendError
+from .protocol import ErrorCode
 
 FLOAT16, BFLOAT16, FLOAT32 = "float16", "bfloat16", "float32"
 PRECISIONS = ("auto", FLOAT16, BFLOAT16, FLOAT32)
@@ -144,7 +145,7 @@ def pick_device(devices: list[DeviceInfo], requested: str = "auto") -> DeviceInf
         if device.torch_device == wanted:
             return device
     raise BackendError(
-        "bad_parameter",
+        ErrorCode.BAD_PARAMETER,
         f"device {requested!r} is not available on this machine",
         hint="available: auto, " + ", ".join(d.torch_device for d in devices),
     )
@@ -165,9 +166,9 @@ def choose_precision(device: DeviceInfo, made_for: str = FLOAT16, requested: str
     is native; ``float32`` is always honoured.
     """
     if requested not in PRECISIONS:
-        raise BackendError("bad_parameter", f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
+        raise BackendError(ErrorCode.BAD_PARAMETER, f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
     if made_for not in PRECISIONS[1:]:
-        raise BackendError("internal", f"a model declares precision {made_for!r}, not one of {', '.join(PRECISIONS[1:])}")
+        raise BackendError(ErrorCode.INTERNAL, f"a model declares precision {made_for!r}, not one of {', '.join(PRECISIONS[1:])}")
     if requested == FLOAT32:
         return PrecisionChoice(FLOAT32, "float32 requested")
     if device.kind == "cuda":

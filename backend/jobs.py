@@ -38,6 +38,7 @@ class Job:
     sink: Sink
     cancel: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
+    started: float | None = None  # when it began running; ``elapsed`` counts from here everywhere
     state: str = "queued"  # queued -> running -> done | failed | cancelled
     stage: str = ""
     step: int | None = None
@@ -132,7 +133,8 @@ class JobEngine:
         with self._lock:
             running = self._running.describe() if self._running else None
             if running:
-                running["elapsed"] = round(time.monotonic() - self._running.submitted, 3)
+                began = self._running.started
+                running["elapsed"] = round(time.monotonic() - began, 3) if began is not None else 0.0
             release_in = None if self._idle_release_at is None else round(max(0.0, self._idle_release_at - time.monotonic()), 1)
             return {"queue": [j.describe() for j in self._queue], "running": running,
                     "keep_alive_s": self.keep_alive_s, "idle_release_in_s": release_in}
@@ -142,6 +144,12 @@ class JobEngine:
         with self._lock:
             self._release_requests.append(reply)
             self._lock.notify_all()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to exit after ``stop``; returns whether it did."""
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+        return not self._worker.is_alive()
 
     def stop(self) -> None:
         """Refuse new jobs, cancel queued and running ones, and let the worker exit."""
@@ -216,7 +224,7 @@ class JobEngine:
         ``finished`` runs after the runtime's between-jobs work and before the closing event goes
         out, so a client holding its result already finds the engine idle in ``status``.
         """
-        started = time.monotonic()
+        started = job.started = time.monotonic()
         timings: dict[str, float] = {}
         stage_started = [started]
 

@@ -37,8 +37,15 @@ from .protocol import (
 )
 
 HANDSHAKE_TIMEOUT_S = 10.0
+CLIENT_FLUSH_WAIT_S = 5.0
+JOBS_END_WAIT_S = 120.0  # a cancelled job stops at its next step; a step of the largest models can take this long
 ACCEPT_POLL_S = 0.2
 _CLOSE = object()
+
+
+def _handshake_required() -> dict[str, Any]:
+    return error_header(ErrorCode.HANDSHAKE_REQUIRED, "the first message must be 'hello' with the token",
+                        hint=f'send {{"op": "hello", "protocol": {PROTOCOL_VERSION}, "token": ...}} first (docs/protocol.md)')
 
 
 class ClientSession:
@@ -54,6 +61,9 @@ class ClientSession:
         self.authenticated = False
         self.outbox: queue.Queue = queue.Queue()
         self.closed = threading.Event()
+        self.thread = threading.Thread(target=self.run, name=f"client-{self.id}", daemon=True)
+        self._login_deadline = threading.Timer(HANDSHAKE_TIMEOUT_S, self._end_unfinished_login)
+        self._login_deadline.daemon = True
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -87,21 +97,26 @@ class ClientSession:
         writer = threading.Thread(target=self._write_loop, name=f"client-{self.id}-writer", daemon=True)
         writer.start()
         reader = Reader(self.conn, self.server.max_buffer_bytes)
+        # The login deadline covers the whole login, however slowly its bytes arrive.
+        self._login_deadline.start()
         try:
-            self.conn.settimeout(HANDSHAKE_TIMEOUT_S)
             while not self.closed.is_set():
                 try:
                     message = reader.read()
                 except ProtocolError as exc:
-                    self.send(exc.to_header())
+                    if exc.fatal or self.authenticated:
+                        self.send(exc.to_header())
+                    else:
+                        self.send(_handshake_required())
                     if exc.fatal or not self.authenticated:
                         break  # before the handshake, anything that isn't our protocol costs the connection
                     continue
                 if not self.handle(message):
                     break
         except (ConnectionClosed, OSError):
-            pass  # peer went away or the handshake timed out
+            pass  # peer went away or the login deadline passed
         finally:
+            self._login_deadline.cancel()
             self.server.engine.drop_owner(self)
             self.outbox.put(_CLOSE)
             writer.join(timeout=5)
@@ -111,10 +126,10 @@ class ClientSession:
         """Dispatch one message; returns False when the connection must close."""
         header = message.header
         ref = {"ref": header["ref"]} if isinstance(header.get("ref"), (str, int)) else {}
+        if not self.authenticated:
+            return self._handshake(header, ref)
         try:
             op = validate_request(header)
-            if not self.authenticated:
-                return self._handshake(op, header, ref)
             if op == "hello":
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, "already authenticated")
             if op == "ping":
@@ -131,6 +146,7 @@ class ClientSession:
                 if not self.server.engine.cancel(header["job"], owner=self):
                     raise BackendError(ErrorCode.UNKNOWN_JOB, f"no queued or running job {header['job']!r} of yours")
             elif op == "shutdown":
+                self.server.finish_jobs()  # each accepted job's last event is queued before the bye
                 self.send({"op": "bye", **ref})
                 self.server.request_shutdown()
                 return False
@@ -152,25 +168,33 @@ class ClientSession:
         else:
             self.send({"op": "released", **freed, **ref})
 
-    def _handshake(self, op: str, header: dict[str, Any], ref: dict[str, Any]) -> bool:
-        if op != "hello":
-            self.send(error_header(ErrorCode.HANDSHAKE_REQUIRED, "the first message must be 'hello' with the token", **ref))
+    def _handshake(self, header: dict[str, Any], ref: dict[str, Any]) -> bool:
+        if header.get("op") != "hello":
+            self.send({**_handshake_required(), **ref})
             return False
-        if not hmac.compare_digest(header["token"].encode("utf-8"), self.server.token.encode("utf-8")):
+        token = header.get("token")
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8"), self.server.token.encode("utf-8")):
             self.server.note_auth_failure()
-            self.send(error_header(ErrorCode.UNAUTHORIZED, "wrong token",
+            self.send(error_header(ErrorCode.UNAUTHORIZED, "wrong token" if isinstance(token, str) else "hello needs the token",
                                    hint="read the token from the file named in the backend's ready line", **ref))
             return False
-        if header["protocol"] != PROTOCOL_VERSION:
+        if header.get("protocol") != PROTOCOL_VERSION or isinstance(header.get("protocol"), bool):
             self.send(error_header(
                 ErrorCode.PROTOCOL_MISMATCH,
-                f"this backend speaks protocol {PROTOCOL_VERSION}, the client speaks {header['protocol']}",
+                f"this backend speaks protocol {PROTOCOL_VERSION}, the client speaks {header.get('protocol')!r}",
                 hint="update the add-on and the backend together (one zip carries both)", **ref))
             return False
         self.authenticated = True
-        self.conn.settimeout(None)
+        self._login_deadline.cancel()
         self.send({"op": "welcome", "protocol": PROTOCOL_VERSION, **self.server.identity(), **ref})
         return True
+
+    def _end_unfinished_login(self) -> None:
+        if not self.authenticated:
+            try:
+                self.conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _submit(self, header: dict[str, Any], message: Message, ref: dict[str, Any]) -> None:
         images = {}
@@ -247,6 +271,12 @@ class Server:
     def request_shutdown(self) -> None:
         self._stop.set()
 
+    def finish_jobs(self) -> None:
+        """Refuse new jobs, cancel the queued and running ones and wait until each has sent its last event."""
+        self.engine.stop()
+        if not self.engine.join(JOBS_END_WAIT_S):
+            print(f"the running job did not stop within {JOBS_END_WAIT_S:.0f} s of being cancelled", file=sys.stderr, flush=True)
+
     def watch_parent(self, pid: int, interval: float = 1.0) -> None:
         """Shut down once process ``pid`` is gone (Blender quit or crashed)."""
 
@@ -274,17 +304,19 @@ class Server:
                 client = ClientSession(self, conn, address)
                 with self._lock:
                     self._clients.add(client)
-                threading.Thread(target=client.run, name=f"client-{client.id}", daemon=True).start()
+                client.thread.start()
         finally:
             self.close()
 
     def close(self) -> None:
         self._stop.set()
-        self.engine.stop()
+        self.finish_jobs()  # a job left running while the interpreter exits would abort the process
         with self._lock:
             clients = list(self._clients)
         for client in clients:
             client.outbox.put(_CLOSE)
+        for client in clients:  # their last events (a job's end, bye) are written before the process exits
+            client.thread.join(CLIENT_FLUSH_WAIT_S)
         try:
             self.sock.close()
         except OSError:

@@ -1,10 +1,13 @@
 """The add-on's single session, its environment and download tasks and the main-thread pump that drives them.
 
 A persistent ``bpy.app.timers`` timer calls ``pump``; tests (where timers never fire) call
-it directly. Each call applies a couple of milliseconds' worth of events, refreshes the
-parameter fields when a new model list arrives and redraws the sidebar when something
-visible changed. After a download the backend is asked to look at its weights again, which
-brings the new model list.
+it directly. Each call applies a couple of milliseconds' worth of events, puts a mesh that
+arrived in the scene, refreshes the parameter fields when a new model list arrives and
+redraws the sidebar when something visible changed. After a download the backend is asked
+to look at its weights again, which brings the new model list.
+
+The sidebar's inputs live on the window manager, which File > New and File > Open replace:
+they are kept before a file loads and put back after it, with the parameter fields rebuilt.
 """
 
 from __future__ import annotations
@@ -13,42 +16,51 @@ from dataclasses import replace
 
 import bpy
 
+from . import importer, properties
 from .downloads import DownloadTask
 from .environment import EnvironmentTask
-from .session import Phase, Session
+from .session import HistoryEntry, Phase, Session
+from .status_text import result_summary
+from .tasks import Outcome
 
 BUSY_INTERVAL_S = 0.05
 IDLE_INTERVAL_S = 0.5
+OBJECT_NAME = "Hunyuan3D"
 
 session: Session | None = None
 environment: EnvironmentTask | None = None
 downloads: DownloadTask | None = None
 _synced_welcome: dict | None = None
+_kept_inputs: dict | None = None
 
 
 def start() -> None:
     global session, environment, downloads
-    session = Session(import_result=_import_result)
+    session = Session()
     environment = EnvironmentTask()
     downloads = DownloadTask()
     bpy.app.timers.register(_tick, first_interval=IDLE_INTERVAL_S, persistent=True)
     bpy.app.handlers.render_pre.append(release_before_render)
+    bpy.app.handlers.load_pre.append(_keep_inputs)
+    bpy.app.handlers.load_post.append(_restore_inputs)
 
 
 def stop() -> None:
-    """Stop the timer, the threads, the socket, any backend we started and any setup or download under way."""
-    global session, environment, downloads, _synced_welcome
+    """Stop the timer and the handlers; close the session and any setup or download, without waiting for them."""
+    global session, environment, downloads, _synced_welcome, _kept_inputs
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
-    if release_before_render in bpy.app.handlers.render_pre:
-        bpy.app.handlers.render_pre.remove(release_before_render)
+    for handlers, handler in ((bpy.app.handlers.load_pre, _keep_inputs), (bpy.app.handlers.load_post, _restore_inputs),
+                              (bpy.app.handlers.render_pre, release_before_render)):
+        if handler in handlers:
+            handlers.remove(handler)
     if session is not None:
         session.close()
     if environment is not None:
         environment.close()
     if downloads is not None:
         downloads.close()
-    session, environment, downloads, _synced_welcome = None, None, None, None
+    session, environment, downloads, _synced_welcome, _kept_inputs = None, None, None, None, None
 
 
 def pump() -> None:
@@ -56,6 +68,8 @@ def pump() -> None:
     if session is None:
         return
     changed = session.pump()
+    for entry in session.take_arrived():
+        session.last = place_result(entry)
     if environment is not None:
         changed = environment.pump() or changed
     if downloads is not None:
@@ -65,10 +79,8 @@ def pump() -> None:
             _use_downloaded_weights()
     if session.phase is Phase.READY and session.welcome is not _synced_welcome:
         _synced_welcome = session.welcome
-        from .properties import sync_params
-
         for wm in bpy.data.window_managers:
-            sync_params(wm.hy3d)
+            properties.sync_params(wm.hy3d)
     if changed:
         _redraw()
 
@@ -78,12 +90,42 @@ def release_before_render(*_args) -> None:
     """Cycles and EEVEE need the GPU memory the backend holds; the preference says whether to ask for it."""
     if session is not None and bpy.context.preferences.addons[__package__].preferences.release_before_render:
         session.release_memory()
+def place_result(entry: HistoryEntry) -> Outcome:
+    """Put a mesh that arrived at the 3D cursor, as one undo step; the History keeps it if that fails."""
+    # A timer runs without a window; the selection, the active collection and the undo stack belong to one.
+    window = bpy.context.window or next(iter(bpy.context.window_manager.windows), None)
+    with bpy.context.temp_override(window=window):
+        try:
+            entry.object_name = importer.build_object(bpy.context, entry.mesh, OBJECT_NAME).name
+        except (RuntimeError, MemoryError, ValueError) as exc:  # raising here would stop Blender's timer for good
+            return Outcome("error", f"The mesh arrived but could not be imported: {exc}",
+                           "it is kept in History; import it from there")
+        if bpy.ops.ed.undo_push.poll():
+            bpy.ops.ed.undo_push(message="Hunyuan3D result")
+    return Outcome("result", result_summary(entry))
 
 
 def _use_downloaded_weights() -> None:
     """Have the backend look at its weights again, so the model list shows the new ones."""
     note = "the model list is updated to include them" if session.refresh_pipelines() else "the backend finds them when it starts"
     downloads.last = replace(downloads.last, hint=note)
+
+
+@bpy.app.handlers.persistent
+def _keep_inputs(*_args) -> None:
+    global _kept_inputs
+    window_manager = bpy.context.window_manager or next(iter(bpy.data.window_managers), None)
+    _kept_inputs = properties.snapshot(window_manager.hy3d) if window_manager is not None else None
+
+
+@bpy.app.handlers.persistent
+def _restore_inputs(*_args) -> None:
+    if session is not None and session.job is not None:
+        session.job.file_loaded = True
+    if _kept_inputs is not None:
+        for wm in bpy.data.window_managers:
+            properties.restore(wm.hy3d, _kept_inputs)
+    _redraw()
 
 
 def _tick() -> float:
@@ -98,11 +140,3 @@ def _redraw() -> None:
         for area in window.screen.areas:
             if area.type in ("VIEW_3D", "PREFERENCES"):
                 area.tag_redraw()
-
-
-def _import_result(index: int) -> str:
-    """Import through the operator so the new object is one undo step."""
-    window = bpy.context.window or next(iter(bpy.context.window_manager.windows), None)
-    with bpy.context.temp_override(window=window):
-        bpy.ops.hy3d.import_result(index=index)
-    return session.history[index].object_name

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from . import launcher
 from .backend.weights import DOWNLOADS, HUNYUAN_DIT_REPO, summarise_missing
+from .errors import AddonError
 from .tasks import BackgroundTask, Finished, Outcome
 
 LOG_NAME = "download.log"
@@ -29,11 +30,8 @@ _PERCENT = re.compile(r"(\d{1,3})%\|")
 _LINE_END = re.compile(r"[\r\n]")
 
 
-class DownloadError(Exception):
-    def __init__(self, message: str, hint: str = ""):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+class DownloadError(AddonError):
+    """A download could not start."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ its progress events become the preferences' progress bar and message, and at the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +51,10 @@ class EnvironmentTask(BackgroundTask):
         if not self.running:
             self._run_in_background(self._set_up, request)
 
-    def remove(self, env_dir: str) -> None:
+    def remove(self, env_dir: str, first: Callable[[], object] = lambda: None) -> None:
+        """Delete the environment on the worker, after ``first`` (waiting for a backend that runs from it to exit)."""
         if not self.running:
-            self._run_in_background(self._remove, env_dir)
+            self._run_in_background(self._remove, env_dir, first)
 
     def cancel(self) -> None:
         super().cancel()
@@ -89,7 +91,8 @@ class EnvironmentTask(BackgroundTask):
             outcome = Outcome("error", f"Setup failed: {exc}", "see the setup log in the environment folder")
         self.events.put(Finished(outcome))
 
-    def _remove(self, env_dir: str) -> None:
+    def _remove(self, env_dir: str, first: Callable[[], object]) -> None:
+        first()
         try:
             envsetup.remove_environment(Path(env_dir))
             outcome = Outcome("removed", f"Removed {env_dir}")

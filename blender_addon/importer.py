@@ -1,7 +1,9 @@
 """MeshArrays -> a Blender object in the scene: geometry in bulk, vertex colours, material, placement.
 
-Main thread only. Geometry goes through the attribute API (``position``, ``.corner_vert``),
-several times faster than the classic vertices/loops path, which remains the fallback for
+Main thread only, and kept short: the reader thread has already laid the arrays out as
+Blender stores them, edges included, so this only hands them over. Geometry goes through the
+attribute API (``position``, ``.edge_verts``, ``.corner_vert``, ``.corner_edge``), several
+times faster than the classic vertices/edges/loops path, which remains the fallback for
 Blender builds where those attributes are not reachable from Python.
 """
 
@@ -36,17 +38,22 @@ def build_object(context: bpy.types.Context, arrays: MeshArrays, name: str) -> b
 
 def fill_geometry(mesh: bpy.types.Mesh, arrays: MeshArrays) -> None:
     mesh.vertices.add(arrays.vertex_count)
+    mesh.edges.add(len(arrays.edge_verts))
     mesh.loops.add(len(arrays.corner_verts))
     mesh.polygons.add(arrays.face_count)
-    corner_vert = mesh.attributes.get(".corner_vert")
-    if corner_vert is not None and "position" in mesh.attributes:
-        mesh.attributes["position"].data.foreach_set("vector", arrays.positions.reshape(-1))
-        corner_vert.data.foreach_set("value", arrays.corner_verts)
+    attributes = mesh.attributes
+    if all(name in attributes for name in ("position", ".edge_verts", ".corner_vert", ".corner_edge")):
+        attributes["position"].data.foreach_set("vector", arrays.positions.reshape(-1))
+        attributes[".edge_verts"].data.foreach_set("value", arrays.edge_verts.reshape(-1))
+        attributes[".corner_vert"].data.foreach_set("value", arrays.corner_verts)
+        attributes[".corner_edge"].data.foreach_set("value", arrays.corner_edges)
     else:
         mesh.vertices.foreach_set("co", arrays.positions.reshape(-1))
+        mesh.edges.foreach_set("vertices", arrays.edge_verts.reshape(-1))
         mesh.loops.foreach_set("vertex_index", arrays.corner_verts)
-    mesh.polygons.foreach_set("loop_start", arrays.face_starts())
-    mesh.update()
+        mesh.loops.foreach_set("edge_index", arrays.corner_edges)
+    mesh.polygons.foreach_set("loop_start", arrays.face_starts)
+    mesh.update()  # with the edges present, Blender does not compute them again
     mesh.shade_smooth()
 
 

@@ -16,14 +16,15 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STOP_GRACE_S = 3.0
+from .errors import AddonError
+
+SHUTDOWN_WAIT_S = 150.0  # a backend asked to shut down first ends its job at the next step (it waits up to 120 s for that)
+STOP_GRACE_S = 5.0
+LOG_GENERATIONS = 3  # backend.log, backend.1.log, backend.2.log
 
 
-class LaunchError(Exception):
-    def __init__(self, message: str, hint: str = ""):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+class LaunchError(AddonError):
+    """The backend could not be started."""
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,19 @@ class BackendProcess:
     def exit_code(self) -> int | None:
         return self.process.poll()
 
-    def stop(self) -> None:
-        """Give a backend already asked to shut down a moment to exit, then terminate, then kill."""
+    def stop(self, asked_to_shut_down: bool) -> None:
+        """Wait for the exit of a backend asked to shut down, else terminate it (it cleans up), then kill.
+
+        Blocks for as long as the backend takes: call it from a background thread, never Blender's main one.
+        """
         self._stopped.set()
-        for end in (None, self.process.terminate, self.process.kill):
+        waits = ((None, SHUTDOWN_WAIT_S) if asked_to_shut_down else (None, 0.0),
+                 (self.process.terminate, STOP_GRACE_S), (self.process.kill, STOP_GRACE_S))
+        for end, seconds in waits:
             if end is not None:
                 end()
             try:
-                self.process.wait(STOP_GRACE_S)
+                self.process.wait(seconds)
                 break
             except subprocess.TimeoutExpired:
                 continue
@@ -104,6 +110,11 @@ def start(settings: LaunchSettings) -> BackendProcess:
     """Start the process; raises LaunchError when the interpreter can't be run at all."""
     check_python(settings.python)
     Path(settings.log_path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        rotate_logs(settings.log_path)
+    except OSError as exc:
+        raise LaunchError(f"Can't keep the backend's earlier logs next to {settings.log_path}: {exc.strerror or exc}",
+                          hint="check that the add-on's user folder is writable") from None
     try:
         with open(settings.log_path, "wb") as log:
             process = subprocess.Popen(
@@ -169,6 +180,20 @@ def explain_early_exit(python: str, code: int, log_tail: str) -> LaunchError:
     last = log_tail.strip().splitlines()[-1] if log_tail.strip() else "no output"
     return LaunchError(f"The backend exited with code {code} before it was ready: {last}",
                        hint="see the backend log for details")
+
+
+def rotate_logs(path: str, generations: int = LOG_GENERATIONS) -> None:
+    """Keep the last logs: backend.log becomes backend.1.log, backend.1.log backend.2.log, and so on."""
+    stem, suffix = os.path.splitext(path)
+    names = [path] + [f"{stem}.{number}{suffix}" for number in range(1, generations)]
+    for newer, older in reversed(list(zip(names, names[1:]))):
+        if os.path.exists(newer):
+            os.replace(newer, older)
+
+
+def last_lines(path: str, count: int = 3) -> list[str]:
+    """The last non-empty lines of a log, to quote when the process behind it died."""
+    return [line.strip() for line in read_tail(path).splitlines() if line.strip()][-count:]
 
 
 def read_tail(path: str, limit: int = 8192) -> str:

@@ -6,9 +6,43 @@ import bpy
 from bpy.props import IntProperty, StringProperty
 
 from . import app, importer
-from .downloads import DownloadError
+from .errors import AddonError
 from .preferences import connection_settings, download_request, environment_dir, setup_request
-from .session import Phase, SessionError
+from .session import Phase
+
+
+class StartsWork:
+    """Mixin for an operator that starts work (a job, a setup, a download) held by ``work()``.
+
+    Available while that work is not running; ``start`` raises AddonError to refuse, and the
+    error becomes the operator's report.
+    """
+
+    @classmethod
+    def poll(cls, context):
+        work = cls.work()
+        return work is not None and not work.running
+
+    def execute(self, context):
+        try:
+            self.start(context)
+        except AddonError as exc:
+            self.report({"ERROR"}, exc.report_text())
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class CancelsWork:
+    """Mixin for the Cancel button of the work ``work()`` holds: available while it runs."""
+
+    @classmethod
+    def poll(cls, context):
+        work = cls.work()
+        return work is not None and work.running
+
+    def execute(self, context):
+        self.work().cancel()
+        return {"FINISHED"}
 
 
 class HY3D_OT_connect(bpy.types.Operator):
@@ -77,42 +111,42 @@ class HY3D_OT_free_gpu_memory(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class HY3D_OT_generate(bpy.types.Operator):
+class HY3D_OT_generate(StartsWork, bpy.types.Operator):
     """Generate a mesh from the image or the prompt; it appears at the 3D cursor"""
 
     bl_idname = "hy3d.generate"
     bl_label = "Generate"
 
+    @staticmethod
+    def work():
+        return app.session
+
     @classmethod
     def poll(cls, context):
-        return app.session is not None and app.session.phase is Phase.READY and app.session.job is None
+        if app.session is None or app.session.phase is not Phase.READY or app.session.running:
+            return False
+        problem = context.window_manager.hy3d.problem()
+        if problem:
+            cls.poll_message_set(problem)
+        return not problem
 
-    def execute(self, context):
-        try:
-            app.session.submit(context.window_manager.hy3d.request())
-        except SessionError as exc:
-            self.report({"ERROR"}, f"{exc.message}. {exc.hint}" if exc.hint else exc.message)
-            return {"CANCELLED"}
-        return {"FINISHED"}
+    def start(self, context):
+        app.session.submit(context.window_manager.hy3d.request())
 
 
-class HY3D_OT_cancel(bpy.types.Operator):
+class HY3D_OT_cancel(CancelsWork, bpy.types.Operator):
     """Stop the running job (the backend stops at its next step)"""
 
     bl_idname = "hy3d.cancel"
     bl_label = "Cancel"
 
-    @classmethod
-    def poll(cls, context):
-        return app.session is not None and app.session.job is not None
-
-    def execute(self, context):
-        app.session.cancel()
-        return {"FINISHED"}
+    @staticmethod
+    def work():
+        return app.session
 
 
 class HY3D_OT_import_result(bpy.types.Operator):
-    """Put this result in the scene again, at the 3D cursor"""
+    """Put this result in the scene again, at the 3D cursor (new results are placed there on arrival)"""
 
     bl_idname = "hy3d.import_result"
     bl_label = "Import Result"
@@ -129,60 +163,55 @@ class HY3D_OT_import_result(bpy.types.Operator):
             self.report({"ERROR"}, "That result is no longer in the history")
             return {"CANCELLED"}
         entry = app.session.history[self.index]
-        obj = importer.build_object(context, entry.mesh, "Hunyuan3D")
-        entry.object_name = obj.name
+        entry.object_name = importer.build_object(context, entry.mesh, app.OBJECT_NAME).name
         return {"FINISHED"}
 
 
-class HY3D_OT_setup_backend(bpy.types.Operator):
+class HY3D_OT_setup_backend(StartsWork, bpy.types.Operator):
     """Make the backend's own Python environment with the torch build for this machine (resumes or repairs one)"""
 
     bl_idname = "hy3d.setup_backend"
     bl_label = "Set Up Backend"
 
-    @classmethod
-    def poll(cls, context):
-        return app.environment is not None and not app.environment.running
+    @staticmethod
+    def work():
+        return app.environment
 
-    def execute(self, context):
+    def start(self, context):
         app.environment.start(setup_request(context))
-        return {"FINISHED"}
 
 
-class HY3D_OT_cancel_setup(bpy.types.Operator):
+class HY3D_OT_cancel_setup(CancelsWork, bpy.types.Operator):
     """Stop the setup; Set Up Backend resumes it later"""
 
     bl_idname = "hy3d.cancel_setup"
     bl_label = "Cancel Setup"
 
-    @classmethod
-    def poll(cls, context):
-        return app.environment is not None and app.environment.running
-
-    def execute(self, context):
-        app.environment.cancel()
-        return {"FINISHED"}
+    @staticmethod
+    def work():
+        return app.environment
 
 
-class HY3D_OT_remove_backend_env(bpy.types.Operator):
+class HY3D_OT_remove_backend_env(StartsWork, bpy.types.Operator):
     """Delete the environment Set Up Backend made (stops the backend first)"""
 
     bl_idname = "hy3d.remove_backend_env"
     bl_label = "Remove"
 
-    @classmethod
-    def poll(cls, context):
-        return app.environment is not None and not app.environment.running
+    @staticmethod
+    def work():
+        return app.environment
 
-    def execute(self, context):
+    def start(self, context):
         prefs = context.preferences.addons[__package__].preferences
+        closing = []
         if not prefs.python_path:  # a backend running from this environment would hold files open
             app.session.close()
-        app.environment.remove(environment_dir(prefs))
-        return {"FINISHED"}
+            closing = app.session.closing()
+        app.environment.remove(environment_dir(prefs), first=lambda: [c.wait_closed() for c in closing])
 
 
-class HY3D_OT_download_weights(bpy.types.Operator):
+class HY3D_OT_download_weights(StartsWork, bpy.types.Operator):
     """Download this model's weights from Hugging Face with the backend's Python (needs Allow Online Access)"""
 
     bl_idname = "hy3d.download_weights"
@@ -190,32 +219,23 @@ class HY3D_OT_download_weights(bpy.types.Operator):
 
     model: StringProperty(name="Model", description="What 'python -m backend download' fetches", options={"SKIP_SAVE"})
 
-    @classmethod
-    def poll(cls, context):
-        return app.downloads is not None and not app.downloads.running
+    @staticmethod
+    def work():
+        return app.downloads
 
-    def execute(self, context):
-        try:
-            app.downloads.start(download_request(context, self.model))
-        except DownloadError as exc:
-            self.report({"ERROR"}, f"{exc.message}. {exc.hint}" if exc.hint else exc.message)
-            return {"CANCELLED"}
-        return {"FINISHED"}
+    def start(self, context):
+        app.downloads.start(download_request(context, self.model))
 
 
-class HY3D_OT_cancel_download(bpy.types.Operator):
+class HY3D_OT_cancel_download(CancelsWork, bpy.types.Operator):
     """Stop the download; Download Weights goes on from the files already fetched"""
 
     bl_idname = "hy3d.cancel_download"
     bl_label = "Cancel Download"
 
-    @classmethod
-    def poll(cls, context):
-        return app.downloads is not None and app.downloads.running
-
-    def execute(self, context):
-        app.downloads.cancel()
-        return {"FINISHED"}
+    @staticmethod
+    def work():
+        return app.downloads
 
 
 classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_refresh_models, HY3D_OT_free_gpu_memory, HY3D_OT_generate, HY3D_OT_cancel,

@@ -9,8 +9,10 @@ import bpy
 from . import app
 from .downloads import LICENCE_NOTE, missing_weights
 from .session import Phase
+from .status_text import progress_text
 
 CHARACTER_WIDTH_PX = 7  # about one character of the default UI font, to wrap long labels
+OUTCOME_ICONS = {"result": "CHECKMARK", "done": "CHECKMARK", "ready": "CHECKMARK", "removed": "TRASH", "cancelled": "CANCEL"}
 
 
 class HY3D_PT_main(bpy.types.Panel):
@@ -26,7 +28,7 @@ class HY3D_PT_main(bpy.types.Panel):
         if session is None:
             return
         if session.phase is not Phase.READY:
-            draw_connection(layout, session)
+            draw_connection(layout, context, session)
             draw_download(layout, context)
             return
         if session.unresponsive:
@@ -40,12 +42,9 @@ class HY3D_PT_main(bpy.types.Panel):
         layout.prop(inputs, "image_path" if inputs.source == "IMAGE" else "prompt")
         draw_weights(layout, context, info, text_prompt="text" in accepted and inputs.source == "TEXT")
         draw_download(layout, context)
-        col = layout.column(align=True)
-        for param in inputs.params:
-            if not param.advanced:
-                col.prop(param, param.value_field, text=param.name.replace("_", " ").title())
-        draw_job(layout, session)
-        draw_outcome(layout, session)
+        draw_params(layout, inputs, advanced=False)
+        draw_job(layout, context, session)
+        draw_outcome(layout, context, session.last)
 
 
 class HY3D_PT_advanced(bpy.types.Panel):
@@ -61,10 +60,7 @@ class HY3D_PT_advanced(bpy.types.Panel):
         return app.session is not None and any(p.advanced for p in context.window_manager.hy3d.params)
 
     def draw(self, context):
-        col = self.layout.column(align=True)
-        for param in context.window_manager.hy3d.params:
-            if param.advanced:
-                col.prop(param, param.value_field, text=param.name.replace("_", " ").title())
+        draw_params(self.layout, context.window_manager.hy3d, advanced=True)
 
 
 class HY3D_PT_history(bpy.types.Panel):
@@ -86,20 +82,25 @@ class HY3D_PT_history(bpy.types.Panel):
             row.operator("hy3d.import_result", text="", icon="IMPORT").index = index
 
 
-def draw_connection(layout, session) -> None:
+def draw_params(layout, inputs, advanced: bool) -> None:
+    """The chosen model's parameter fields: the main ones, or those under Advanced."""
+    col = layout.column(align=True)
+    for param in inputs.params:
+        if param.advanced == advanced:
+            col.prop(param, param.value_field, text=param.name.replace("_", " ").title())
+
+
+def draw_connection(layout, context, session) -> None:
     if session.phase is Phase.STARTING:
         layout.label(text="Starting the backend...", icon="SORTTIME")
         layout.operator("hy3d.disconnect", text="Stop", icon="CANCEL")
         return
-    if session.phase is Phase.FAILED and session.problem is not None:
-        box = layout.box()
-        box.label(text=session.problem.message, icon="ERROR")
-        if session.problem.hint:
-            box.label(text=session.problem.hint)
+    if session.phase is Phase.FAILED:
+        draw_outcome(layout, context, session.problem)
     row = layout.row()
     row.scale_y = 1.6
     row.operator("hy3d.connect", text="Restart Backend" if session.phase is Phase.FAILED else "Start Backend", icon="PLAY")
-    draw_outcome(layout, session)
+    draw_outcome(layout, context, session.last)
 
 
 def draw_weights(layout, context, pipeline: dict, text_prompt: bool) -> None:
@@ -128,12 +129,7 @@ def draw_download(layout, context) -> None:
         box.progress(factor=task.fraction, type="BAR", text=task.message)
         box.operator("hy3d.cancel_download", icon="CANCEL")
         return
-    outcome = task.last
-    if outcome is not None:
-        box = layout.box()
-        draw_wrapped(box, context, outcome.message, icon={"done": "CHECKMARK", "cancelled": "CANCEL"}.get(outcome.kind, "ERROR"))
-        if outcome.hint:
-            draw_wrapped(box, context, outcome.hint, icon="INFO")
+    draw_outcome(layout, context, task.last)
 
 
 def draw_wrapped(layout, context, text: str, icon: str = "NONE") -> None:
@@ -146,27 +142,33 @@ def draw_wrapped(layout, context, text: str, icon: str = "NONE") -> None:
         column.label(text=line, icon=icon if number == 0 else "BLANK1" if icon != "NONE" else "NONE")
 
 
-def draw_job(layout, session) -> None:
+def draw_job(layout, context, session) -> None:
+    """Generate (greyed out, with the reason, while the inputs can't run), or the running job with Cancel."""
     job = session.job
     if job is None:
         row = layout.row()
         row.scale_y = 1.8
         row.operator("hy3d.generate", icon="MESH_MONKEY")
+        problem = context.window_manager.hy3d.problem()
+        if problem:
+            draw_wrapped(layout, context, problem, icon="ERROR")
         layout.operator("hy3d.free_gpu_memory", icon="MEMORY")
         return
-    layout.progress(factor=job.fraction(), type="BAR", text=job.progress_text())
+    layout.progress(factor=job.fraction(), type="BAR", text=progress_text(job))
     layout.operator("hy3d.cancel", icon="CANCEL")
 
 
-def draw_outcome(layout, session) -> None:
-    outcome = session.last
+def draw_outcome(layout, context, outcome) -> None:
+    """A job's or the connection's outcome: message, hint, and any quoted lines (the end of a log)."""
     if outcome is None:
         return
-    icon = {"result": "CHECKMARK", "cancelled": "CANCEL"}.get(outcome.kind, "ERROR")
+    icon = OUTCOME_ICONS.get(outcome.kind, "ERROR")
     box = layout.box()
-    box.label(text=outcome.message, icon=icon)
+    draw_wrapped(box, context, outcome.message, icon=icon)
     if outcome.hint:
-        box.label(text=outcome.hint, icon="INFO")
+        draw_wrapped(box, context, outcome.hint, icon="INFO")
+    for line in outcome.details:
+        draw_wrapped(box, context, line, icon="RIGHTARROW_THIN")
 
 
 classes = (HY3D_PT_main, HY3D_PT_advanced, HY3D_PT_history)

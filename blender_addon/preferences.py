@@ -13,9 +13,12 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from . import app, downloads, launcher
 from .backend import envsetup
 from .backend.memory.manager import MODE_HELP
+from .connection import ConnectionSettings
 from .downloads import DownloadRequest
 from .environment import SetupRequest
-from .session import ConnectionSettings, Phase, device_summary
+from .panels import draw_outcome
+from .session import Phase
+from .status_text import device_summary
 
 MEMORY_MODES = tuple((mode, mode.capitalize() if mode != "cpu" else "CPU", help) for mode, help in MODE_HELP.items())
 
@@ -69,7 +72,7 @@ class HY3D_AddonPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "connection", expand=True)
         col = layout.column()
         if self.connection == "LAUNCH":
-            draw_environment(col.box(), self)
+            draw_environment(col.box(), context, self)
             col.prop(self, "python_path")
             col.prop(self, "weights_dir")
             col.prop(self, "device")
@@ -96,8 +99,9 @@ def draw_connection_report(layout) -> None:
         box.label(text="Connecting...", icon="SORTTIME")
     elif session.phase is Phase.FAILED and session.problem is not None:
         box.label(text=session.problem.message, icon="ERROR")
-        if session.problem.hint:
-            box.label(text=session.problem.hint)
+        for line in (session.problem.hint, *session.problem.details):
+            if line:
+                box.label(text=line)
     elif session.phase is Phase.READY and session.welcome is not None:
         for line in device_summary({**session.welcome, **(session.status or {})}):
             box.label(text=line)
@@ -105,7 +109,7 @@ def draw_connection_report(layout) -> None:
         box.label(text="Not connected")
 
 
-def draw_environment(layout, prefs) -> None:
+def draw_environment(layout, context, prefs) -> None:
     layout.label(text="Backend Environment", icon="CONSOLE")
     task = app.environment
     if task is not None and task.running:
@@ -120,22 +124,38 @@ def draw_environment(layout, prefs) -> None:
     row.operator("hy3d.remove_backend_env", text="", icon="TRASH")
     layout.prop(prefs, "env_dir")
     layout.prop(prefs, "wheels_dir")
-    outcome = task.last if task is not None else None
-    if outcome is not None:
-        box = layout.box()
-        box.label(text=outcome.message, icon={"ready": "CHECKMARK", "removed": "TRASH", "cancelled": "CANCEL"}.get(outcome.kind, "ERROR"))
-        if outcome.hint:
-            box.label(text=outcome.hint, icon="INFO")
+    draw_outcome(layout, context, task.last if task is not None else None)
 
 
 def environment_status(prefs) -> list[str]:
     """The status line: which Python the backend will run with, and what setup found in it."""
     if prefs.python_path:
         return [f"Using the existing environment: {bpy.path.abspath(prefs.python_path)}"]
-    report = envsetup.read_report(Path(environment_dir(prefs)))
+    report = setup_report(environment_dir(prefs))
     if report is None:
         return ["Not set up: press Set Up Backend (or choose an existing Python below)"]
     return ["Ready", *report.summary()]
+
+
+_setup_reports: dict[str, tuple[tuple, envsetup.Report | None]] = {}
+
+
+def setup_report(env_dir: str) -> envsetup.Report | None:
+    """The finished setup's report; read again only when its files change, not on every redraw."""
+    state_dir = Path(env_dir) / envsetup.STATE_DIR
+    stamp = tuple(_file_stamp(state_dir / name) for name in (envsetup.STATE_NAME, envsetup.REPORT_NAME))
+    cached = _setup_reports.get(env_dir)
+    if cached is None or cached[0] != stamp:
+        cached = _setup_reports[env_dir] = (stamp, envsetup.read_report(Path(env_dir)))
+    return cached[1]
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def environment_dir(prefs) -> str:
@@ -166,7 +186,7 @@ def backend_python(prefs) -> str:
     """The chosen existing Python, else the one in the environment Set Up Backend made (if it finished)."""
     if prefs.python_path:
         return bpy.path.abspath(prefs.python_path)
-    report = envsetup.read_report(Path(environment_dir(prefs)))
+    report = setup_report(environment_dir(prefs))
     return report.python if report is not None else ""
 
 

@@ -2,10 +2,13 @@
 
 The parameter list is not hard-coded: it mirrors what the connected backend says each
 pipeline takes, so new models and plug-ins get their fields without an add-on update.
+The inputs live on the window manager, which a file load replaces; ``snapshot`` and
+``restore`` carry them across (``app`` calls them around every load).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import bpy
@@ -76,6 +79,21 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
         session = app.session
         return next((p for p in (session.pipelines() if session else []) if p["name"] == self.pipeline), None)
 
+    def problem(self) -> str:
+        """Why Generate can't run with these inputs, in a few words ("" when it can)."""
+        if self.pipeline_info() is None:
+            return "Choose a model first"
+        if self.source == "TEXT":
+            return "" if self.prompt.strip() else "Type a prompt first"
+        if not self.image_path:
+            return "Choose an image first"
+        path = bpy.path.abspath(self.image_path)
+        if not os.path.isfile(path):
+            return f"Image not found: {path}"
+        if not os.access(path, os.R_OK):
+            return f"Can't read the image {path}"
+        return ""
+
     def request(self) -> GenerationRequest:
         params = {p.name: p.value for p in self.params}
         if self.source == "IMAGE":
@@ -101,6 +119,24 @@ def sync_params(inputs: HY3D_GenerationInputs) -> None:
         inputs.source = "TEXT"
     elif inputs.source == "TEXT" and "text" not in accepted and "image" in accepted:
         inputs.source = "IMAGE"
+
+
+def snapshot(inputs: HY3D_GenerationInputs) -> dict[str, Any]:
+    """The inputs as plain data, to outlive the window manager they are stored on."""
+    return {"pipeline": inputs.pipeline, "source": inputs.source, "image_path": inputs.image_path, "prompt": inputs.prompt,
+            "params": {p.name: (p.kind, p.value) for p in inputs.params}}
+
+
+def restore(inputs: HY3D_GenerationInputs, kept: dict[str, Any]) -> None:
+    """Put kept inputs back, with the parameter fields rebuilt for the chosen model and the values the user set."""
+    inputs.image_path, inputs.prompt, inputs.source = kept["image_path"], kept["prompt"], kept["source"]
+    if any(item[0] == kept["pipeline"] for item in _pipeline_items(inputs, None)):
+        inputs.pipeline = kept["pipeline"]  # its update rebuilds the fields
+    sync_params(inputs)
+    for param in inputs.params:
+        old = kept["params"].get(param.name)
+        if old is not None and old[0] == param.kind:
+            param.set(old[1])
 
 
 classes = (HY3D_ParamValue, HY3D_GenerationInputs)

@@ -20,6 +20,7 @@ class Outcome:
     kind: str  # "result", "done", "ready", "removed", "cancelled" or "error"
     message: str
     hint: str = ""
+    details: tuple[str, ...] = ()  # lines to quote, such as the end of a log
 
 
 @dataclass(frozen=True)
@@ -54,15 +55,20 @@ class BackgroundTask:
         self._cancel.set()
 
     def close(self) -> None:
-        """Cancel anything running and wait for the worker (add-on disabled, Blender quitting)."""
+        """Cancel anything running (add-on disabled, Blender quitting); the task is not used afterwards.
+
+        Returns at once: a reaper thread waits for the worker and forces its work to end if it
+        ignores the cancel, so Blender's main thread never waits.
+        """
         self.cancel()
         if self._thread is not None:
-            self._thread.join(JOIN_TIMEOUT_S)
-            if self._thread.is_alive():
-                self._stop_hard()
-                self._thread.join(JOIN_TIMEOUT_S)
-        self._thread = None
-        self._ended()
+            threading.Thread(target=self._reap, args=(self._thread,), name=f"{self.thread_name}-reaper", daemon=True).start()
+
+    def _reap(self, worker: threading.Thread) -> None:
+        worker.join(JOIN_TIMEOUT_S)
+        if worker.is_alive():
+            self._stop_hard()
+            worker.join(JOIN_TIMEOUT_S)
 
     def pump(self) -> bool:
         """Apply the worker's events; returns whether anything visible changed."""

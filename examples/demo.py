@@ -77,6 +77,7 @@ def main() -> int:
     if result != {"FINISHED"} or PACKAGE not in bpy.context.preferences.addons:
         raise SystemExit("error: Blender could not install the add-on zip")
     app = sys.modules[f"{PACKAGE}.app"]
+    progress_text = sys.modules[f"{PACKAGE}.status_text"].progress_text
     prefs = bpy.context.preferences.addons[PACKAGE].preferences
     prefs.connection = "LAUNCH"
     prefs.python_path = sys.executable
@@ -106,7 +107,7 @@ def main() -> int:
 
     def finished() -> bool:
         if app.session.job is not None:
-            text = app.session.job.progress_text()
+            text = progress_text(app.session.job)
             if not progress_seen or progress_seen[-1] != text:
                 progress_seen.append(text)
                 print(f"  {text}")
@@ -125,7 +126,7 @@ def main() -> int:
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
     preview = out / "preview.png"
     render_preview(bpy, preview, args.samples)
-    app.stop()  # stops the backend the add-on launched
+    app.stop()  # asks the backend the add-on launched to shut down (it exits on its own)
 
     facts = {
         "image": str(args.image), "model": args.model, "object": obj.name,

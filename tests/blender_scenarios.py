@@ -68,9 +68,9 @@ def connect() -> None:
     assert app.session.phase.value == "ready", app.session.problem
 
 
-def set_inputs(source: str = "TEXT", image: str = "", **params) -> None:
+def set_inputs(source: str = "TEXT", image: str = "", pipeline: str = "test-shape", **params) -> None:
     inputs = bpy.context.window_manager.hy3d
-    inputs.pipeline = "test-shape"
+    inputs.pipeline = pipeline
     inputs.source = source
     inputs.prompt = "a small round stone"
     inputs.image_path = image
@@ -84,7 +84,7 @@ def generate_and_wait(seen: list | None = None) -> None:
 
     def record() -> None:
         if seen is not None and app.session.job is not None:
-            text = app.session.job.progress_text()
+            text = addon_module("status_text").progress_text(app.session.job)
             if not seen or seen[-1] != text:
                 seen.append(text)
 
@@ -216,23 +216,35 @@ def scenario_free_gpu_memory(config: dict) -> dict:
 
 
 def scenario_backend_killed(config: dict) -> dict:
+    """A backend that crashes, then one killed mid-job: the panel quotes the log, Restart keeps the old logs."""
     install(config)
     configure(config)
     connect()
     app = addon_module("app")
+    panels = addon_module("panels")
+    log_path = os.path.join(addon_module("preferences").user_dir(), "backend.log")
+    set_inputs(steps=10, step_delay=0.01, crash_at_step=3)
+    generate_and_wait()
+    problem = app.session.problem
+    facts = {"crashed": {"outcome": [app.session.last.kind, app.session.last.message], "phase": app.session.phase.value,
+                         "problem": [problem.message, problem.hint, list(problem.details)],
+                         "panel": drawn(lambda layout: panels.draw_connection(layout, bpy.context, app.session))}}
+    connect()
     first_pid = app.session.backend_pid
     set_inputs(steps=400, step_delay=0.05)
     assert bpy.ops.hy3d.generate() == {"FINISHED"}
     pump_until(lambda: app.session.job is not None and app.session.job.stage == "shape")
     os.kill(first_pid, signal.SIGKILL)
     pump_until(lambda: app.session.job is None)
-    facts = {"outcome": [app.session.last.kind, app.session.last.message, app.session.last.hint],
-             "phase": app.session.phase.value, "problem": [app.session.problem.message, app.session.problem.hint]}
+    facts.update({"outcome": [app.session.last.kind, app.session.last.message, app.session.last.hint],
+                  "phase": app.session.phase.value, "problem": [app.session.problem.message, app.session.problem.hint]})
     connect()
     facts["second_pid_differs"] = app.session.backend_pid not in (None, first_pid)
     set_inputs(steps=2, step_delay=0.0)
     generate_and_wait()
     facts["after_restart"] = app.session.last.kind
+    facts["logs"] = {name: open(os.path.join(os.path.dirname(log_path), name), encoding="utf-8").read()
+                     for name in sorted(os.listdir(os.path.dirname(log_path))) if name.startswith("backend")}
     return facts
 
 
@@ -253,28 +265,165 @@ def scenario_frozen_backend(config: dict) -> dict:
     return facts
 
 
+def start_sampling_with_nano(config: dict):
+    """Connect and start Nano on a picture; returns the backend's process once the job samples its field."""
+    app = addon_module("app")
+    connect()
+    backend = app.session._connection.backend.process
+    set_inputs("IMAGE", config["nano_image"], pipeline="nano", resolution=256)
+    assert bpy.ops.hy3d.generate() == {"FINISHED"}
+    pump_until(lambda: app.session.job is not None and app.session.job.stage == "mesh")
+    return backend
+
+
+def backend_ending(backend, config: dict, seconds: float) -> dict:
+    """How a backend the add-on left to shut down on its own ended: exit code, token file, what its log says."""
+    alive_when_returned = backend.poll() is None
+    code = backend.wait(TIMEOUT_S)
+    token_file = os.path.join(config["workdir"], "hy3d-home", "run", f"token-{backend.pid}")
+    log = open(os.path.join(addon_module("preferences").user_dir(), "backend.log"), encoding="utf-8").read()
+    return {"main_thread_seconds": seconds, "backend_running_when_returned": alive_when_returned, "exit_code": code,
+            "token_file_left": os.path.exists(token_file), "log_tail": log[-2000:]}
+
+
 def scenario_disable(config: dict) -> dict:
     install(config)
     configure(config)
     fds_before = socket_count()
     threads_before = {t.name for t in threading.enumerate()}
-    connect()
     app = addon_module("app")
+    backend = start_sampling_with_nano(config)
     session = app.session
-    pid = session.backend_pid
-    set_inputs(steps=400, step_delay=0.05)
-    assert bpy.ops.hy3d.generate() == {"FINISHED"}
-    pump_until(lambda: app.session.job is not None and app.session.job.stage == "shape")
     tick = app._tick
+    started = time.perf_counter()
     bpy.ops.preferences.addon_disable(module=PACKAGE)
-    facts = {"enabled": PACKAGE in bpy.context.preferences.addons, "timer": bpy.app.timers.is_registered(tick),
-             "threads": sorted({t.name for t in threading.enumerate()} - threads_before),
-             "session_threads": session.threads_alive(), "sockets": socket_count() - fds_before,
-             "backend_alive": process_alive(pid), "hy3d_registered": hasattr(bpy.types, "HY3D_OT_generate")}
+    facts = backend_ending(backend, config, time.perf_counter() - started)
+    deadline = time.monotonic() + TIMEOUT_S
+    while session.threads_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    facts.update({"enabled": PACKAGE in bpy.context.preferences.addons, "timer": bpy.app.timers.is_registered(tick),
+                  "threads": sorted({t.name for t in threading.enumerate()} - threads_before),
+                  "session_threads": session.threads_alive(), "sockets": socket_count() - fds_before,
+                  "hy3d_registered": hasattr(bpy.types, "HY3D_OT_generate"),
+                  "handlers": [h.__name__ for h in (*bpy.app.handlers.load_pre, *bpy.app.handlers.load_post)
+                               if h.__module__.startswith(PACKAGE)]})
     bpy.ops.preferences.addon_enable(module=PACKAGE)
     configure(config)
     connect()
     facts["reenabled"] = addon_module("app").session.phase.value
+    return facts
+
+
+def scenario_quit(config: dict) -> dict:
+    """Blender quits mid-job: what runs at exit (the add-on's atexit hook) returns at once; the backend ends cleanly."""
+    import atexit
+
+    install(config)
+    configure(config)
+    backend = start_sampling_with_nano(config)
+    started = time.perf_counter()
+    atexit._run_exitfuncs()
+    return backend_ending(backend, config, time.perf_counter() - started)
+
+
+def scenario_import_equivalence(config: dict) -> dict:
+    """The importer's mesh (edges computed on the reader thread) against Blender computing the edges itself."""
+    import numpy as np
+
+    install(config)
+    meshdata, importer = addon_module("meshdata"), addon_module("importer")
+    rows, cols = 7, 9
+    u, v = np.meshgrid(np.linspace(-1, 1, cols + 1, dtype=np.float32), np.linspace(-1, 1, rows + 1, dtype=np.float32))
+    positions = np.stack([u, 0.2 * np.sin(3 * u) * v, v], axis=-1).reshape(-1, 3)
+    index = np.arange((rows + 1) * (cols + 1), dtype=np.int32).reshape(rows + 1, cols + 1)
+    a, b, c, d = index[:-1, :-1], index[:-1, 1:], index[1:, :-1], index[1:, 1:]
+    faces = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])
+    colors = np.random.default_rng(3).random((len(positions), 4), dtype=np.float32)
+    arrays = meshdata.from_wire({"positions": positions, "faces": faces, "colors": colors}, "y_up")
+    ours = importer.build_object(bpy.context, arrays, "Ours").data
+
+    reference = bpy.data.meshes.new("Blender's")
+    reference.vertices.add(arrays.vertex_count)
+    reference.vertices.foreach_set("co", arrays.positions.reshape(-1))
+    reference.loops.add(len(arrays.corner_verts))
+    reference.loops.foreach_set("vertex_index", arrays.corner_verts)
+    reference.polygons.add(arrays.face_count)
+    reference.polygons.foreach_set("loop_start", arrays.face_starts)
+    reference.update(calc_edges=True)
+    reference.shade_smooth()
+
+    def geometry(mesh) -> dict:
+        edges = [tuple(sorted(e.vertices)) for e in mesh.edges]
+        corners = [(loop.vertex_index, tuple(sorted(mesh.edges[loop.edge_index].vertices))) for loop in mesh.loops]
+        return {"vertices": [list(v.co) for v in mesh.vertices], "edges": sorted(edges), "edge_count": len(edges),
+                "corners": corners, "faces": [list(p.vertices) for p in mesh.polygons],
+                "smooth": [p.use_smooth for p in mesh.polygons]}
+
+    facts = {"ours": geometry(ours), "blender": geometry(reference), "ours_invalid": ours.validate(verbose=True)}
+    values = [0.0] * (4 * arrays.vertex_count)
+    ours.color_attributes.active_color.data.foreach_get("color", values)
+    facts["colors_match"] = bool(np.allclose(np.reshape(values, (-1, 4)), arrays.colors))
+    return facts
+
+
+def scenario_missing_image(config: dict) -> dict:
+    """Generate with Image input and no usable picture: greyed out with the reason, never a traceback."""
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    panels = addon_module("panels")
+    facts = {}
+    image = os.path.join(config["workdir"], "input.png")
+    for label, path in (("empty", ""), ("missing", os.path.join(config["workdir"], "no-such.png")), ("chosen", image)):
+        if label == "chosen":
+            write_png(image)
+        set_inputs("IMAGE", path, steps=1)
+        poll = bpy.ops.hy3d.generate.poll()
+        panel = drawn(lambda layout: panels.draw_job(layout, bpy.context, app.session))
+        try:
+            pressed = sorted(bpy.ops.hy3d.generate())
+        except RuntimeError as exc:  # the bpy module raises when poll() refuses, with the poll message
+            pressed = str(exc)
+        facts[label] = {"poll": poll, "pressed": pressed, "job": app.session.job is not None, "panel": panel}
+        pump_until(lambda: app.session.job is None)
+    facts["last"] = app.session.last.kind
+    return facts
+
+
+def scenario_file_load(config: dict) -> dict:
+    """File > New and File > Open keep the sidebar's inputs; a job in flight lands in the newly loaded file."""
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    image = os.path.join(config["workdir"], "input.png")
+    write_png(image)
+    saved = os.path.join(config["workdir"], "saved.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=saved)
+    set_inputs("IMAGE", image, steps=40, step_delay=0.05, seed=11, subdivisions=1, radius=0.3)
+
+    def inputs_now() -> dict:
+        inputs = bpy.context.window_manager.hy3d
+        return {"pipeline": inputs.pipeline, "source": inputs.source, "image_path": inputs.image_path,
+                "params": {p.name: p.value for p in inputs.params}}
+
+    facts = {"before": inputs_now()}
+    assert bpy.ops.hy3d.generate() == {"FINISHED"}
+    pump_until(lambda: app.session.job is not None and app.session.job.stage == "shape")
+    bpy.ops.wm.read_homefile()
+    facts["after_new"] = inputs_now()
+    pump_until(lambda: app.session.job is None)
+    facts["outcome"] = [app.session.last.kind, app.session.last.message]
+    facts["object_in_new_file"] = any(o.name.startswith("Hunyuan3D") for o in bpy.data.objects)
+    bpy.ops.wm.open_mainfile(filepath=saved)
+    facts["after_open"] = inputs_now()
+    inputs = bpy.context.window_manager.hy3d
+    inputs.params["steps"].set(1)
+    inputs.params["step_delay"].set(0.0)
+    generate_and_wait()
+    facts["next_job"] = {"outcome": app.session.last.kind, "seed": app.session.history[0].result["seed"],
+                         "radius": app.session.history[0].result["params"]["radius"]}
     return facts
 
 
@@ -301,7 +450,7 @@ def scenario_attach(config: dict) -> dict:
         facts[label] = {"phase": app.session.phase.value,
                         "problem": app.session.problem.message if app.session.problem else None}
     pump_until(lambda: app.session.status is not None)
-    summary = addon_module("session").device_summary({**app.session.welcome, **app.session.status})
+    summary = addon_module("status_text").device_summary({**app.session.welcome, **app.session.status})
     facts["summary"] = summary
     facts["backend_pid"] = app.session.backend_pid
     bpy.ops.hy3d.disconnect()
@@ -347,6 +496,23 @@ def scenario_environment_setup(config: dict) -> dict:
     facts["removed"] = press_and_wait(bpy.ops.hy3d.remove_backend_env)
     facts["exists_after_remove"] = os.path.exists(env_dir)
     facts["status_after"] = preferences_module.environment_status(prefs)
+
+    # Panels redraw often: the setup's files are read again only when they change.
+    envsetup = preferences_module.envsetup
+    reads, read_report = [], envsetup.read_report
+    envsetup.read_report = lambda path: reads.append(path) or read_report(path)
+    try:
+        for _ in range(5):
+            preferences_module.environment_status(prefs)
+        facts["reads_while_unchanged"] = len(reads)
+        os.makedirs(os.path.join(env_dir, envsetup.STATE_DIR))
+        with open(os.path.join(env_dir, envsetup.STATE_DIR, envsetup.STATE_NAME), "w", encoding="utf-8") as f:
+            f.write('{"done": {}, "complete": false}')
+        for _ in range(5):
+            preferences_module.environment_status(prefs)
+        facts["reads_after_a_change"] = len(reads)
+    finally:
+        envsetup.read_report = read_report
     return facts
 
 
@@ -419,6 +585,9 @@ class RecordingLayout:
         return self
 
     def column(self, align: bool = False):
+        return self
+
+    def row(self, align: bool = False):
         return self
 
     def label(self, text: str = "", icon: str = "NONE") -> None:

@@ -7,6 +7,8 @@ progress per step, cancellation between steps, results, errors.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import numpy as np
@@ -16,6 +18,9 @@ from backend.errors import BackendError
 from backend.images import decode_image, encode_png
 from backend.mesh import Mesh
 from backend.pipelines.base import MAX_FACES, SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput
+from backend.protocol import ErrorCode
+
+CRASH_EXIT_CODE = 70
 
 
 def _midpoint(vertices: list, cache: dict[tuple[int, int], int], a: int, b: int) -> int:
@@ -60,6 +65,8 @@ class TestShapePipeline(Pipeline):
         Param("subdivisions", int, 2, "icosphere subdivisions", minimum=0, maximum=7),
         Param("radius", float, 0.5, "sphere radius", minimum=0.01, maximum=10.0),
         Param("fail_at_step", int, -1, "raise a job error at this step (-1: never)", minimum=-1, advanced=True),
+        Param("crash_at_step", int, -1, "end the backend process at this step, as a crash would (-1: never)", minimum=-1,
+              advanced=True),
         SEED,
         MAX_FACES,
     )
@@ -73,7 +80,10 @@ class TestShapePipeline(Pipeline):
         ctx.progress("prepare", 1, 1)
         for step in range(p["steps"]):
             if step == p["fail_at_step"]:
-                raise BackendError("job_failed", f"failing at step {step} as asked", hint="set fail_at_step to -1")
+                raise BackendError(ErrorCode.JOB_FAILED, f"failing at step {step} as asked", hint="set fail_at_step to -1")
+            if step == p["crash_at_step"]:
+                print(f"test-shape: crashing at step {step} as asked", file=sys.stderr, flush=True)
+                os._exit(CRASH_EXIT_CODE)
             time.sleep(p["step_delay"])
             ctx.progress("shape", step + 1, p["steps"], message=f"step {step + 1}")
         positions, faces = icosphere(p["subdivisions"], p["radius"])

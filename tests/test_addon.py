@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from addon_support import ROOT, build_zip, run_scenario
-from fixture_pipelines import icosphere
+from fixture_pipelines import CRASH_EXIT_CODE, icosphere
 
 # bpy itself is imported only in the scenario processes, never in the test process.
 pytestmark = pytest.mark.skipif(find_spec("bpy") is None, reason="needs the bpy wheel (Python 3.11)")
@@ -88,7 +88,11 @@ def test_generate_puts_the_coloured_mesh_at_the_cursor(addon_zip, tmp_path):
     assert obj["selected"] and obj["active"] and not facts["cube_selected"]
     assert obj["collections"] == ["Target"]
     assert "UNDO" in facts["import_operator_options"]
-    assert "Shape 6/12" in facts["progress"] and facts["progress"][-1] == "Shape 12/12"
+    # pump() may apply several events per call, so a look between calls can miss any step (the last one too);
+    # what is seen comes in order and belongs to this job.
+    shape_steps = [int(text.split()[1].split("/")[0]) for text in facts["progress"] if text.startswith("Shape ")]
+    assert shape_steps and shape_steps == sorted(shape_steps) and max(shape_steps) <= 12
+    assert all(text.endswith("/12") for text in facts["progress"] if text.startswith("Shape "))
     assert facts["outcome"].startswith(obj["name"]) and "642 vertices" in facts["outcome"]
     assert facts["history"] == ["input.png (test-shape, seed 7)"]
     assert Path(facts["saved"]["glb"]).is_file() and Path(facts["saved"]["glb"]).is_relative_to(tmp_path)
@@ -106,6 +110,14 @@ def test_free_gpu_memory_button_and_release_before_rendering(addon_zip, tmp_path
     assert facts["after_render_without_preference"] == "ready" and facts["after_render"] == "parked"
 
 
+def test_the_importers_edges_are_the_ones_blender_would_compute(addon_zip, tmp_path):
+    facts = run_scenario("import_equivalence", addon_zip, tmp_path)
+    ours, blender = facts["ours"], facts["blender"]
+    assert ours["edge_count"] == len(set(map(tuple, ours["edges"]))) == 7 * 10 + 8 * 9 + 7 * 9  # each edge once
+    assert ours == blender  # the same vertices, edges, faces, corner-to-edge links and smooth shading
+    assert not facts["ours_invalid"] and facts["colors_match"]
+
+
 def test_cancel_stops_the_job_and_the_backend_keeps_working(addon_zip, tmp_path):
     facts = run_scenario("cancel", addon_zip, tmp_path)
     assert facts["outcome"] == ["cancelled", "Cancelled during shape"]
@@ -115,10 +127,20 @@ def test_cancel_stops_the_job_and_the_backend_keeps_working(addon_zip, tmp_path)
 
 def test_killed_backend_gives_a_clear_error_and_restart_works(addon_zip, tmp_path):
     facts = run_scenario("backend_killed", addon_zip, tmp_path)
+    crashed = facts["crashed"]
+    crash_line = "test-shape: crashing at step 3 as asked"
+    assert crashed["outcome"][0] == "error" and crashed["phase"] == "failed"
+    message, hint, quoted = crashed["problem"]
+    assert message == f"The backend stopped (exit code {CRASH_EXIT_CODE})" and "backend.log" in hint
+    assert quoted[-1] == crash_line and crash_line in crashed["panel"]
     kind, message, hint = facts["outcome"]
     assert kind == "error" and "backend stopped" in message and "Restart" in hint
     assert facts["phase"] == "failed" and "exit code" in facts["problem"][0]
     assert facts["second_pid_differs"] and facts["after_restart"] == "result"
+    # Each start keeps the earlier logs: the crashed backend's is two starts back.
+    logs = facts["logs"]
+    assert sorted(logs) == ["backend.1.log", "backend.2.log", "backend.log"]
+    assert crash_line in logs["backend.2.log"] and crash_line not in logs["backend.1.log"] + logs["backend.log"]
 
 
 def test_a_frozen_backend_is_flagged_and_recovers(addon_zip, tmp_path):
@@ -126,14 +148,51 @@ def test_a_frozen_backend_is_flagged_and_recovers(addon_zip, tmp_path):
     assert facts == {"flagged": True, "phase_while_frozen": "ready", "recovered_phase": "ready"}
 
 
+def assert_left_to_end_cleanly(facts: dict) -> None:
+    """Blender's main thread did not wait for the backend, which cancelled its job, exited 0 and removed its token."""
+    assert facts["backend_running_when_returned"], facts["main_thread_seconds"]
+    assert facts["exit_code"] == 0, facts["log_tail"]
+    assert "terminate called" not in facts["log_tail"]
+    assert not facts["token_file_left"]
+
+
 def test_disabling_mid_job_leaves_nothing_running(addon_zip, tmp_path):
-    facts = run_scenario("disable", addon_zip, tmp_path)
+    facts = run_scenario("disable", addon_zip, tmp_path, nano_image=str(ROOT / "examples" / "snowman.png"))
+    assert_left_to_end_cleanly(facts)
     assert not facts["enabled"] and not facts["hy3d_registered"]
-    assert not facts["timer"]
+    assert not facts["timer"] and facts["handlers"] == []
     assert facts["threads"] == [] and not facts["session_threads"]
     assert facts["sockets"] == 0
-    assert not facts["backend_alive"]
     assert facts["reenabled"] == "ready"
+
+
+def test_quitting_mid_job_ends_the_backend_cleanly(addon_zip, tmp_path):
+    facts = run_scenario("quit", addon_zip, tmp_path, nano_image=str(ROOT / "examples" / "snowman.png"))
+    assert_left_to_end_cleanly(facts)
+
+
+def test_generate_without_a_usable_image_is_greyed_out_with_the_reason(addon_zip, tmp_path):
+    facts = run_scenario("missing_image", addon_zip, tmp_path)
+    for label, reason in (("empty", "Choose an image first"), ("missing", f"Image not found: {tmp_path / 'no-such.png'}")):
+        case = facts[label]
+        assert not case["poll"] and not case["job"]
+        assert reason in case["pressed"] and "Traceback" not in case["pressed"]
+        assert reason.replace(" ", "") in "".join(case["panel"]).replace(" ", "")  # the panel wraps long lines
+    chosen = facts["chosen"]
+    assert chosen["poll"] and chosen["pressed"] == ["FINISHED"]
+    assert not any("Choose" in line or "not found" in line for line in chosen["panel"])
+    assert facts["last"] == "result"
+
+
+def test_inputs_survive_file_new_and_open(addon_zip, tmp_path):
+    facts = run_scenario("file_load", addon_zip, tmp_path)
+    before = facts["before"]
+    assert before["params"]["seed"] == 11 and before["params"]["steps"] == 40 and before["image_path"].endswith("input.png")
+    assert facts["after_new"] == before
+    assert facts["after_open"] == before
+    kind, message = facts["outcome"]
+    assert kind == "result" and "added to this one" in message and facts["object_in_new_file"]
+    assert facts["next_job"] == {"outcome": "result", "seed": 11, "radius": pytest.approx(0.3)}
 
 
 def test_launch_problems_are_explained(addon_zip, tmp_path):
@@ -188,6 +247,7 @@ def test_set_up_backend_respects_online_access_reports_progress_cancels_and_remo
     assert facts["cancel_pressed"] and facts["cancelled"][0] == "cancelled" and "resume" in facts["cancelled"][2]
     assert facts["removed"] == ["removed", f"Removed {env_dir}", ""]
     assert not facts["exists_after_remove"] and facts["status_after"][0].startswith("Not set up")
+    assert facts["reads_while_unchanged"] == 0 and facts["reads_after_a_change"] == 1
 
 
 def test_download_weights_respects_online_access_shows_errors_and_updates_the_model_list(addon_zip, tmp_path):

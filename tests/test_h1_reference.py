@@ -19,11 +19,11 @@ from PIL import Image
 
 from backend.memory import MemoryManager
 from backend.mesh.grid import sample_grid
+from backend.pipelines.base import JobContext
 from backend.pipelines.hunyuan3d_v1.components import register_components
 from backend.pipelines.hunyuan3d_v1.multiview import LiteMultiview, StdMultiview
 from backend.pipelines.hunyuan3d_v1.svrm.loading import read_config
 from backend.pipelines.hunyuan3d_v1.svrm.preprocess import prepare_inputs
-from backend.pipelines.base import JobContext
 from backend.pipelines.hunyuan3d_v1.svrm_pipeline import BOUND, COMPONENTS, register_svrm
 
 DATA = Path(__file__).parent / "data" / "h1_reference"

@@ -316,7 +316,7 @@ def test_no_torch_needed_to_answer_help():
 def test_garbage_before_the_handshake_costs_the_connection(backend):
     client = Client(backend.port)
     client.sock.sendall(struct.pack(">I", 4) + b"\x00\x01\x02\x03")
-    assert client.read().header["code"] == ErrorCode.BAD_JSON
+    assert client.read().header["code"] == ErrorCode.HANDSHAKE_REQUIRED
     with pytest.raises((ConnectionClosed, OSError)):
         client.read()
 
