@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from backend.memory import WeightsError, load_torch_module
+from backend.memory import MemoryManager, WeightsError, load_torch_module
 from backend.pipelines.hunyuan3d_v2_1 import DiT21Config, ExpertTraffic, HunyuanDiT21, MoEFeedForward, load_dit
 
 DATA = Path(__file__).parent / "data"
@@ -274,3 +274,24 @@ def test_a_bare_state_dict_loads_without_an_entry(tmp_path):
     path.write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(WeightsError, match="linear.ckpt"):
         load_torch_module(lambda: torch.nn.Linear(3, 2), path)
+
+
+def test_float16_checkpoint_runs_through_the_memory_manager_in_float32(tmp_path, fixture_record, golden):
+    """As released: float16 in the file; on the CPU the stage computes in float32 and gives the file's pages back."""
+    config = DiT21Config.from_params(fixture_record["params"])
+    state = torch.load(CHECKPOINT, weights_only=True)["model"]
+    path = tmp_path / "model.fp16.ckpt"
+    torch.save({"model": {key: value.half() for key, value in state.items()}}, path)
+    reference = HunyuanDiT21(config)
+    reference.load_state_dict({key: value.half().float() for key, value in state.items()})
+    memory = MemoryManager(mode="stage")
+    memory.register("dit", lambda: load_dit(path, config), released_dtype=torch.float16,
+                    blocks=lambda model: model.stream_units())
+    inputs = [golden["forward.latents"], golden["forward.t"], golden["forward.context"]]
+    dtype = memory.compute_dtype("dit")
+    assert dtype == torch.float32
+    with torch.inference_mode():
+        velocity = memory.run_stage("denoise", ["dit"], lambda mods: mods["dit"](*(x.to(memory.device, dtype) for x in inputs)))
+        assert_close(velocity, reference(*inputs), "float16 weights computed in float32")
+    assert memory.placement("dit") == "host"
+    assert memory.describe()["components"][0]["storage_dtype"] == "float16"
