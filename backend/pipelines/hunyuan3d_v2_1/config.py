@@ -17,10 +17,11 @@ _FIXED_OPTIONS = {
     "use_attention_pooling": False,
     "with_decoupled_ca": False,
     "guidance_cond_proj_dim": None,
-    "mlp_ratio": 4.0,
 }
-# Options the released config.yaml carries that do not change the model's layers or weights.
-_IGNORED_OPTIONS = {"input_size", "text_len"}
+# Options that do not change the layers or weights of a model with the options above (the
+# official code sizes every MLP at 4x whatever ``mlp_ratio`` says).
+_IGNORED_OPTIONS = {"input_size", "text_len", "mlp_ratio", "decoupled_ca_dim", "decoupled_ca_weight",
+                    "additional_cond_hidden_state"}
 
 
 @dataclass(frozen=True)
