@@ -67,7 +67,10 @@ def official_modules(checkout: Path) -> tuple[types.ModuleType, types.ModuleType
     if not hasattr(torch.backends.cuda, "sdp_kernel"):  # removed from newer torch; the official code only wraps SDPA in it
         import contextlib
         torch.backends.cuda.sdp_kernel = lambda **_kwargs: contextlib.nullcontext()
-    return importlib.import_module("h21_denoisers.hunyuandit"), importlib.import_module("h21_shape.schedulers")
+    try:
+        return importlib.import_module("h21_denoisers.hunyuandit"), importlib.import_module("h21_shape.schedulers")
+    except ImportError as exc:
+        sys.exit(f"error: the official modules need {exc.name or exc}, which is not installed here: pip install {exc.name or 'einops'}")
 
 
 def randomise(model: torch.nn.Module, generator: torch.Generator) -> None:
