@@ -265,12 +265,19 @@ def test_wrong_or_unsafe_checkpoints_are_refused(tmp_path, fixture_record):
         load_dit(tmp_path / "absent.ckpt", config)
 
 
-def test_a_bare_state_dict_loads_without_an_entry(tmp_path):
+def test_a_bare_state_dict_loads_without_an_entry_and_keys_can_be_skipped(tmp_path):
     module = torch.nn.Linear(3, 2)
     path = tmp_path / "linear.ckpt"
     torch.save(module.state_dict(), path)
     loaded = load_torch_module(lambda: torch.nn.Linear(3, 2), path)
     assert torch.equal(loaded.weight, module.weight)
+    with_extra = tmp_path / "with_encoder.ckpt"
+    torch.save({**module.state_dict(), "encoder.weight": torch.ones(4)}, with_extra)
+    with pytest.raises(WeightsError, match=r"unexpected 1 key\(s\) encoder\.weight"):
+        load_torch_module(lambda: torch.nn.Linear(3, 2), with_extra)
+    skipped = load_torch_module(lambda: torch.nn.Linear(3, 2), with_extra,
+                                rename=lambda key: None if key.startswith("encoder.") else key)
+    assert torch.equal(skipped.bias, module.bias)
     path.write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(WeightsError, match="linear.ckpt"):
         load_torch_module(lambda: torch.nn.Linear(3, 2), path)

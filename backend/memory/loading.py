@@ -174,6 +174,7 @@ def load_torch_module(
     path: str | os.PathLike[str],
     *,
     entry: str | None = None,
+    rename: Callable[[str], str | None] | None = None,
 ) -> nn.Module:
     """Build ``factory()`` and fill it from a ``torch.save`` checkpoint (``.ckpt``, ``.pt``), zero-copy.
 
@@ -181,6 +182,8 @@ def load_torch_module(
         factory: builds the module (its constructor arguments come from the model's config).
         path: the checkpoint: a state dict, or a dict of state dicts.
         entry: the state dict to use in a dict of them (e.g. ``"model"``); None for a bare one.
+        rename: maps a key in the file to the module's key, or None to skip it (e.g. the point-cloud
+            encoder a VAE file carries but image-to-shape never runs).
 
     The file is unpickled with ``weights_only=True`` (tensors and plain containers only, never
     code) and memory-mapped, so its tensors are read from disk only when touched and host RAM
@@ -210,6 +213,9 @@ def load_torch_module(
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise WeightsError(path, f"does not hold a state dict{f' under {entry!r}' if entry else ''}",
                            hint="check that this is the right checkpoint file for this model")
+    if rename is not None:
+        renamed = ((rename(key), tensor) for key, tensor in state.items())
+        state = {key: tensor for key, tensor in renamed if key is not None}
     with parameters_on_meta():
         module = factory()
     _fill_module(module, state, os.fspath(path))
