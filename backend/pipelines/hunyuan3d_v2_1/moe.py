@@ -3,8 +3,9 @@
 Each token goes through the ``top_k`` experts its gate scores highest (weighted by those
 softmax scores, not renormalised) plus one shared expert. Only the experts some token was
 routed to run, each once on all of its tokens gathered together; an expert no token chose is
-never called, so its weights are never read (nor, in ``stream`` mode, copied to the device).
-Every expert is its own module, a unit the memory manager can move alone.
+never called, so its weights are never read. Every expert is its own module, a unit the memory
+manager can move alone (its block streamer still prefetches the next unit of its list, chosen or
+not: see docs/hunyuan3d_v2_1.md).
 """
 
 from __future__ import annotations
