@@ -172,8 +172,8 @@ class HunyuanDiT21(nn.Module):
         """The movable units in execution order, for ``stream`` mode.
 
         Dense blocks move whole. A mixture-of-experts block (340 M parameters at full size) is
-        split so that each expert moves alone, and only when a token was routed to it: its skip
-        projection, its two attentions, then its experts and its shared expert. Its norms and gate
+        split so that each expert moves alone: its skip projection, its two attentions, then its
+        experts (an expert no token chose is not called) and its shared expert. Its norms and gate
         (a few kilobytes) stay with the rest of the model.
         """
         units: list[nn.Module] = []
