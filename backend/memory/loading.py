@@ -190,18 +190,18 @@ def load_torch_module(
     never holds them twice. Keys are checked strictly, as in ``load_safetensors_module``; a
     truncated, corrupt or legacy-format file raises a WeightsError naming the file.
     """
-    import pickle
-
     import torch
 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except OSError as exc:
         raise WeightsError(path, f"cannot be read: {exc.strerror or exc}", hint="check the path and permissions") from None
-    except pickle.UnpicklingError as exc:
-        raise WeightsError(path, f"holds objects other than tensors, which are never unpickled ({_first_line(exc)})",
-                           hint="use the checkpoint as released") from None
-    except (RuntimeError, EOFError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bad file surfaces as RuntimeError, EOFError, ValueError or an unpickling error
+        if "Weights only load failed" in str(exc):
+            raise WeightsError(path, f"holds objects other than tensors, which are never unpickled ({_first_line(exc)})",
+                               hint="use the checkpoint as released") from None
         raise WeightsError(path, f"is truncated, corrupt or not a zip-format PyTorch checkpoint ({_first_line(exc)})") from None
     state = checkpoint
     if entry is not None:
