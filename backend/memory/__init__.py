@@ -14,12 +14,14 @@ Pipelines get one through ``ctx.memory`` and use only this::
     mm.describe() -> dict                                         # immutable status snapshot
 
 ``loader()`` returns the module on the CPU in its storage dtype; ``load_safetensors_module``
-builds one from safetensors files without a second copy in RAM. The manager owns every move
+(safetensors files) and ``load_torch_module`` (``torch.save`` checkpoints) build one without a
+second copy in RAM. The manager owns every move
 and cast: nothing else calls ``.cuda()``, ``.half()`` or ``.to(device)`` on a model.
 docs/memory.md describes the modes and the precision policy.
 """
 
-from .loading import WeightsError, load_safetensors_module, read_safetensors_header, stored_size_and_dtype
+from .loading import WeightsError, load_safetensors_module, load_torch_module, read_safetensors_header, stored_size_and_dtype
 from .manager import MODES, MemoryManager
 
-__all__ = ["MODES", "MemoryManager", "WeightsError", "load_safetensors_module", "read_safetensors_header", "stored_size_and_dtype"]
+__all__ = ["MODES", "MemoryManager", "WeightsError", "load_safetensors_module", "load_torch_module", "read_safetensors_header",
+           "stored_size_and_dtype"]

@@ -1,4 +1,4 @@
-"""Build a module from safetensors files without a second copy in host RAM.
+"""Build a module from its weights files (safetensors, or torch.save checkpoints) without a second copy in host RAM.
 
 The module is constructed with its parameters on the ``meta`` device (no allocation, no random
 initialisation), then every parameter and persistent buffer is assigned a zero-copy view of a
@@ -10,10 +10,12 @@ RAM never holds the file's bytes and the converted copy at once.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
 import mmap
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -219,7 +221,102 @@ def load_safetensors_module(
             if key in state:
                 raise WeightsError(mapped.path, f"repeats tensor {key!r}, already in {source[key]}")
             state[key], source[key] = tensor, mapped.path
-    where = ", ".join(str(f.path) for f in files)
+    _fill_module(module, state, ", ".join(str(f.path) for f in files))
+    module.file_mappings = files
+    return module.eval()
+
+
+def load_torch_module(
+    factory: Callable[[], nn.Module],
+    path: str | os.PathLike[str],
+    *,
+    entry: str | None = None,
+    rename: Callable[[str], str | None] | None = None,
+) -> nn.Module:
+    """Build ``factory()`` and fill it from a ``torch.save`` checkpoint (``.ckpt``, ``.pt``), zero-copy.
+
+    Args:
+        factory: builds the module (its constructor arguments come from the model's config).
+        path: the checkpoint: a state dict, or a dict of state dicts.
+        entry: the state dict to use in a dict of them (e.g. ``"model"``); None for a bare one.
+        rename: maps a key in the file to the module's key, or None to skip it (e.g. the point-cloud
+            encoder a VAE file carries but image-to-shape never runs).
+
+    The file is unpickled with ``weights_only=True`` (tensors and plain containers only, never
+    code) and memory-mapped, so its tensors are read from disk only when touched and host RAM
+    never holds them twice. Keys are checked strictly, as in ``load_safetensors_module``; a
+    truncated, corrupt or legacy-format file raises a WeightsError naming the file.
+    """
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except OSError as exc:
+        raise WeightsError(path, f"cannot be read: {exc.strerror or exc}", hint="check the path and permissions") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bad file surfaces as RuntimeError, EOFError, ValueError or an unpickling error
+        if "Weights only load failed" in str(exc):
+            raise WeightsError(path, f"holds objects other than tensors, which are never unpickled ({_first_line(exc)})",
+                               hint="use the checkpoint as released") from None
+        raise WeightsError(path, f"is truncated, corrupt or not a zip-format PyTorch checkpoint ({_first_line(exc)})") from None
+    state = checkpoint
+    if entry is not None:
+        if not isinstance(checkpoint, dict) or entry not in checkpoint:
+            found = ", ".join(map(repr, checkpoint)) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+            raise WeightsError(path, f"has no {entry!r} entry (found: {found or 'nothing'})",
+                               hint="check that this is the right checkpoint file for this model")
+        state = checkpoint[entry]
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise WeightsError(path, f"does not hold a state dict{f' under {entry!r}' if entry else ''}",
+                           hint="check that this is the right checkpoint file for this model")
+    if rename is not None:
+        renamed = ((rename(key), tensor) for key, tensor in state.items())
+        state = {key: tensor for key, tensor in renamed if key is not None}
+    with parameters_on_meta():
+        module = factory()
+    _fill_module(module, state, os.fspath(path))
+    module.file_mappings = [TensorMapping(list(state.values()))]
+    return module.eval()
+
+
+class TensorMapping:
+    """The memory map ``torch.load(mmap=True)`` put the tensors of one file in: ``owns`` and ``release`` as for MappedFile."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        spans = [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in tensors if t.numel()]
+        self._start = min((s for s, _ in spans), default=0)
+        self._end = max((e for _, e in spans), default=0)
+
+    def owns(self, tensor: torch.Tensor) -> bool:
+        return self._start <= tensor.data_ptr() < self._end
+
+    def release(self, tensor: torch.Tensor) -> None:
+        """Hand the pages under ``tensor`` back to the kernel; they are re-read from the file if touched again."""
+        if not self.owns(tensor) or _madvise is None:
+            return
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * tensor.element_size()
+        first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            _madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
+
+
+def _load_madvise() -> Callable[..., int] | None:
+    # Only Linux drops private file pages with MADV_DONTNEED (re-reading them from the file later).
+    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+
+
+_madvise = _load_madvise()
+
+
+def _fill_module(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Assign ``state``'s tensors to ``module``'s meta parameters, strictly."""
     expected = set(module.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
@@ -237,8 +334,10 @@ def load_safetensors_module(
     still_meta = [name for name, p in module.named_parameters() if p.device.type == "meta"]
     if still_meta:
         raise WeightsError(where, f"leaves parameters unset: {_shorten(still_meta)}")
-    module.file_mappings = files
-    return module.eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _shorten(keys: list[str], limit: int = 8) -> str:

@@ -312,6 +312,9 @@ class MemoryManager:
                 hint="loaders return CPU modules (load_safetensors_module); the memory manager moves them",
             )
         module.eval().requires_grad_(False)
+        if component.storage_dtype is None:  # no safetensors header to read it from (a .ckpt, a declared size)
+            floating = next((t for t in module.parameters() if t.is_floating_point()), None)
+            component.storage_dtype = None if floating is None else dtype_name(floating.dtype)
         component.attach(module, self.compute_dtype(component.name))
 
     # -- planning ----------------------------------------------------------------------------
