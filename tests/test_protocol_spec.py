@@ -177,14 +177,14 @@ def test_a_second_hello_is_bad_message_and_the_connection_stays(shared_backend):
 
 
 def test_direct_replies_echo_ref(shared_backend):
-    spec_says("the direct reply to it (`welcome`, `pong`, `status`, `pipelines`, `accepted`, `bye`, or an `error` "
+    spec_says("the direct reply to it (`welcome`, `pong`, `status`, `pipelines`, `released`, `accepted`, `bye`, or an `error` "
               "about that message, login errors included) echoes it.")
     client = Client(shared_backend.port)
     client.send({"op": "hello", "protocol": PROTOCOL_VERSION, "token": shared_backend.token, "ref": 41})
     welcome = client.read().header
     assert welcome["op"] == "welcome" and welcome["ref"] == 41
     for ref, header, op in (("p", {"op": "ping"}, "pong"), (2, {"op": "status"}, "status"),
-                            ("w", {"op": "pipelines"}, "pipelines"), ("u", {"op": "fly"}, "error"),
+                            ("w", {"op": "pipelines"}, "pipelines"), ("r", {"op": "release"}, "released"), ("u", {"op": "fly"}, "error"),
                             ("c", {"op": "cancel", "job": "j-none"}, "error"),
                             ("s", {"op": "submit", "pipeline": "test-shape", "text": "x", "params": {"steps": 1}}, "accepted")):
         client.send({**header, "ref": ref})
