@@ -1,0 +1,125 @@
+"""Bake view images into a UV texture, and fill the texels no view saw.
+
+For every texel the bake looks up each view (nearest depth sample for visibility, bilinear colour)
+and blends with hy3dgen 2.0.2's weight: ``view_weight * cos ** 4``, where cos is between the
+interpolated vertex normal and the direction to the camera and counts as 0 beyond 75 degrees. As
+there, view pixels within ``int(2 / 512 * resolution)`` pixels of the silhouette or of a depth
+jump are not trusted, and a view whose texels are more than 99% painted by earlier views is skipped.
+The official bake scatters view pixels into texels; this one gathers from texels into views, so no
+texel that a view sees is left with a hole.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .uv import TexelMaps
+from .views import OrthoView, render_view
+
+BAKE_EXPONENT = 4
+MAX_BAKE_ANGLE = 75.0
+# Depth steps bigger than this (in the fitted units of views.fit_to_views) count as occlusion edges.
+DEPTH_EDGE_JUMP = 0.04
+SKIP_PAINTED_FRACTION = 0.99
+
+
+@dataclass
+class Bake:
+    texture: torch.Tensor  # [S, S, C], zero where no view saw the texel
+    weight: torch.Tensor   # [S, S], the summed blend weight
+
+    @property
+    def seen(self) -> torch.Tensor:
+        return self.weight > 0
+
+
+def _trusted_pixels(mask: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """Covered pixels away from the silhouette and from depth jumps."""
+    radius = int(2 / 512 * mask.shape[0])
+    jump = torch.zeros_like(mask)
+    dy = (depth[1:] - depth[:-1]).abs() > DEPTH_EDGE_JUMP
+    dx = (depth[:, 1:] - depth[:, :-1]).abs() > DEPTH_EDGE_JUMP
+    jump[1:] |= dy
+    jump[:-1] |= dy
+    jump[:, 1:] |= dx
+    jump[:, :-1] |= dx
+    if radius == 0:
+        return mask & ~jump
+    untrusted = torch.stack([~mask, jump]).float().unsqueeze(1)
+    grown = F.max_pool2d(untrusted, 2 * radius + 1, stride=1, padding=radius)
+    return mask & (grown.amax(dim=0)[0] == 0)
+
+
+def bake_views(texels: TexelMaps, positions: torch.Tensor, faces: torch.Tensor, vertex_normals: torch.Tensor,
+               views: list[OrthoView], images: list[torch.Tensor], exponent: float = BAKE_EXPONENT,
+               max_angle: float = MAX_BAKE_ANGLE) -> Bake:
+    """Blend ``images`` ([H, H, C] in [0, 1], row 0 at the top) seen from ``views`` into the texels.
+
+    ``positions``/``faces``/``vertex_normals`` describe the mesh in the views' coordinates (fitted
+    with ``fit_to_views``); ``texels`` comes from ``rasterize_uv`` of the same mesh.
+    """
+    if len(views) != len(images):
+        raise ValueError(f"got {len(views)} views but {len(images)} images; give one image per view")
+    device = texels.position.device
+    covered = texels.mask
+    texel_position = texels.position[covered]
+    texel_normal = texels.normal[covered]
+    channels = images[0].shape[-1]
+    colour_sum = torch.zeros(texel_position.shape[0], channels, device=device)
+    weight_sum = torch.zeros(texel_position.shape[0], device=device)
+    min_cos = math.cos(math.radians(max_angle))
+    for view, image in zip(views, images):
+        if image.ndim != 3 or image.shape[0] != image.shape[1] or image.shape[-1] != channels:
+            raise ValueError(f"each view image must be [H, H, {channels}], got {tuple(image.shape)}")
+        resolution = image.shape[0]
+        maps = render_view(positions, faces, view, resolution, normals=vertex_normals)
+        trusted = _trusted_pixels(maps.mask, maps.depth)
+        points, depth = view.project(texel_position, resolution, resolution)
+        nearest = points.round().long().clamp(0, resolution - 1)
+        row, col = nearest[:, 1], nearest[:, 0]
+        cos = texel_normal @ view.basis(device)[2]
+        tolerance = view.pixel_size(resolution) * (1 + 1 / cos.clamp(min=min_cos))
+        visible = trusted[row, col] & (depth <= maps.depth[row, col] + tolerance) & (cos >= min_cos)
+        weight = view.weight * cos.clamp(min=0) ** exponent * visible
+        painted = (weight > 0) & (weight_sum > 0)
+        if (weight > 0).any() and painted.sum() > SKIP_PAINTED_FRACTION * (weight > 0).sum():
+            continue
+        grid = (points / (resolution - 1) * 2 - 1).view(1, 1, -1, 2).to(image.dtype)
+        colour = F.grid_sample(image.to(device).permute(2, 0, 1).unsqueeze(0), grid, mode="bilinear",
+                               align_corners=True)[0, :, 0].T
+        colour_sum += colour * weight.unsqueeze(-1)
+        weight_sum += weight
+    size = texels.mask.shape
+    texture = torch.zeros(*size, channels, device=device)
+    weight_map = torch.zeros(size, device=device)
+    texture[covered] = colour_sum / weight_sum.clamp(min=1e-12).unsqueeze(-1)
+    weight_map[covered] = weight_sum
+    return Bake(texture, weight_map)
+
+
+def fill_unseen(texture: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Fill every texel outside ``known`` from the known ones by push-pull (coarse-to-fine averages).
+
+    Known texels keep their colour; each unknown texel takes the average of the known texels at the
+    finest pyramid level where any lie in its cell, upsampled smoothly, so gaps inside charts take
+    their neighbours' colours and the space between charts gets a bleed that hides seams when
+    the texture is filtered.
+    """
+    if not known.any():
+        raise ValueError("no texel was seen by any view, so there is nothing to fill from; check the views and the mesh")
+    colour = (texture * known.unsqueeze(-1)).permute(2, 0, 1).unsqueeze(0)
+    weight = known.to(texture.dtype).view(1, 1, *known.shape)
+    pyramid = [(colour, weight)]
+    while max(pyramid[-1][1].shape[-2:]) > 1:
+        c, w = pyramid[-1]
+        pyramid.append((F.avg_pool2d(c, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)))
+    c, w = pyramid[-1]
+    filled = c / w.clamp(min=1e-12)
+    for c, w in reversed(pyramid[:-1]):
+        coarse = F.interpolate(filled, size=c.shape[-2:], mode="bilinear", align_corners=False)
+        filled = torch.where(w > 0, c / w.clamp(min=1e-12), coarse)
+    return filled[0].permute(1, 2, 0)
