@@ -1,0 +1,142 @@
+"""UV unwrap, UV raster, bake and fill of the texture stage, against a mesh with a known texture."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from backend.texture.bake import bake_views, fill_unseen
+from backend.texture.uv import check_mesh, rasterize_uv, unwrap
+from backend.texture.views import OrthoView, fit_to_views, official_views, render_view, vertex_normals
+
+TEXTURE_SIZE = 256
+VIEW_SIZE = 256
+
+
+def known_colour(position: torch.Tensor) -> torch.Tensor:
+    """A smooth colour field over space: the mesh's known texture is this field on its surface."""
+    phase = torch.stack([3 * position[..., 0] + 0.3, 4 * position[..., 1] + 1.0, 5 * position[..., 2] - 0.5], dim=-1)
+    return 0.5 + 0.4 * torch.sin(phase)
+
+
+def textured_scene():
+    """A sphere with a box pushed into its front: concave corners, occlusion, flat and curved parts."""
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
+    box = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
+    box.apply_translation((0.6, 0.3, 0.9))
+    mesh = trimesh.util.concatenate([sphere, box])
+    positions = fit_to_views(torch.tensor(mesh.vertices, dtype=torch.float32))
+    faces = torch.tensor(mesh.faces)
+    normals = vertex_normals(positions, faces)
+    uv_mesh = unwrap(positions.numpy(), faces.numpy(), texture_size=TEXTURE_SIZE)
+    source = torch.from_numpy(uv_mesh.source_vertex)
+    texels = rasterize_uv(torch.from_numpy(uv_mesh.positions), torch.from_numpy(uv_mesh.faces),
+                          torch.from_numpy(uv_mesh.uvs), normals[source], TEXTURE_SIZE)
+    return positions, faces, normals, uv_mesh, texels
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return textured_scene()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+
+
+def test_unwrap_keeps_every_face_and_vertex(scene):
+    positions, faces, _, uv_mesh, texels = scene
+    assert uv_mesh.faces.shape == faces.shape
+    assert np.array_equal(uv_mesh.positions, positions.numpy()[uv_mesh.source_vertex])
+    assert np.array_equal(uv_mesh.source_vertex[uv_mesh.faces], faces.numpy()), "faces keep their corners and order"
+    assert uv_mesh.uvs.min() >= 0 and uv_mesh.uvs.max() <= 1
+    assert 0.4 < texels.mask.float().mean() < 0.95, "charts should fill most of the texture"
+
+
+def test_uv_raster_places_each_texel_on_its_face(scene):
+    _, _, _, uv_mesh, texels = scene
+    covered = texels.mask
+    rows, cols = torch.nonzero(covered, as_tuple=True)
+    uv = texels.raster.interpolate(torch.from_numpy(uv_mesh.uvs), torch.from_numpy(uv_mesh.faces))[covered]
+    expected = torch.stack([(cols + 0.5) / TEXTURE_SIZE, 1 - (rows + 0.5) / TEXTURE_SIZE], dim=-1)
+    assert torch.allclose(uv, expected, atol=1e-5)
+    corners = torch.from_numpy(uv_mesh.positions)[torch.from_numpy(uv_mesh.faces)[texels.raster.face_index[covered]]]
+    lo, hi = corners.amin(dim=1), corners.amax(dim=1)
+    position = texels.position[covered]
+    assert ((position >= lo - 1e-5) & (position <= hi + 1e-5)).all()
+
+
+def render_known_views(positions, faces, normals, views, size):
+    images = []
+    for view in views:
+        maps = render_view(positions, faces, view, size, normals=normals)
+        images.append(torch.where(maps.mask.unsqueeze(-1), known_colour(maps.position), torch.ones(3)))
+    return images
+
+
+def test_bake_recovers_a_known_texture_from_six_views(scene):
+    positions, faces, normals, _, texels = scene
+    views = official_views()
+    images = render_known_views(positions, faces, normals, views, VIEW_SIZE)
+    bake = bake_views(texels, positions, faces, normals, views, images)
+    seen = bake.seen
+    assert seen.sum() >= 0.8 * texels.mask.sum()
+    assert not (seen & ~texels.mask).any()
+    truth = known_colour(texels.position)
+    assert psnr(bake.texture[seen], truth[seen]) >= 30
+
+
+def test_bake_weight_is_view_weight_times_cosine_to_the_fourth():
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=1.0)
+    positions = fit_to_views(torch.tensor(sphere.vertices, dtype=torch.float32))
+    faces = torch.tensor(sphere.faces)
+    normals = vertex_normals(positions, faces)
+    uv_mesh = unwrap(positions.numpy(), faces.numpy(), texture_size=TEXTURE_SIZE)
+    texels = rasterize_uv(torch.from_numpy(uv_mesh.positions), torch.from_numpy(uv_mesh.faces),
+                          torch.from_numpy(uv_mesh.uvs), normals[torch.from_numpy(uv_mesh.source_vertex)], TEXTURE_SIZE)
+    front = OrthoView(0, 0, weight=0.5)
+    image = torch.full((VIEW_SIZE, VIEW_SIZE, 3), 0.25)
+    bake = bake_views(texels, positions, faces, normals, [front], [image])
+    cos = texels.normal[..., 2]
+    inner = texels.mask & (cos > math.cos(math.radians(60)))
+    assert torch.allclose(bake.weight[inner], 0.5 * cos[inner] ** 4, atol=1e-5)
+    assert not bake.seen[texels.mask & (cos < math.cos(math.radians(75)))].any()
+    assert torch.allclose(bake.texture[bake.seen], torch.tensor(0.25))
+
+
+def test_fill_keeps_seen_texels_and_fills_the_rest_from_them(scene):
+    positions, faces, normals, _, texels = scene
+    views = official_views()[:1]
+    images = render_known_views(positions, faces, normals, views, VIEW_SIZE)
+    bake = bake_views(texels, positions, faces, normals, views, images)
+    filled = fill_unseen(bake.texture, bake.seen)
+    assert torch.equal(filled[bake.seen], bake.texture[bake.seen])
+    unseen = ~bake.seen
+    seen_colours = bake.texture[bake.seen]
+    assert (filled[unseen] >= seen_colours.amin(0) - 1e-6).all() and (filled[unseen] <= seen_colours.amax(0) + 1e-6).all()
+
+
+def test_fill_of_a_constant_texture_is_that_constant():
+    known = torch.zeros(37, 53, dtype=torch.bool)
+    known[5, 7] = known[30, 40] = True
+    texture = torch.zeros(37, 53, 3)
+    texture[known] = torch.tensor([0.2, 0.4, 0.6])
+    assert torch.allclose(fill_unseen(texture, known), torch.tensor([0.2, 0.4, 0.6]).expand(37, 53, 3))
+
+
+def test_bad_input_is_refused_with_the_fix(scene):
+    positions, faces, normals, _, texels = scene
+    with pytest.raises(ValueError, match="NaN"):
+        check_mesh(np.array([[0, 0, 0], [1, 0, 0], [0, np.nan, 0]]), np.array([[0, 1, 2]]))
+    with pytest.raises(ValueError, match="must lie in"):
+        check_mesh(np.zeros((3, 3)), np.array([[0, 1, 3]]))
+    with pytest.raises(ValueError, match="triangulate"):
+        check_mesh(np.zeros((4, 3)), np.array([[0, 1, 2, 3]]))
+    with pytest.raises(ValueError, match="one image per view"):
+        bake_views(texels, positions, faces, normals, official_views(), [torch.zeros(8, 8, 3)])
+    with pytest.raises(ValueError, match="nothing to fill"):
+        fill_unseen(torch.zeros(4, 4, 3), torch.zeros(4, 4, dtype=torch.bool))
