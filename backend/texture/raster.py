@@ -43,6 +43,12 @@ def _edge(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return (b[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[..., 0] - a[..., 0])
 
 
+def _affine_edge(a: torch.Tensor, b: torch.Tensor, inv_area: torch.Tensor) -> torch.Tensor:
+    """Coefficients (x, y, 1) of ``_edge(a, b, p) / area`` as a function of p."""
+    dx, dy = b[:, 0] - a[:, 0], b[:, 1] - a[:, 1]
+    return torch.stack([-dy, dx, dy * a[:, 0] - dx * a[:, 1]], dim=-1) * inv_area.unsqueeze(-1)
+
+
 def _barycentrics(corners: torch.Tensor, pixels: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
     a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
     w0 = _edge(b, c, pixels) / area
@@ -85,34 +91,46 @@ def rasterize(points: torch.Tensor, faces: torch.Tensor, height: int, width: int
     box_h = torch.where(hi[:, 1] < lo[:, 1], torch.zeros_like(box_h), box_h)
     count = box_w * box_h * (area.abs() > 1e-12)
     live = torch.nonzero(count > 0).squeeze(1)
+
+    # Barycentrics (and depth) are affine in the pixel position; per face, the coefficients are taken
+    # relative to the bounding box's corner so that small triangles far from the origin keep precision.
+    origin = torch.stack([x0, y0], dim=-1).float()
+    local = corners - origin.unsqueeze(1)
+    a, b, c = local[:, 0], local[:, 1], local[:, 2]
+    inv_area = 1.0 / torch.where(area == 0, torch.ones_like(area), area)
+    rows = [_affine_edge(b, c, inv_area), _affine_edge(c, a, inv_area)]
     if depth is not None:
         depth = depth.to(device=device, dtype=torch.float32)
         d_min, d_max = depth.min(), depth.max()
-        depth_scale = _DEPTH_LEVELS / torch.clamp(d_max - d_min, min=1e-12)
+        z = (depth[faces] - d_min) * (_DEPTH_LEVELS / torch.clamp(d_max - d_min, min=1e-12))
+        depth_row = rows[0] * (z[:, 0:1] - z[:, 2:3]) + rows[1] * (z[:, 1:2] - z[:, 2:3])
+        depth_row[:, 2] += z[:, 2]
+        rows.append(depth_row)
+    coefficients = torch.stack(rows, dim=1)  # [F, 2 or 3, (x, y, 1)]
+    placement = torch.stack([y0 * width + x0, box_w], dim=-1)
 
     ends = torch.cumsum(count[live], dim=0)
     start = 0
     while start < live.numel():
         base = ends[start - 1] if start > 0 else ends.new_zeros(())
-        stop = int(torch.searchsorted(ends, base + max_candidates, right=True))
-        stop = max(stop, start + 1)
+        stop = max(int(torch.searchsorted(ends, base + max_candidates, right=True)), start + 1)
         ids = live[start:stop]
         start = stop
         counts = count[ids]
         owner = torch.repeat_interleave(torch.arange(ids.numel(), device=device), counts)
         offset = torch.arange(owner.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[owner]
         face = ids[owner]
-        px = x0[face] + offset % box_w[face]
-        py = y0[face] + torch.div(offset, box_w[face], rounding_mode="floor")
-        pixel = torch.stack([px, py], dim=-1).float()
-        bary = _barycentrics(corners[face], pixel, area[face])
-        inside = (bary >= -_INSIDE_TOLERANCE).all(dim=-1)
-        face, bary, flat = face[inside], bary[inside], (py * width + px)[inside]
-        key = face
+        corner_flat, box_width = placement[face].unbind(-1)
+        ly = torch.div(offset, box_width, rounding_mode="floor")
+        lx = offset - ly * box_width
+        co = coefficients[face]
+        values = co[..., 0] * lx.unsqueeze(-1) + co[..., 1] * ly.unsqueeze(-1) + co[..., 2]
+        w0, w1 = values[:, 0], values[:, 1]
+        inside = (w0 >= -_INSIDE_TOLERANCE) & (w1 >= -_INSIDE_TOLERANCE) & (w0 + w1 <= 1 + _INSIDE_TOLERANCE)
+        key = face[inside]
         if depth is not None:
-            z = (bary * depth[faces[face]]).sum(dim=-1)
-            key = (((z - d_min) * depth_scale).clamp(0, _DEPTH_LEVELS).long() << 32) | face
-        zbuffer.scatter_reduce_(0, flat, key, reduce="amin")
+            key = (values[inside, 2].clamp(0, _DEPTH_LEVELS).long() << 32) | key
+        zbuffer.scatter_reduce_(0, (corner_flat + ly * width + lx)[inside], key, reduce="amin")
 
     covered = zbuffer != _EMPTY
     face_index = torch.full((height * width,), -1, dtype=torch.long, device=device)
