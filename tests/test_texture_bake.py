@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import trimesh
 
+from addon_support import TESTS
 from backend.texture.bake import bake_views, fill_unseen
 from backend.texture.uv import check_mesh, rasterize_uv, unwrap
 from backend.texture.views import OrthoView, fit_to_views, official_views, render_view, vertex_normals
@@ -87,6 +91,31 @@ def test_bake_recovers_a_known_texture_from_six_views(scene):
     assert seen.sum() >= 0.8 * texels.mask.sum()
     assert not (seen & ~texels.mask).any()
     truth = known_colour(texels.position)
+    assert psnr(bake.texture[seen], truth[seen]) >= 30
+
+
+def test_bake_recovers_a_known_texture_rendered_by_blender(scene, tmp_path):
+    """The issue's check: views of a textured mesh rendered by Blender (Cycles), baked back by us."""
+    positions, faces, normals, uv_mesh, texels = scene
+    truth = known_colour(texels.position)
+    texture = fill_unseen(truth * texels.mask.unsqueeze(-1), texels.mask)  # bleed so filtering sees no black
+    views = official_views()
+    np.savez(tmp_path / "scene.npz", positions=uv_mesh.positions, faces=uv_mesh.faces, uvs=uv_mesh.uvs,
+             texture=texture.numpy(), views=np.array([[v.azimuth, v.elevation, v.distance, v.extent, VIEW_SIZE] for v in views]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLENDER_")}
+    env["BLENDER_USER_RESOURCES"] = str(tmp_path / "blender-user")
+    done = subprocess.run([sys.executable, str(TESTS / "texture_blender_render.py"), str(tmp_path / "scene.npz"),
+                           str(tmp_path / "views.npz")], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rendered = np.load(tmp_path / "views.npz")["images"]
+    assert rendered.shape == (6, VIEW_SIZE, VIEW_SIZE, 4)
+    for view, image in zip(views, rendered):
+        ours = render_view(positions, faces, view, VIEW_SIZE, normals=normals).mask.numpy()
+        assert (ours == (image[..., 3] > 0.5)).mean() >= 0.995, f"silhouettes differ in view {view}"
+    images = [torch.from_numpy(np.ascontiguousarray(image[..., :3])) for image in rendered]
+    bake = bake_views(texels, positions, faces, normals, views, images)
+    seen = bake.seen
+    assert seen.sum() >= 0.8 * texels.mask.sum()
     assert psnr(bake.texture[seen], truth[seen]) >= 30
 
 
