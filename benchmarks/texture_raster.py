@@ -104,7 +104,7 @@ def main() -> None:
         texels = rasterize_uv(torch.from_numpy(uv_mesh.positions).to(device), torch.from_numpy(uv_mesh.faces).to(device),
                               torch.from_numpy(uv_mesh.uvs).to(device),
                               normals[torch.from_numpy(uv_mesh.source_vertex).to(device)], args.texture_size)
-        baked = bake_views(texels, positions, faces, normals, views, images)
+        baked = bake_views(texels, positions, faces, views, images)
         return texels, baked, fill_unseen(baked.texture, baked.seen)
 
     runs = [timed(device, bake) for _ in range(args.repeats)]

@@ -86,7 +86,7 @@ def test_bake_recovers_a_known_texture_from_six_views(scene):
     positions, faces, normals, _, texels = scene
     views = official_views()
     images = render_known_views(positions, faces, normals, views, VIEW_SIZE)
-    bake = bake_views(texels, positions, faces, normals, views, images)
+    bake = bake_views(texels, positions, faces, views, images)
     seen = bake.seen
     assert seen.sum() >= 0.8 * texels.mask.sum()
     assert not (seen & ~texels.mask).any()
@@ -113,7 +113,7 @@ def test_bake_recovers_a_known_texture_rendered_by_blender(scene, tmp_path):
         ours = render_view(positions, faces, view, VIEW_SIZE, normals=normals).mask.numpy()
         assert (ours == (image[..., 3] > 0.5)).mean() >= 0.995, f"silhouettes differ in view {view}"
     images = [torch.from_numpy(np.ascontiguousarray(image[..., :3])) for image in rendered]
-    bake = bake_views(texels, positions, faces, normals, views, images)
+    bake = bake_views(texels, positions, faces, views, images)
     seen = bake.seen
     assert seen.sum() >= 0.8 * texels.mask.sum()
     assert psnr(bake.texture[seen], truth[seen]) >= 30
@@ -129,7 +129,7 @@ def test_bake_weight_is_view_weight_times_cosine_to_the_fourth():
                           torch.from_numpy(uv_mesh.uvs), normals[torch.from_numpy(uv_mesh.source_vertex)], TEXTURE_SIZE)
     front = OrthoView(0, 0, weight=0.5)
     image = torch.full((VIEW_SIZE, VIEW_SIZE, 3), 0.25)
-    bake = bake_views(texels, positions, faces, normals, [front], [image])
+    bake = bake_views(texels, positions, faces, [front], [image])
     cos = texels.normal[..., 2]
     inner = texels.mask & (cos > math.cos(math.radians(60)))
     assert torch.allclose(bake.weight[inner], 0.5 * cos[inner] ** 4, atol=1e-5)
@@ -141,7 +141,7 @@ def test_fill_keeps_seen_texels_and_fills_the_rest_from_them(scene):
     positions, faces, normals, _, texels = scene
     views = official_views()[:1]
     images = render_known_views(positions, faces, normals, views, VIEW_SIZE)
-    bake = bake_views(texels, positions, faces, normals, views, images)
+    bake = bake_views(texels, positions, faces, views, images)
     filled = fill_unseen(bake.texture, bake.seen)
     assert torch.equal(filled[bake.seen], bake.texture[bake.seen])
     unseen = ~bake.seen
@@ -166,6 +166,6 @@ def test_bad_input_is_refused_with_the_fix(scene):
     with pytest.raises(ValueError, match="triangulate"):
         check_mesh(np.zeros((4, 3)), np.array([[0, 1, 2, 3]]))
     with pytest.raises(ValueError, match="one image per view"):
-        bake_views(texels, positions, faces, normals, official_views(), [torch.zeros(8, 8, 3)])
+        bake_views(texels, positions, faces, official_views(), [torch.zeros(8, 8, 3)])
     with pytest.raises(ValueError, match="nothing to fill"):
         fill_unseen(torch.zeros(4, 4, 3), torch.zeros(4, 4, dtype=torch.bool))

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .uv import TexelMaps
-from .views import OrthoView, render_view
+from .views import OrthoView, render_depth
 
 BAKE_EXPONENT = 4
 MAX_BAKE_ANGLE = 75.0
@@ -54,13 +54,12 @@ def _trusted_pixels(mask: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
     return mask & (grown.amax(dim=0)[0] == 0)
 
 
-def bake_views(texels: TexelMaps, positions: torch.Tensor, faces: torch.Tensor, vertex_normals: torch.Tensor,
-               views: list[OrthoView], images: list[torch.Tensor], exponent: float = BAKE_EXPONENT,
-               max_angle: float = MAX_BAKE_ANGLE) -> Bake:
+def bake_views(texels: TexelMaps, positions: torch.Tensor, faces: torch.Tensor, views: list[OrthoView],
+               images: list[torch.Tensor], exponent: float = BAKE_EXPONENT, max_angle: float = MAX_BAKE_ANGLE) -> Bake:
     """Blend ``images`` ([H, H, C] in [0, 1], row 0 at the top) seen from ``views`` into the texels.
 
-    ``positions``/``faces``/``vertex_normals`` describe the mesh in the views' coordinates (fitted
-    with ``fit_to_views``); ``texels`` comes from ``rasterize_uv`` of the same mesh.
+    ``positions``/``faces`` describe the mesh in the views' coordinates (fitted with ``fit_to_views``);
+    ``texels`` comes from ``rasterize_uv`` of the same mesh and carries the normals that set the weights.
     """
     if len(views) != len(images):
         raise ValueError(f"got {len(views)} views but {len(images)} images; give one image per view")
@@ -76,14 +75,14 @@ def bake_views(texels: TexelMaps, positions: torch.Tensor, faces: torch.Tensor, 
         if image.ndim != 3 or image.shape[0] != image.shape[1] or image.shape[-1] != channels:
             raise ValueError(f"each view image must be [H, H, {channels}], got {tuple(image.shape)}")
         resolution = image.shape[0]
-        maps = render_view(positions, faces, view, resolution, normals=vertex_normals)
-        trusted = _trusted_pixels(maps.mask, maps.depth)
+        raster, view_depth = render_depth(positions, faces, view, resolution)
+        trusted = _trusted_pixels(raster.mask, view_depth)
         points, depth = view.project(texel_position, resolution, resolution)
         nearest = points.round().long().clamp(0, resolution - 1)
         row, col = nearest[:, 1], nearest[:, 0]
         cos = texel_normal @ view.basis(device)[2]
         tolerance = view.pixel_size(resolution) * (1 + 1 / cos.clamp(min=min_cos))
-        visible = trusted[row, col] & (depth <= maps.depth[row, col] + tolerance) & (cos >= min_cos)
+        visible = trusted[row, col] & (depth <= view_depth[row, col] + tolerance) & (cos >= min_cos)
         weight = view.weight * cos.clamp(min=0) ** exponent * visible
         painted = (weight > 0) & (weight_sum > 0)
         if (weight > 0).any() and painted.sum() > SKIP_PAINTED_FRACTION * (weight > 0).sum():

@@ -103,14 +103,21 @@ class ViewMaps:
         return torch.where(self.mask.unsqueeze(-1), encoded, torch.ones_like(encoded))
 
 
+def render_depth(positions: torch.Tensor, faces: torch.Tensor, view: OrthoView, resolution: int,
+                 max_candidates: int = 1 << 24) -> tuple[Raster, torch.Tensor]:
+    """Rasterize one view at ``resolution`` squared: the raster and the depth map [H, W]."""
+    faces = faces.to(device=positions.device, dtype=torch.long)
+    points, depth = view.project(positions, resolution, resolution)
+    raster = rasterize(points, faces, resolution, resolution, depth=depth, max_candidates=max_candidates)
+    return raster, raster.interpolate(depth.unsqueeze(-1), faces)[..., 0]
+
+
 def render_view(positions: torch.Tensor, faces: torch.Tensor, view: OrthoView, resolution: int,
                 normals: torch.Tensor | None = None, max_candidates: int = 1 << 24) -> ViewMaps:
     """Rasterize one view of a mesh (positions [V, 3], faces [F, 3]) at ``resolution`` squared."""
     faces = faces.to(device=positions.device, dtype=torch.long)
-    points, depth = view.project(positions, resolution, resolution)
-    raster = rasterize(points, faces, resolution, resolution, depth=depth, max_candidates=max_candidates)
+    raster, depth = render_depth(positions, faces, view, resolution, max_candidates=max_candidates)
     if normals is None:
         normals = vertex_normals(positions, faces)
     normal = torch.nn.functional.normalize(raster.interpolate(normals, faces), dim=-1)
-    return ViewMaps(raster, raster.interpolate(depth.unsqueeze(-1), faces)[..., 0],
-                    raster.interpolate(positions, faces), normal)
+    return ViewMaps(raster, depth, raster.interpolate(positions, faces), normal)
