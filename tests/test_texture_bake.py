@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-
 from addon_support import TESTS
+
 from backend.texture.bake import bake_views, fill_unseen
 from backend.texture.uv import check_mesh, rasterize_uv, unwrap
 from backend.texture.views import OrthoView, fit_to_views, official_views, render_view, vertex_normals
