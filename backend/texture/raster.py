@@ -15,6 +15,8 @@ import torch
 _EMPTY = torch.iinfo(torch.int64).max
 _DEPTH_LEVELS = 1 << 30  # depth keys stay below 2**62, clear of the sign bit after the shift
 _INSIDE_TOLERANCE = 1e-6
+# (pixel, face) pairs held at once: about 1 GB of temporaries on the CPU.
+MAX_CANDIDATES = 1 << 22
 
 
 @dataclass
@@ -57,7 +59,7 @@ def _barycentrics(corners: torch.Tensor, pixels: torch.Tensor, area: torch.Tenso
 
 
 def rasterize(points: torch.Tensor, faces: torch.Tensor, height: int, width: int,
-              depth: torch.Tensor | None = None, max_candidates: int = 1 << 24) -> Raster:
+              depth: torch.Tensor | None = None, max_candidates: int = MAX_CANDIDATES) -> Raster:
     """Rasterize triangles given in pixel coordinates.
 
     Args:

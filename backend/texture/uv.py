@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .raster import Raster, rasterize
+from .raster import MAX_CANDIDATES, Raster, rasterize
 
 
 @dataclass
@@ -78,7 +78,7 @@ def uv_to_pixels(uvs: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def rasterize_uv(positions: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, normals: torch.Tensor,
-                 size: int, max_candidates: int = 1 << 24) -> TexelMaps:
+                 size: int, max_candidates: int = MAX_CANDIDATES) -> TexelMaps:
     """Rasterize the UV layout at ``size`` squared; positions, uvs and normals are per vertex."""
     faces = faces.to(device=positions.device, dtype=torch.long)
     raster = rasterize(uv_to_pixels(uvs.to(positions.device), size), faces, size, size, max_candidates=max_candidates)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .raster import Raster, rasterize
+from .raster import MAX_CANDIDATES, Raster, rasterize
 
 OFFICIAL_AZIMUTHS = (0, 90, 180, 270, 0, 180)
 OFFICIAL_ELEVATIONS = (0, 0, 0, 0, 90, -90)
@@ -104,7 +104,7 @@ class ViewMaps:
 
 
 def render_depth(positions: torch.Tensor, faces: torch.Tensor, view: OrthoView, resolution: int,
-                 max_candidates: int = 1 << 24) -> tuple[Raster, torch.Tensor]:
+                 max_candidates: int = MAX_CANDIDATES) -> tuple[Raster, torch.Tensor]:
     """Rasterize one view at ``resolution`` squared: the raster and the depth map [H, W]."""
     faces = faces.to(device=positions.device, dtype=torch.long)
     points, depth = view.project(positions, resolution, resolution)
@@ -113,7 +113,7 @@ def render_depth(positions: torch.Tensor, faces: torch.Tensor, view: OrthoView, 
 
 
 def render_view(positions: torch.Tensor, faces: torch.Tensor, view: OrthoView, resolution: int,
-                normals: torch.Tensor | None = None, max_candidates: int = 1 << 24) -> ViewMaps:
+                normals: torch.Tensor | None = None, max_candidates: int = MAX_CANDIDATES) -> ViewMaps:
     """Rasterize one view of a mesh (positions [V, 3], faces [F, 3]) at ``resolution`` squared."""
     faces = faces.to(device=positions.device, dtype=torch.long)
     raster, depth = render_depth(positions, faces, view, resolution, max_candidates=max_candidates)
