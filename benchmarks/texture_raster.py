@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.texture.bake import bake_views, fill_unseen
+from backend.texture.bake import bake_views, fill_texture
 from backend.texture.uv import rasterize_uv, unwrap
 from backend.texture.views import fit_to_views, official_views, render_view, vertex_normals
 
@@ -105,7 +105,7 @@ def main() -> None:
                               torch.from_numpy(uv_mesh.uvs).to(device),
                               normals[torch.from_numpy(uv_mesh.source_vertex).to(device)], args.texture_size)
         baked = bake_views(texels, positions, faces, views, images)
-        return texels, baked, fill_unseen(baked.texture, baked.seen)
+        return texels, baked, fill_texture(baked, texels, uv_mesh)
 
     runs = [timed(device, bake) for _ in range(args.repeats)]
     (texels, baked, _), bake_s = min(runs, key=lambda run: run[1])

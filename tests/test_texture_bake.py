@@ -13,7 +13,7 @@ import torch
 import trimesh
 from addon_support import TESTS
 
-from backend.texture.bake import bake_views, fill_unseen
+from backend.texture.bake import bake_views, fill_texture, push_pull_fill, spread_vertex_colours
 from backend.texture.uv import check_mesh, rasterize_uv, unwrap
 from backend.texture.views import OrthoView, fit_to_views, official_views, render_view, vertex_normals
 
@@ -98,7 +98,7 @@ def test_bake_recovers_a_known_texture_rendered_by_blender(scene, tmp_path):
     """The issue's check: views of a textured mesh rendered by Blender (Cycles), baked back by us."""
     positions, faces, normals, uv_mesh, texels = scene
     truth = known_colour(texels.position)
-    texture = fill_unseen(truth * texels.mask.unsqueeze(-1), texels.mask)  # bleed so filtering sees no black
+    texture = push_pull_fill(truth * texels.mask.unsqueeze(-1), texels.mask)  # bleed so filtering sees no black
     views = official_views()
     np.savez(tmp_path / "scene.npz", positions=uv_mesh.positions, faces=uv_mesh.faces, uvs=uv_mesh.uvs,
              texture=texture.numpy(), views=np.array([[v.azimuth, v.elevation, v.distance, v.extent, VIEW_SIZE] for v in views]))
@@ -142,11 +142,38 @@ def test_fill_keeps_seen_texels_and_fills_the_rest_from_them(scene):
     views = official_views()[:1]
     images = render_known_views(positions, faces, normals, views, VIEW_SIZE)
     bake = bake_views(texels, positions, faces, views, images)
-    filled = fill_unseen(bake.texture, bake.seen)
+    filled = push_pull_fill(bake.texture, bake.seen)
     assert torch.equal(filled[bake.seen], bake.texture[bake.seen])
     unseen = ~bake.seen
     seen_colours = bake.texture[bake.seen]
     assert (filled[unseen] >= seen_colours.amin(0) - 1e-6).all() and (filled[unseen] <= seen_colours.amax(0) + 1e-6).all()
+
+
+def test_mesh_fill_beats_texture_space_fill_where_no_view_looked(scene):
+    positions, faces, normals, uv_mesh, texels = scene
+    views = official_views()[:1]
+    bake = bake_views(texels, positions, faces, views, render_known_views(positions, faces, normals, views, VIEW_SIZE))
+    unseen = texels.mask & ~bake.seen
+    truth = known_colour(texels.position)
+    filled = fill_texture(bake, texels, uv_mesh)
+    assert torch.equal(filled[bake.seen], bake.texture[bake.seen])
+    assert psnr(filled[unseen], truth[unseen]) > psnr(push_pull_fill(bake.texture, bake.seen)[unseen], truth[unseen]) + 1
+
+
+def test_vertex_colours_spread_ring_by_ring():
+    strip = torch.tensor([[0, 1, 2], [1, 3, 2], [2, 3, 4], [3, 5, 4]])  # vertex 0 at one end, 5 at the other
+    colours = torch.zeros(6, 1)
+    colours[0] = 1.0
+    known = torch.zeros(6, dtype=torch.bool)
+    known[0] = True
+    spread, reached = spread_vertex_colours(colours, known, strip)
+    assert reached.all() and torch.allclose(spread, torch.ones(6, 1))
+    colours[5], known[5] = 0.0, True
+    spread, _ = spread_vertex_colours(colours, known, strip)
+    assert spread.view(-1).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0], "each vertex takes its nearest known ring"
+    spread, _ = spread_vertex_colours(torch.tensor([[1.0], [0.0], [7.0]]), torch.tensor([True, True, False]),
+                                      torch.tensor([[0, 1, 2]]))
+    assert spread[2] == 0.5, "the mean of the known neighbours"
 
 
 def test_fill_of_a_constant_texture_is_that_constant():
@@ -154,7 +181,7 @@ def test_fill_of_a_constant_texture_is_that_constant():
     known[5, 7] = known[30, 40] = True
     texture = torch.zeros(37, 53, 3)
     texture[known] = torch.tensor([0.2, 0.4, 0.6])
-    assert torch.allclose(fill_unseen(texture, known), torch.tensor([0.2, 0.4, 0.6]).expand(37, 53, 3))
+    assert torch.allclose(push_pull_fill(texture, known), torch.tensor([0.2, 0.4, 0.6]).expand(37, 53, 3))
 
 
 def test_bad_input_is_refused_with_the_fix(scene):
@@ -168,4 +195,4 @@ def test_bad_input_is_refused_with_the_fix(scene):
     with pytest.raises(ValueError, match="one image per view"):
         bake_views(texels, positions, faces, official_views(), [torch.zeros(8, 8, 3)])
     with pytest.raises(ValueError, match="nothing to fill"):
-        fill_unseen(torch.zeros(4, 4, 3), torch.zeros(4, 4, dtype=torch.bool))
+        push_pull_fill(torch.zeros(4, 4, 3), torch.zeros(4, 4, dtype=torch.bool))

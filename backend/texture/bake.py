@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .uv import TexelMaps
+from .uv import TexelMaps, UVMesh, uv_to_pixels
 from .views import OrthoView, render_depth
 
 BAKE_EXPONENT = 4
@@ -100,7 +100,7 @@ def bake_views(texels: TexelMaps, positions: torch.Tensor, faces: torch.Tensor, 
     return Bake(texture, weight_map)
 
 
-def fill_unseen(texture: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+def push_pull_fill(texture: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """Fill every texel outside ``known`` from the known ones by push-pull (coarse-to-fine averages).
 
     Known texels keep their colour; each unknown texel takes the average of the known texels at the
@@ -122,3 +122,49 @@ def fill_unseen(texture: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         coarse = F.interpolate(filled, size=c.shape[-2:], mode="bilinear", align_corners=False)
         filled = torch.where(w > 0, c / w.clamp(min=1e-12), coarse)
     return filled[0].permute(1, 2, 0)
+
+
+def spread_vertex_colours(colours: torch.Tensor, known: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give unknown vertices the mean colour of their known neighbours, ring by ring, until none is left
+    that touches a known one. Returns (colours, known) after spreading."""
+    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    source, target = torch.cat([edges[:, 0], edges[:, 1]]), torch.cat([edges[:, 1], edges[:, 0]])
+    colours, known = colours.clone(), known.clone()
+    while True:
+        usable = known[source] & ~known[target]
+        if not usable.any():
+            return colours, known
+        total = torch.zeros_like(colours).index_add_(0, target[usable], colours[source[usable]])
+        count = torch.zeros(colours.shape[0], device=colours.device).index_add_(
+            0, target[usable], torch.ones(int(usable.sum()), device=colours.device))
+        reached = count > 0
+        colours[reached] = total[reached] / count[reached].unsqueeze(-1)
+        known |= reached
+
+
+def fill_texture(bake: Bake, texels: TexelMaps, uv_mesh: UVMesh) -> torch.Tensor:
+    """Fill the texels no view saw: across the mesh first, then in texture space.
+
+    Vertices whose texel was seen take its colour; their colours spread along mesh edges (so across
+    UV seams) to the vertices no view saw, and unseen texels inside charts take the colour
+    interpolated from their face's vertices. The space between charts is then filled by push-pull.
+    """
+    device = bake.texture.device
+    size = bake.texture.shape[0]
+    uvs = torch.from_numpy(uv_mesh.uvs).to(device)
+    source = torch.from_numpy(uv_mesh.source_vertex).to(device)
+    uv_faces = torch.from_numpy(uv_mesh.faces).to(device)
+    texel = uv_to_pixels(uvs, size).round().long().clamp(0, size - 1)
+    seen_at_vertex = bake.seen[texel[:, 1], texel[:, 0]]
+    vertex_count = int(source.max()) + 1
+    channels = bake.texture.shape[-1]
+    colour_sum = torch.zeros(vertex_count, channels, device=device).index_add_(
+        0, source[seen_at_vertex], bake.texture[texel[seen_at_vertex, 1], texel[seen_at_vertex, 0]])
+    hits = torch.zeros(vertex_count, device=device).index_add_(0, source[seen_at_vertex],
+                                                                torch.ones(int(seen_at_vertex.sum()), device=device))
+    colours, known = spread_vertex_colours(colour_sum / hits.clamp(min=1).unsqueeze(-1), hits > 0, source[uv_faces])
+    interpolated = texels.raster.interpolate(colours[source], uv_faces)
+    corners_known = known[source[uv_faces]].all(dim=-1)
+    from_mesh = texels.mask & ~bake.seen & corners_known[texels.raster.face_index.clamp(min=0)]
+    texture = torch.where(from_mesh.unsqueeze(-1), interpolated, bake.texture)
+    return push_pull_fill(texture, bake.seen | from_mesh)
