@@ -194,5 +194,9 @@ def test_bad_input_is_refused_with_the_fix(scene):
         check_mesh(np.zeros((4, 3)), np.array([[0, 1, 2, 3]]))
     with pytest.raises(ValueError, match="one image per view"):
         bake_views(texels, positions, faces, official_views(), [torch.zeros(8, 8, 3)])
+    with pytest.raises(ValueError, match="at least one"):
+        bake_views(texels, positions, faces, [], [])
+    with pytest.raises(ValueError, match=r"\[H, H, 3\]"):
+        bake_views(texels, positions, faces, official_views()[:1], [torch.zeros(8, 6, 3)])
     with pytest.raises(ValueError, match="nothing to fill"):
         push_pull_fill(torch.zeros(4, 4, 3), torch.zeros(4, 4, dtype=torch.bool))

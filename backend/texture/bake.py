@@ -61,8 +61,8 @@ def bake_views(texels: TexelMaps, positions: torch.Tensor, faces: torch.Tensor, 
     ``positions``/``faces`` describe the mesh in the views' coordinates (fitted with ``fit_to_views``);
     ``texels`` comes from ``rasterize_uv`` of the same mesh and carries the normals that set the weights.
     """
-    if len(views) != len(images):
-        raise ValueError(f"got {len(views)} views but {len(images)} images; give one image per view")
+    if len(views) != len(images) or not views:
+        raise ValueError(f"got {len(views)} views and {len(images)} images; give one image per view, at least one")
     device = texels.position.device
     covered = texels.mask
     texel_position = texels.position[covered]
