@@ -137,6 +137,16 @@ def test_bake_weight_is_view_weight_times_cosine_to_the_fourth():
     assert torch.allclose(bake.texture[bake.seen], torch.tensor(0.25))
 
 
+def test_texels_outside_a_view_frame_are_not_seen(scene):
+    positions, faces, normals, _, texels = scene
+    narrow = OrthoView(0, 0, extent=0.5)
+    bake = bake_views(texels, positions, faces, [narrow], render_known_views(positions, faces, normals, [narrow], VIEW_SIZE))
+    right, up, _ = narrow.basis()
+    across = torch.stack([texels.position @ right, texels.position @ up], dim=-1).abs().amax(dim=-1)
+    assert bake.seen.any() and (texels.mask & (across > 0.3)).any()
+    assert not bake.seen[across > 0.25 + 0.5 / VIEW_SIZE].any()
+
+
 def test_fill_keeps_seen_texels_and_fills_the_rest_from_them(scene):
     positions, faces, normals, _, texels = scene
     views = official_views()[:1]

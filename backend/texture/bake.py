@@ -74,6 +74,7 @@ def bake_views(texels: TexelMaps, positions: torch.Tensor, faces: torch.Tensor, 
     for view, image in zip(views, images):
         if image.ndim != 3 or image.shape[0] != image.shape[1] or image.shape[-1] != channels:
             raise ValueError(f"each view image must be [H, H, {channels}], got {tuple(image.shape)}")
+        image = image.to(device=device, dtype=torch.float32)
         resolution = image.shape[0]
         raster, view_depth = render_depth(positions, faces, view, resolution)
         trusted = _trusted_pixels(raster.mask, view_depth)
@@ -82,13 +83,14 @@ def bake_views(texels: TexelMaps, positions: torch.Tensor, faces: torch.Tensor, 
         row, col = nearest[:, 1], nearest[:, 0]
         cos = texel_normal @ view.basis(device)[2]
         tolerance = view.pixel_size(resolution) * (1 + 1 / cos.clamp(min=min_cos))
-        visible = trusted[row, col] & (depth <= view_depth[row, col] + tolerance) & (cos >= min_cos)
+        in_frame = ((points >= -0.5) & (points <= resolution - 0.5)).all(dim=-1)
+        visible = in_frame & trusted[row, col] & (depth <= view_depth[row, col] + tolerance) & (cos >= min_cos)
         weight = view.weight * cos.clamp(min=0) ** exponent * visible
         painted = (weight > 0) & (weight_sum > 0)
         if (weight > 0).any() and painted.sum() > SKIP_PAINTED_FRACTION * (weight > 0).sum():
             continue
-        grid = (points / (resolution - 1) * 2 - 1).view(1, 1, -1, 2).to(image.dtype)
-        colour = F.grid_sample(image.to(device).permute(2, 0, 1).unsqueeze(0), grid, mode="bilinear",
+        grid = (points / (resolution - 1) * 2 - 1).view(1, 1, -1, 2)
+        colour = F.grid_sample(image.permute(2, 0, 1).unsqueeze(0), grid, mode="bilinear",
                                align_corners=True)[0, :, 0].T
         colour_sum += colour * weight.unsqueeze(-1)
         weight_sum += weight
