@@ -49,8 +49,8 @@ def official_shape_vae(params: dict, seed: int = 0):
 
     Plain random weights give a noisy field of small logits, where coarse-to-fine decoding has to
     refine almost everything. Here the Fourier features' weights fall off with frequency (a
-    smooth surface) and the output is scaled so logits reach tens away from the surface, as
-    a trained occupancy decoder's do.
+    smooth surface), the output is scaled so logits reach tens away from the surface, and the
+    cross-attention is sharpened, as in a trained occupancy decoder.
     """
     import torch
 
@@ -72,4 +72,22 @@ def official_shape_vae(params: dict, seed: int = 0):
         query[:, 3:] *= falloff
         query[:, :3] *= 3.0
         vae.geo_decoder.output_proj.weight *= 30.0
+        # Peaked cross-attention, as trained: each point draws on few tokens, which is what
+        # FlashVDM's key selection relies on.
+        attention = vae.geo_decoder.cross_attn_decoder.attn.attention
+        if params.get("qk_norm", False):
+            attention.q_norm.weight *= 4.0
+            attention.k_norm.weight *= 4.0
     return vae
+
+
+def set_inside_share(vae, latents, share: float = 0.3, seed: int = 0) -> None:
+    """Shift the official VAE's output bias so about ``share`` of the box is inside for ``latents``."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    points = torch.rand(1, 20_000, 3, generator=generator) * 2.02 - 1.01
+    with torch.no_grad():
+        tokens = vae(1.0 / vae.scale_factor * latents)
+        logits = vae.geo_decoder(queries=points.to(tokens.dtype), latents=tokens)[0, :, 0].float()
+        vae.geo_decoder.output_proj.bias -= torch.quantile(logits, 1.0 - share).to(vae.geo_decoder.output_proj.bias.dtype)
