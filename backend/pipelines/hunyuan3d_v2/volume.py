@@ -38,7 +38,7 @@ MINI_GRIDS = 4  # FlashVDM's coarse grid is cut into MINI_GRIDS^3 mini-grids
 BUCKETS = 6  # and its finer points into BUCKETS^3 buckets
 COARSE_STRIDE, FINE_STRIDE, MERGE_STRIDE = 100, 50, 30  # every n-th query scores the keys
 BAND_LOGIT = 0.95  # coarse points with |logit| below this are refined even without a sign change
-FINAL_DILATIONS = 2
+FINAL_DILATIONS = 2  # the finest level's refined region is grown twice (once at other levels)
 
 ProgressFn = Callable[[float], None]
 
@@ -122,7 +122,6 @@ def decode_volume(
     octree_resolution: int = DEFAULT_OCTREE_RESOLUTION,
     num_chunks: int = DEFAULT_NUM_CHUNKS,
     topk_mode: str = "mean",
-    final_dilations: int = FINAL_DILATIONS,
     level: float = 0.0,
     bound: float = BOUND,
     progress: ProgressFn | None = None,
@@ -140,8 +139,6 @@ def decode_volume(
             it can exceed this when one of them is larger.
         topk_mode: FlashVDM's key selection at the finer levels: 'mean' (per-head top-k) or
             'merge' (the union of the keys any sampled query attends to, shared by the heads).
-        final_dilations: how many times the finest level's refined region is grown by one
-            point (2 upstream; 1 decodes fewer points, see docs/hunyuan3d_v2.md).
         level: the iso-level of the surface the refinement follows (0 upstream).
         bound: half the side of the decoded cube (1.01 upstream).
         progress: called with the fraction done, in [0, 1], after each decoder call.
@@ -155,8 +152,6 @@ def decode_volume(
         raise ValueError(f"octree_resolution must be at least 8, got {octree_resolution}")
     if num_chunks < 1:
         raise ValueError(f"num_chunks must be positive, got {num_chunks}")
-    if final_dilations < 0:
-        raise ValueError(f"final_dilations must be 0 or more, got {final_dilations}")
     if tokens.ndim != 3 or tokens.shape[0] != 1:
         raise ValueError(f"tokens must be (1, num_latents, width): one shape at a time, got {tuple(tokens.shape)}")
 
@@ -174,6 +169,7 @@ def decode_volume(
             logits = run.dense(levels[0], bound)
         decoded = torch.ones(logits.shape, dtype=torch.bool)
         stats.levels.append((levels[0], logits.numel()))
+        run.level_done()
         for number, resolution in enumerate(levels[1:], 1):
             finest = number == len(levels) - 1
             band = near_surface(logits, decoded, level)
@@ -181,7 +177,7 @@ def decode_volume(
                 band = dilate(band)
             refine = torch.zeros((resolution + 1,) * 3, dtype=torch.bool)
             refine[::2, ::2, ::2] = band
-            for _ in range(final_dilations if finest else 1):
+            for _ in range(FINAL_DILATIONS if finest else 1):
                 refine = dilate(refine)
             logits = upsample_nearest(logits, resolution + 1)
             decoded = refine
@@ -249,22 +245,20 @@ class _Run:
     def mini_grids(self, resolution: int, bound: float, topk: int) -> torch.Tensor:
         """FlashVDM's coarse level: the grid in MINI_GRIDS^3 mini-grids, each selecting its own keys."""
         n = resolution + 1
-        side = n // MINI_GRIDS
+        side, count = n // MINI_GRIDS, MINI_GRIDS**3
         axis = torch.from_numpy(np.linspace(-bound, bound, n, dtype=np.float32)).to(self.dtype)
-        local = torch.arange(side**3)
-        local = torch.stack([local // (side * side), (local // side) % side, local % side], dim=1)
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+        # (mini-grid x, y, z, then x, y, z inside it): each mini-grid's points contiguous, in row-major order.
+        tiled = grid.view(MINI_GRIDS, side, MINI_GRIDS, side, MINI_GRIDS, side, 3).permute(0, 2, 4, 1, 3, 5, 6).reshape(count, side**3, 3)
         per_call = max(self.num_chunks // side**3, 1)
-        count = MINI_GRIDS**3
-        out = torch.empty((n, n, n), dtype=torch.float32)
+        out = torch.empty((count, side**3), dtype=torch.float32)
         for first in range(0, count, per_call):
-            grids = range(first, min(first + per_call, count))
-            corners = torch.tensor([[g // MINI_GRIDS**2, (g // MINI_GRIDS) % MINI_GRIDS, g % MINI_GRIDS] for g in grids]) * side
-            index = (corners[:, None, :] + local[None]).reshape(-1, 3)
-            points = torch.stack([axis[index[:, 0]], axis[index[:, 1]], axis[index[:, 2]]], dim=1)
-            selection = KeySelection((side**3,) * len(grids), COARSE_STRIDE, topk, "mean")
-            out[index[:, 0], index[:, 1], index[:, 2]] = self.call(points, selection)
-            self.report(grids.stop, count)
-        return out
+            last = min(first + per_call, count)
+            selection = KeySelection((side**3,) * (last - first), COARSE_STRIDE, topk, "mean")
+            out[first:last] = self.call(tiled[first:last].reshape(-1, 3), selection).view(last - first, side**3)
+            self.report(last, count)
+        out = out.view(MINI_GRIDS, MINI_GRIDS, MINI_GRIDS, side, side, side).permute(0, 3, 1, 4, 2, 5)
+        return out.reshape(n, n, n)
 
     def buckets(self, points: torch.Tensor, topk: int, mode: str) -> torch.Tensor:
         """FlashVDM's finer levels: float32 (P, 3) points grouped into BUCKETS^3 buckets over their box."""
