@@ -5,8 +5,9 @@ see tests/hy3dgen_oracle.py), saved in the official VAE-only layout and loaded i
 through our loader; the same latents for both; float32; the official chunk size (8000).
 
 For each octree resolution:
-- hy3dgen FlashVDM ('mean' key selection) vs our 'flashvdm' (default settings): times, points
-  decoded, host peak RSS, and the Hausdorff distance between the two meshes;
+- hy3dgen FlashVDM ('mean' key selection) vs our 'flashvdm', with upstream's refinement region
+  (the same points) and with our default adaptive one: CPU and wall times, points decoded,
+  host peak RSS growth, and the Hausdorff distance between our mesh and hy3dgen's;
 - hy3dgen plain vs our 'hierarchical' (exact attention, so the plain decoder's mesh): the plain
   decoder evaluates all (R + 1)^3 points in equal chunks, so its time at R is its measured time
   per point at ``--plain-resolution`` (one full run) times (R + 1)^3; the Hausdorff distance
@@ -16,7 +17,7 @@ Meshes are raw marching cubes (no clean-up, no decimation). hy3dgen's vertices a
 the decoded grid's spacing (upstream divides by octree_resolution + 1, a shrink that would
 otherwise dominate the distance). Needs the test-only oracle: pip install --no-deps hy3dgen==2.0.2
 
-Run: python benchmarks/h2_decode.py [--resolutions 256 384] [--width 128] [--latents 512]
+Run: python benchmarks/h2_decode.py [--resolutions 256 384] [--width 128] [--latents 512] [--threads 1]
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from backend.pipelines.hunyuan3d_v2.volume import BOUND, DEFAULT_NUM_CHUNKS, Vol
 def timed(fn):
     """(result, CPU seconds of this process, wall seconds, host peak RSS growth in bytes).
 
-    CPU time is the comparison: the machine is shared, and wall time measures the neighbours.
+    CPU time is the comparison: the machine is shared, and wall time measures the neighbours
+    (with one thread, CPU time has no idle spinning in it either).
     """
     before = current_rss()
     with HostPeak() as peak:
@@ -83,7 +85,10 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--latents", type=int, default=512, help="latent tokens (512 as mini, 3072 as v2-0)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; with one, CPU time measures the work even on a shared machine")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     logging.getLogger("hy3dgen.shapgen").setLevel(logging.WARNING)
 
     params = {"num_latents": args.latents, "embed_dim": 64, "width": args.width, "heads": args.heads, "num_decoder_layers": 4,
@@ -124,14 +129,19 @@ def main() -> None:
             theirs, their_cpu, their_wall, their_peak = timed(lambda r=resolution: autoencoders.FlashVDMVolumeDecoding("mean")(
                 official_tokens, official.geo_decoder, bounds=BOUND, num_chunks=DEFAULT_NUM_CHUNKS, mc_level=0.0,
                 octree_resolution=r, enable_pbar=False))
+            same, same_cpu, same_wall, same_peak = timed(lambda r=resolution: decode_volume(ours, our_tokens, octree_resolution=r,
+                                                                                             refinement="upstream"))
+            same_distance = hausdorff_percent(our_vertices(same), official_vertices(theirs, resolution))
             flash, flash_cpu, flash_wall, flash_peak = timed(lambda r=resolution: decode_volume(ours, our_tokens, octree_resolution=r))
             distance = hausdorff_percent(our_vertices(flash), official_vertices(theirs, resolution))
             hier, hier_cpu, hier_wall, hier_peak = timed(lambda r=resolution: decode_volume(ours, our_tokens, method="hierarchical",
                                                                                              octree_resolution=r))
-            their_points = flash.stats.points - flash.stats.levels[-1][1] + int(torch.isfinite(theirs).sum())
+            their_points = same.stats.points - same.stats.levels[-1][1] + int(torch.isfinite(theirs).sum())
             plain_estimate = per_point * (resolution + 1) ** 3
             print(f"| {resolution} | hy3dgen FlashVDM | {their_points:,} ({int(torch.isfinite(theirs).sum()):,}) | {their_cpu:.1f} | "
                   f"{their_wall:.1f} | +{their_peak / mib:.0f} MiB | 1.00x | - |")
+            print(f"| {resolution} | ours flashvdm, upstream refinement | {same.stats.points:,} ({same.stats.levels[-1][1]:,}) | "
+                  f"{same_cpu:.1f} | {same_wall:.1f} | +{same_peak / mib:.0f} MiB | {their_cpu / same_cpu:.2f}x | {same_distance:.3f} |")
             print(f"| {resolution} | ours flashvdm | {flash.stats.points:,} ({flash.stats.levels[-1][1]:,}) | {flash_cpu:.1f} | "
                   f"{flash_wall:.1f} | +{flash_peak / mib:.0f} MiB | {their_cpu / flash_cpu:.2f}x | {distance:.3f} |")
             print(f"| {resolution} | hy3dgen plain ({per_point * 1e6:.1f} CPU us a point) | {(resolution + 1) ** 3:,} | "

@@ -147,18 +147,18 @@ def test_plain_grid_matches_official(official, ours, tokens):
 
 @pytest.fixture(scope="module", params=["mean", "merge"])
 def flashvdm_grids(request, official, ours, tokens):
-    """(official grid with NaN where it decoded nothing, our Volume) at TWO_LEVELS."""
+    """(official grid with NaN where it decoded nothing, our Volume, key selection mode) at TWO_LEVELS."""
     autoencoders = shapegen_module("models.autoencoders")
     reference = autoencoders.FlashVDMVolumeDecoding(request.param)(
         tokens[0], official.geo_decoder, bounds=1.01, num_chunks=CHUNK, mc_level=0.0, octree_resolution=TWO_LEVELS,
         enable_pbar=False)[0].numpy()
     volume = decode_volume(ours, tokens[1], method="flashvdm", topk_mode=request.param, octree_resolution=TWO_LEVELS,
-                           num_chunks=CHUNK)
-    return reference, volume
+                           num_chunks=CHUNK, refinement="upstream")
+    return reference, volume, request.param
 
 
 def test_flashvdm_grid_matches_official(flashvdm_grids):
-    reference, volume = flashvdm_grids
+    reference, volume, _ = flashvdm_grids
     assert level_resolutions(TWO_LEVELS, "flashvdm") == [63, 126]
     assert volume.logits.shape == reference.shape == (127, 127, 127)
     # The same points refined, and the same values there.
@@ -167,8 +167,14 @@ def test_flashvdm_grid_matches_official(flashvdm_grids):
     assert relative_error(volume.logits[volume.decoded], reference[volume.decoded]) <= 1e-4
 
 
-def test_flashvdm_mesh_matches_official(flashvdm_grids):
-    reference, volume = flashvdm_grids
+@pytest.mark.parametrize("refinement", ["upstream", "adaptive"])
+def test_flashvdm_mesh_matches_official(flashvdm_grids, ours, tokens, refinement):
+    reference, volume, mode = flashvdm_grids
+    if refinement == "adaptive":
+        # The default: adaptive with 'mean' selection; 'merge' keeps upstream's region.
+        upstream_points = volume.stats.points
+        volume = decode_volume(ours, tokens[1], topk_mode=mode, octree_resolution=TWO_LEVELS, num_chunks=CHUNK)
+        assert volume.stats.points < upstream_points if mode == "mean" else volume.stats.points == upstream_points
     extractor = shapegen_module("models.autoencoders").MCSurfaceExtractor()
     output = extractor(torch.from_numpy(reference)[None], mc_level=0.0, bounds=1.01, octree_resolution=TWO_LEVELS)[0]
     finite = np.isfinite(output.mesh_v).all(axis=1)
@@ -204,6 +210,12 @@ def test_hierarchical_decoding_refines_near_the_surface_with_exact_values(offici
         a[dim], b[dim] = slice(0, -1), slice(1, None)
         crossing = inside[tuple(a)] != inside[tuple(b)]
         assert (volume.decoded[tuple(a)] | volume.decoded[tuple(b)])[crossing].all()
+    # Upstream's wider region decodes more points for the same surface.
+    upstream = decode_volume(ours, tokens[1], method="hierarchical", octree_resolution=TWO_LEVELS, refinement="upstream")
+    assert volume.stats.points < 0.9 * upstream.stats.points
+    mesh, reference = volume_to_mesh(volume, max_faces=10**9), volume_to_mesh(upstream, max_faces=10**9)
+    diagonal = np.linalg.norm(reference.positions.max(axis=0) - reference.positions.min(axis=0))
+    assert hausdorff(mesh.positions, reference.positions) <= 0.005 * diagonal
 
 
 def test_mesh_is_closed_outward_and_in_the_box(flashvdm_grids):

@@ -6,7 +6,8 @@ decoder's keys and values once per shape:
 
 - ``plain``: every grid point, ``num_chunks`` points per call, attending to every token.
 - ``hierarchical``: a dense coarse grid (about resolution / 4), then at each finer level only
-  the points near the coarse surface (sign changes and |logit| < 0.95, dilated).
+  the points near the coarse surface (sign changes and |logit| < 0.95, dilated); by default
+  the region then grows only where the decoded surface reaches its edge (``refinement``).
 - ``flashvdm``: hierarchical with FlashVDM's adaptive key/value selection: the coarse grid is
   decoded in 4 x 4 x 4 spatially compact mini-grids and the finer points in 6 x 6 x 6 buckets,
   each attending only to the keys its own sampled queries score highest. Its coarse resolution
@@ -38,7 +39,9 @@ MINI_GRIDS = 4  # FlashVDM's coarse grid is cut into MINI_GRIDS^3 mini-grids
 BUCKETS = 6  # and its finer points into BUCKETS^3 buckets
 COARSE_STRIDE, FINE_STRIDE, MERGE_STRIDE = 100, 50, 30  # every n-th query scores the keys
 BAND_LOGIT = 0.95  # coarse points with |logit| below this are refined even without a sign change
-FINAL_DILATIONS = 2  # the finest level's refined region is grown twice (once at other levels)
+REFINEMENTS = ("adaptive", "upstream")
+UPSTREAM_FINAL_DILATIONS = 2  # upstream grows the finest level's region twice (the band once, then once, elsewhere)
+MAX_GROWTH = 8  # adaptive refinement: at most this many extra passes where the surface leaves the region
 
 ProgressFn = Callable[[float], None]
 
@@ -122,6 +125,7 @@ def decode_volume(
     octree_resolution: int = DEFAULT_OCTREE_RESOLUTION,
     num_chunks: int = DEFAULT_NUM_CHUNKS,
     topk_mode: str = "mean",
+    refinement: str | None = None,
     level: float = 0.0,
     bound: float = BOUND,
     progress: ProgressFn | None = None,
@@ -139,6 +143,13 @@ def decode_volume(
             it can exceed this when one of them is larger.
         topk_mode: FlashVDM's key selection at the finer levels: 'mean' (per-head top-k) or
             'merge' (the union of the keys any sampled query attends to, shared by the heads).
+        refinement: which points of a finer level are decoded. 'upstream': the coarse band
+            (dilated once, except before the finest level), spread to the finer grid and
+            dilated once (twice at the finest level), as hy3dgen does. 'adaptive': the coarse
+            band spread and dilated once, then grown again only where the decoded surface
+            reaches the region's edge (fewer points, the same surface). None: 'adaptive', except
+            for FlashVDM's 'merge' selection, whose union of keys depends on which points share
+            a bucket: there 'upstream' keeps hy3dgen's buckets and so its surface.
         level: the iso-level of the surface the refinement follows (0 upstream).
         bound: half the side of the decoded cube (1.01 upstream).
         progress: called with the fraction done, in [0, 1], after each decoder call.
@@ -150,6 +161,10 @@ def decode_volume(
         raise ValueError(f"topk_mode must be one of {', '.join(TOPK_MODES)}, got {topk_mode!r}")
     if octree_resolution < 8:
         raise ValueError(f"octree_resolution must be at least 8, got {octree_resolution}")
+    if refinement is None:
+        refinement = "upstream" if method == "flashvdm" and topk_mode == "merge" else "adaptive"
+    if refinement not in REFINEMENTS:
+        raise ValueError(f"refinement must be one of {', '.join(REFINEMENTS)}, got {refinement!r}")
     if num_chunks < 1:
         raise ValueError(f"num_chunks must be positive, got {num_chunks}")
     if tokens.ndim != 3 or tokens.shape[0] != 1:
@@ -173,24 +188,33 @@ def decode_volume(
         for number, resolution in enumerate(levels[1:], 1):
             finest = number == len(levels) - 1
             band = near_surface(logits, decoded, level)
-            if not finest:
+            if refinement == "upstream" and not finest:
                 band = dilate(band)
             refine = torch.zeros((resolution + 1,) * 3, dtype=torch.bool)
             refine[::2, ::2, ::2] = band
-            for _ in range(FINAL_DILATIONS if finest else 1):
+            for _ in range(UPSTREAM_FINAL_DILATIONS if refinement == "upstream" and finest else 1):
                 refine = dilate(refine)
             logits = upsample_nearest(logits, resolution + 1)
-            decoded = refine
-            index = refine.nonzero()
+            decoded = torch.zeros_like(refine)
             step = np.float32((bound - (-bound)) / resolution)
-            # Float32 index * step + corner, two roundings, as upstream.
-            points = index.to(torch.float32) * torch.tensor(step) + torch.tensor(np.float32(-bound))
-            if method == "flashvdm":
-                values = run.buckets(points, topk, topk_mode)
-            else:
-                values = run.points(points.to(tokens.dtype))
-            logits[index[:, 0], index[:, 1], index[:, 2]] = values
-            stats.levels.append((resolution, len(index)))
+            count = 0
+            for _ in range(MAX_GROWTH + 1):
+                index = refine.nonzero()
+                # Float32 index * step + corner, two roundings, as upstream.
+                points = index.to(torch.float32) * torch.tensor(step) + torch.tensor(np.float32(-bound))
+                if method == "flashvdm":
+                    values = run.buckets(points, topk, topk_mode)
+                else:
+                    values = run.points(points.to(tokens.dtype))
+                logits[index[:, 0], index[:, 1], index[:, 2]] = values
+                decoded |= refine
+                count += len(index)
+                if refinement == "upstream":
+                    break
+                refine = dilate(surface_leaving(logits, decoded, level)) & ~decoded
+                if not refine.any():
+                    break
+            stats.levels.append((resolution, count))
             run.level_done()
     stats.seconds = time.perf_counter() - started
     return Volume(logits.numpy(), decoded.numpy() if len(levels) > 1 else None, bound, stats)
@@ -206,6 +230,7 @@ class _Run:
         self.stats, self.level_count = stats, level_count
         self.progress, self.check_cancelled = progress, check_cancelled
         self.levels_done = 0
+        self.reported = 0.0  # a level's extra passes (adaptive refinement) never move progress back
 
     def call(self, points: torch.Tensor, selection: KeySelection | None = None) -> torch.Tensor:
         if self.check_cancelled is not None:
@@ -214,8 +239,10 @@ class _Run:
         return self.decoder(points[None].to(self.device), self.kv, selection)[0].float().cpu()
 
     def report(self, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress((self.levels_done + done / max(total, 1)) / self.level_count)
+        fraction = (self.levels_done + done / max(total, 1)) / self.level_count
+        if self.progress is not None and fraction > self.reported:
+            self.reported = fraction
+            self.progress(fraction)
 
     def level_done(self) -> None:
         self.levels_done += 1
@@ -306,6 +333,18 @@ def near_surface(logits: torch.Tensor, decoded: torch.Tensor, level: float) -> t
         for neighbour, neighbour_decoded in (_shifted(sign, dim, 1), _shifted(decoded, dim, 1)), (_shifted(sign, dim, -1), _shifted(decoded, dim, -1)):
             flagged |= neighbour_decoded & (neighbour != sign)
     return decoded & (flagged | (value.abs() < BAND_LOGIT))
+
+
+def surface_leaving(logits: torch.Tensor, decoded: torch.Tensor, level: float) -> torch.Tensor:
+    """Undecoded points at the end of a grid edge the surface crosses (a sign change at ``level``)."""
+    inside = logits > level
+    missing = torch.zeros(logits.shape, dtype=torch.bool)
+    for dim in range(3):
+        n = logits.shape[dim]
+        crossing = inside.narrow(dim, 0, n - 1) != inside.narrow(dim, 1, n - 1)
+        missing.narrow(dim, 0, n - 1).logical_or_(crossing & ~decoded.narrow(dim, 0, n - 1))
+        missing.narrow(dim, 1, n - 1).logical_or_(crossing & ~decoded.narrow(dim, 1, n - 1))
+    return missing
 
 
 def _shifted(tensor: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
