@@ -200,6 +200,8 @@ def decode_volume(
             count = 0
             for _ in range(MAX_GROWTH + 1):
                 index = refine.nonzero()
+                if not len(index):  # no surface near this level's grid
+                    break
                 # Float32 index * step + corner, two roundings, as upstream.
                 points = index.to(torch.float32) * torch.tensor(step) + torch.tensor(np.float32(-bound))
                 if method == "flashvdm":
