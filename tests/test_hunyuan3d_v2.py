@@ -1,0 +1,254 @@
+"""Hunyuan3D-2's conditioner, DiT and sampler against the official code (hy3dgen 2.0.2), on tiny random checkpoints.
+
+Each checkpoint is built from the official classes with random weights and written in the
+official layout (a folder with ``config.yaml`` and one combined ``model.fp16.safetensors`` of
+``conditioner.*``, ``model.*`` and ``vae.*`` tensors, here stored in float32 so the comparison
+is exact up to float32 rounding); ours loads it through the backend's real loading code.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hy3dgen_oracle import official_conditioner_state, shapegen
+from PIL import Image
+from safetensors.torch import save_file
+
+from backend.errors import BackendError
+from backend.memory.loading import WeightsError
+from backend.pipelines.hunyuan3d_v2.config import read_config
+from backend.pipelines.hunyuan3d_v2.loading import load_conditioner, load_dit, part_sizes
+from backend.pipelines.hunyuan3d_v2.preprocess import order_views, prepare_picture, recenter, to_tensor
+from backend.pipelines.hunyuan3d_v2.sampler import Guidance, initial_noise, sample, sigmas
+
+LATENTS = 24  # tokens of the tiny latent set
+CHANNELS = 8  # width of each latent token (64 in the released models)
+DINO = {
+    "attention_probs_dropout_prob": 0.0, "drop_path_rate": 0.0, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+    "hidden_size": 32, "image_size": 56, "initializer_range": 0.02, "layer_norm_eps": 1e-6, "layerscale_value": 1.0,
+    "mlp_ratio": 4, "model_type": "dinov2", "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 2,
+    "patch_size": 14, "qkv_bias": True, "torch_dtype": "float32", "use_swiglu_ffn": True,
+}
+# v2-0 has twice mini's blocks of each kind; the tiny versions keep that ratio.
+SIZES = {"v2-0": (2, 4), "mini": (1, 2)}
+
+
+def tiny_config(size: str = "mini", guidance_embed: bool = False, turbo: bool = False, multiview: bool = False) -> dict:
+    depth, single = SIZES[size]
+    model = {"in_channels": CHANNELS, "context_in_dim": DINO["hidden_size"], "hidden_size": 32, "mlp_ratio": 4.0, "num_heads": 2,
+             "depth": depth, "depth_single_blocks": single, "axes_dim": [16], "theta": 10000, "qkv_bias": True}
+    if guidance_embed:
+        model["guidance_embed"] = True
+    encoder = {"type": "DinoImageEncoderMV" if multiview else "DinoImageEncoder",
+               "kwargs": {"config": dict(DINO), "image_size": DINO["image_size"], **({"view_num": 4} if multiview else {})}}
+    scheduler = ({"target": "hy3dgen.shapegen.schedulers.ConsistencyFlowMatchEulerDiscreteScheduler",
+                  "params": {"num_train_timesteps": 1000, "pcm_timesteps": 100}} if turbo else
+                 {"target": "hy3dgen.shapegen.schedulers.FlowMatchEulerDiscreteScheduler", "params": {"num_train_timesteps": 1000}})
+    return {
+        "model": {"target": "hy3dgen.shapegen.models.Hunyuan3DDiT", "params": model},
+        "vae": {"target": "hy3dgen.shapegen.models.ShapeVAE",
+                "params": {"num_latents": LATENTS, "embed_dim": CHANNELS, "num_freqs": 8, "include_pi": False, "heads": 2, "width": 32,
+                           "num_decoder_layers": 1, "qkv_bias": False, "qk_norm": True, "scale_factor": 1.0188137142395404}},
+        "conditioner": {"target": "hy3dgen.shapegen.models.SingleImageEncoder", "params": {"main_image_encoder": encoder}},
+        "scheduler": scheduler,
+        "image_processor": {"target": "hy3dgen.shapegen.preprocessors." + ("MVImageProcessorV2" if multiview else "ImageProcessorV2"),
+                            "params": {"size": 64, "border_ratio": 0.15}},
+        "pipeline": {"target": "hy3dgen.shapegen.pipelines.Hunyuan3DDiTFlowMatchingPipeline"},
+    }
+
+
+def randomise(module: torch.nn.Module, seed: int) -> None:
+    """Random weights of a sensible scale: norms and layer scales near 1, everything else small."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            is_scale = param.dim() == 1 and any(word in name for word in ("norm", "lambda1", "scale", "ln_")) and not name.endswith("bias")
+            param.copy_(1 + 0.1 * noise if is_scale else 0.15 * noise)
+
+
+class Official:
+    """The official modules of one tiny checkpoint, and the folder it was written to."""
+
+    def __init__(self, folder: Path, config: dict, seed: int = 0):
+        models = shapegen("models")
+        self.folder, self.config = folder, config
+        self.conditioner = models.SingleImageEncoder(**copy.deepcopy(config["conditioner"]["params"])).eval()
+        self.dit = models.Hunyuan3DDiT(**config["model"]["params"]).eval()
+        self.vae = models.ShapeVAE(**config["vae"]["params"]).eval()
+        for offset, module in enumerate((self.conditioner, self.dit, self.vae)):
+            randomise(module, seed + offset)
+        state = {f"conditioner.{k}": v for k, v in official_conditioner_state(self.conditioner).items()}
+        state |= {f"model.{k}": v for k, v in self.dit.state_dict().items()}
+        state |= {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.fp16.safetensors"))
+
+
+def max_relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return float((ours - theirs).abs().max() / theirs.abs().max().clamp_min(1e-12))
+
+
+def random_images(count: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.rand(1, count, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+# -- conditioner --------------------------------------------------------------------------------
+
+def test_conditioner_tokens_match_the_official_conditioner(tmp_path):
+    official = Official(tmp_path / "dit", tiny_config())
+    ours = load_conditioner(official.folder / "model.fp16.safetensors", read_config(official.folder))
+    images = random_images(1)[:, 0]
+    with torch.inference_mode():
+        theirs = official.conditioner(image=images)["main"]
+        mine = ours(images)
+    assert mine.shape == theirs.shape == (1, 17, DINO["hidden_size"])
+    assert max_relative_error(mine, theirs) <= 1e-4
+
+
+@pytest.mark.parametrize("views", [("front",), ("front", "back"), ("front", "left", "back", "right")])
+def test_multiview_conditioner_matches_the_official_one_for_any_subset_with_the_front(tmp_path, views):
+    official = Official(tmp_path / "mv", tiny_config(multiview=True))
+    ours = load_conditioner(official.folder / "model.fp16.safetensors", read_config(official.folder))
+    names, indices = order_views(dict.fromkeys(reversed(views)))
+    assert names == list(views)
+    images = random_images(len(views), seed=3)
+    with torch.inference_mode():
+        theirs = official.conditioner(image=images, view_idxs=[tuple(indices)])["main"]
+        mine = ours(images, indices)
+    assert mine.shape == theirs.shape == (1, 17 * len(views), DINO["hidden_size"])
+    assert max_relative_error(mine, theirs) <= 1e-4
+
+
+def test_views_without_the_front_or_with_unknown_names_are_refused():
+    with pytest.raises(BackendError, match="front view"):
+        order_views({"left": None, "back": None})
+    with pytest.raises(BackendError, match="top"):
+        order_views({"front": None, "top": None})
+
+
+# -- DiT ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", ["v2-0", "mini"])
+@pytest.mark.parametrize("guidance_embed", [False, True])
+def test_dit_velocity_matches_the_official_dit(tmp_path, size, guidance_embed):
+    official = Official(tmp_path / "dit", tiny_config(size, guidance_embed=guidance_embed))
+    ours = load_dit(official.folder / "model.fp16.safetensors", read_config(official.folder))
+    generator = torch.Generator().manual_seed(5)
+    latents = torch.randn(2, LATENTS, CHANNELS, generator=generator)
+    condition = torch.randn(2, 17, DINO["hidden_size"], generator=generator)
+    t = torch.tensor([0.0, 0.37])
+    guidance = torch.tensor([5.0, 5.0]) if guidance_embed else None
+    with torch.inference_mode():
+        theirs = official.dit(latents, t, {"main": condition}, guidance=guidance)
+        mine = ours(latents, t, condition, guidance)
+    assert mine.shape == theirs.shape == latents.shape
+    assert max_relative_error(mine, theirs) <= 1e-4
+
+
+def test_dit_keys_load_strictly(tmp_path):
+    official = Official(tmp_path / "dit", tiny_config(guidance_embed=True))
+    config = read_config(official.folder)
+    plain = tiny_config()  # the same file read as a model without guidance embedding: 4 unexpected keys
+    (official.folder / "config.yaml").write_text(yaml.safe_dump(plain))
+    with pytest.raises(WeightsError, match=r"unexpected 4 key\(s\) guidance_in"):
+        load_dit(official.folder / "model.fp16.safetensors", read_config(official.folder))
+    assert load_dit(official.folder / "model.fp16.safetensors", config).config.guidance_embed
+
+
+def test_parts_of_the_combined_file_are_views_of_one_memory_map(tmp_path):
+    official = Official(tmp_path / "dit", tiny_config())
+    path = official.folder / "model.fp16.safetensors"
+    config = read_config(official.folder)
+    conditioner, dit = load_conditioner(path, config), load_dit(path, config)
+    for module in (conditioner, dit):
+        (mapping,) = module.file_mappings
+        assert all(mapping.owns(p) for p in module.parameters())
+    sizes = part_sizes(path)
+    assert sizes["model."] == sum(p.numel() * 4 for p in dit.parameters())
+    assert sizes["conditioner."] == sum(p.numel() * 4 for p in conditioner.parameters())
+    assert sizes["vae."] == sum(p.numel() * 4 for p in official.vae.parameters())
+
+
+# -- sampler ------------------------------------------------------------------------------------
+
+class _PreparedImage:
+    """Stands in for the official picture loader: hands over an already prepared picture tensor."""
+
+    def __init__(self, image: torch.Tensor):
+        self.image = image
+
+    def __call__(self, _image, **_kwargs):
+        return {"image": self.image, "mask": torch.ones_like(self.image[:, :1])}
+
+
+@pytest.mark.parametrize(("turbo", "steps"), [(False, 6), (True, 5)])
+def test_sampler_latents_match_the_official_pipeline_after_every_step(tmp_path, turbo, steps):
+    schedulers, pipelines = shapegen("schedulers"), shapegen("pipelines")
+    config = tiny_config("mini", guidance_embed=turbo, turbo=turbo)
+    official = Official(tmp_path / "dit", config)
+    scheduler_cls = getattr(schedulers, config["scheduler"]["target"].rsplit(".", 1)[1])
+    image = random_images(1, seed=7)[:, 0]
+    pipeline = pipelines.Hunyuan3DDiTFlowMatchingPipeline(
+        vae=official.vae, model=official.dit, scheduler=scheduler_cls(**config["scheduler"]["params"]),
+        conditioner=official.conditioner, image_processor=_PreparedImage(image), device="cpu", dtype=torch.float32)
+    theirs: list[torch.Tensor] = []
+    pipeline(image=image, num_inference_steps=steps, guidance_scale=5.0, generator=torch.Generator().manual_seed(11),
+             output_type="latent", enable_pbar=False, callback=lambda _i, _t, out: theirs.append(out.prev_sample.clone()),
+             callback_steps=1)
+
+    ours_config = read_config(official.folder)
+    path = official.folder / "model.fp16.safetensors"
+    conditioner, dit = load_conditioner(path, ours_config), load_dit(path, ours_config)
+    mine: list[torch.Tensor] = []
+    with torch.inference_mode():
+        condition = conditioner(image)
+        noise = initial_noise(11, (1, LATENTS, CHANNELS), torch.float32, torch.device("cpu"))
+        final = sample(dit, condition, noise, ours_config.scheduler, steps, Guidance(5.0, embedded=turbo),
+                       on_step=lambda _done, _total, latents: mine.append(latents.clone()))
+    assert len(mine) == len(theirs) == steps
+    for step, (a, b) in enumerate(zip(mine, theirs), start=1):
+        assert max_relative_error(a, b) <= 1e-4, f"step {step}"
+    assert torch.equal(final, mine[-1])
+
+
+def test_schedules_follow_the_official_ones():
+    from backend.pipelines.hunyuan3d_v2.config import SchedulerConfig
+
+    flow = sigmas(SchedulerConfig(), 5)
+    assert flow.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]  # the last official step has zero length
+    turbo = sigmas(SchedulerConfig(consistency=True, pcm_timesteps=100), 5)
+    np.testing.assert_allclose(turbo.numpy(), [0, 0.199199, 0.399399, 0.599600, 0.799800, 1.0], atol=1e-6)
+
+
+# -- preprocessing ------------------------------------------------------------------------------
+
+def test_recenter_frames_the_alpha_box_with_the_border_on_white():
+    pixels = np.zeros((100, 200, 4), dtype=np.uint8)
+    pixels[20:60, 50:130] = (200, 10, 10, 255)  # an 80 x 40 opaque box
+    framed = recenter(Image.fromarray(pixels, "RGBA"), 0.15)
+    assert framed.shape == (200, 200, 3)
+    red = np.all(framed == (200, 10, 10), axis=-1)
+    rows, cols = np.nonzero(red)
+    # The box's crop leaves out its last row and column (79 x 39), scaled so 79 px become int(200 * 0.85) = 170.
+    assert cols.max() - cols.min() + 1 == 170 and abs(rows.max() - rows.min() + 1 - int(39 * 170 / 79)) <= 1
+    assert np.all(framed[0, 0] == 255) and np.all(framed[-1, -1] == 255)
+    prepared = to_tensor(prepare_picture(Image.fromarray(pixels, "RGBA"), read_config_processor()))
+    assert prepared.shape == (1, 3, 512, 512) and prepared.min() >= -1 and prepared.max() <= 1
+
+
+def read_config_processor():
+    from backend.pipelines.hunyuan3d_v2.config import ImageProcessorConfig
+
+    return ImageProcessorConfig()
+
+
+def test_a_fully_transparent_picture_is_refused():
+    with pytest.raises(BackendError, match="no object"):
+        recenter(Image.new("RGBA", (32, 32)), 0.15)
