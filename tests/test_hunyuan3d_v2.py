@@ -252,3 +252,108 @@ def read_config_processor():
 def test_a_fully_transparent_picture_is_refused():
     with pytest.raises(BackendError, match="no object"):
         recenter(Image.new("RGBA", (32, 32)), 0.15)
+
+
+# -- the pipelines ------------------------------------------------------------------------------
+
+def weights_folder(root: Path, model: str, multiview: bool = False, seed: int = 0) -> Path:
+    """``root`` laid out as ``hf download --local-dir root`` leaves it, for ``model`` (and its turbo VAE when it has one)."""
+    from backend.weights import HUNYUAN3D_2_MODELS
+
+    dit_folder, vae_folder = HUNYUAN3D_2_MODELS[model]
+    turbo, guidance_embed = model.endswith("-turbo"), not model.endswith(("2", "mini", "mv"))
+    official = Official(root / dit_folder.folder, tiny_config("mini", guidance_embed, turbo, multiview), seed)
+    if turbo:
+        vae_root = root / vae_folder.folder
+        vae_root.mkdir()
+        (vae_root / "config.yaml").write_text(yaml.safe_dump(official.config["vae"]))
+        save_file({k: v.contiguous() for k, v in official.vae.state_dict().items()}, str(vae_root / "model.fp16.safetensors"))
+    return root
+
+
+def object_picture(size: int = 80, colour=(200, 30, 30)) -> bytes:
+    import io
+
+    picture = Image.new("RGB", (size, size), (235, 235, 235))
+    pixels = np.asarray(picture).copy()
+    yy, xx = np.mgrid[:size, :size]
+    pixels[(yy - size * 0.5) ** 2 + (xx - size * 0.45) ** 2 < (size * 0.3) ** 2] = colour
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+FAST = {"octree_resolution": 32, "chunk_size": 4096, "max_faces": 2000}
+
+
+def run_pipeline(model: str, weights: Path, events: list | None = None, cancel_after: str | None = None, memory=None, **request):
+    from types import SimpleNamespace
+
+    from backend import pipelines
+    from backend.memory import MemoryManager
+    from backend.pipelines.base import JobContext, JobRequest
+
+    pipeline = pipelines.get(model)(weights_dir=str(weights))
+    params = {**FAST, **request.pop("params", {})}
+    validated = pipeline.validate(JobRequest(model, params, **request))
+    sink = events if events is not None else []
+    cancelled = (lambda: any(e.get("stage") == cancel_after and e.get("step") == 2 for e in sink)) if cancel_after else (lambda: False)
+    return pipeline.run(validated, JobContext(sink.append, cancelled, SimpleNamespace(memory=memory or MemoryManager())))
+
+
+def test_the_catalogue_has_every_model_with_the_official_defaults():
+    from backend import pipelines
+
+    for family in ("hunyuan3d-2", "hunyuan3d-2mini", "hunyuan3d-2mv"):
+        for variant in ("", "-fast", "-turbo"):
+            cls = pipelines.get(family + variant)
+            defaults = {p.name: p.default for p in cls.params}
+            turbo = variant == "-turbo"
+            assert defaults["steps"] == (5 if turbo else 50) and defaults["guidance"] == 5.0
+            assert defaults["octree_resolution"] == (380 if turbo else 384) and defaults["chunk_size"] == 8000
+            assert defaults["volume_decoder"] == ("flashvdm" if turbo else "plain") and defaults["max_faces"] == 40000
+            assert cls.inputs == (("image", "left", "back", "right") if family.endswith("mv") else ("image",))
+    assert pipelines.AUTO_PREFERENCE[0] == "hunyuan3d-2-turbo"
+
+
+def test_missing_weights_are_named_with_the_download_command(tmp_path):
+    from backend import pipelines
+    from backend.pipelines.base import JobRequest
+
+    pipeline = pipelines.get("hunyuan3d-2mini-turbo")(weights_dir=str(tmp_path))
+    report = pipeline.check_weights()
+    assert not report.ready
+    assert report.missing == [f"tencent/Hunyuan3D-2mini: {folder}/{name}" for folder in ("hunyuan3d-dit-v2-mini-turbo", "hunyuan3d-vae-v2-mini-turbo")
+                              for name in ("config.yaml", "model.fp16.safetensors")]
+    assert report.download == ('hf download tencent/Hunyuan3D-2mini --include "hunyuan3d-dit-v2-mini-turbo/config.yaml" '
+                               '"hunyuan3d-dit-v2-mini-turbo/model.fp16.safetensors" "hunyuan3d-vae-v2-mini-turbo/config.yaml" '
+                               f'"hunyuan3d-vae-v2-mini-turbo/model.fp16.safetensors" --local-dir "{tmp_path}"')
+    with pytest.raises(BackendError) as error:
+        pipeline.validate(JobRequest(pipeline.name, {}, images={"image": object_picture()}))
+    assert error.value.code == "weights_missing" and "hf download tencent/Hunyuan3D-2mini" in error.value.hint
+    # Plain decoding uses the DiT folder's own VAE, so the turbo VAE is not needed for it.
+    weights_folder(tmp_path, "hunyuan3d-2mini-turbo")
+    for path in (tmp_path / "hunyuan3d-vae-v2-mini-turbo").iterdir():
+        path.unlink()
+    pipeline.validate(JobRequest(pipeline.name, {"volume_decoder": "plain"}, images={"image": object_picture()}))
+    with pytest.raises(BackendError, match="hunyuan3d-vae-v2-mini-turbo"):
+        pipeline.validate(JobRequest(pipeline.name, {}, images={"image": object_picture()}))
+
+
+def test_a_pipeline_refuses_a_folder_of_the_wrong_kind(tmp_path):
+    weights = weights_folder(tmp_path, "hunyuan3d-2mini")
+    (weights / "hunyuan3d-dit-v2-mini").rename(weights / "hunyuan3d-dit-v2-mv")
+    with pytest.raises(BackendError, match="not a multiview model"):
+        run_pipeline("hunyuan3d-2mv", weights, images={"image": object_picture()}, params={"steps": 2})
+
+
+def test_sampling_progress_is_reported_per_step_and_cancel_stops_between_steps(tmp_path):
+    from backend.errors import JobCancelled
+
+    weights = weights_folder(tmp_path, "hunyuan3d-2mini")
+    events: list = []
+    with pytest.raises(JobCancelled):
+        run_pipeline("hunyuan3d-2mini", weights, events, cancel_after="sampling", images={"image": object_picture()}, params={"steps": 6})
+    steps = [e["step"] for e in events if e.get("stage") == "sampling" and e.get("step") is not None]
+    assert steps == [0, 1, 2]
+    assert [e["stage"] for e in events if e.get("step") is not None][:4] == ["background", "background", "condition", "condition"]

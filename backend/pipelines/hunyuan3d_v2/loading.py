@@ -3,8 +3,7 @@
 A DiT folder's ``model.fp16.safetensors`` holds ``conditioner.*``, ``model.*`` (the DiT) and
 ``vae.*`` tensors. Each part is built from the folder's config and filled from its own prefix,
 strictly (every key and shape must match), as zero-copy views of one memory map of the file:
-host RAM never holds a second copy. A VAE-only folder (the FlashVDM ``-turbo`` VAEs) holds the
-VAE's keys without a prefix.
+host RAM never holds a second copy. The ``vae.*`` part is loaded by ``vae.load_shape_vae``.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
 
 CONDITIONER_PREFIX = "conditioner."
 DIT_PREFIX = "model."
-VAE_PREFIX = "vae."
+VAE_PREFIX = "vae."  # loaded by vae.load_shape_vae
 PREFIXES = (CONDITIONER_PREFIX, DIT_PREFIX, VAE_PREFIX)
 _DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
@@ -63,9 +62,3 @@ def load_dit(path: Path, config: ModelConfig) -> nn.Module:
 
     return load_safetensors_module(lambda: Hunyuan3DDiT(config.dit), path, rename=only_prefix(DIT_PREFIX))
 
-
-def load_vae(path: Path, config: ModelConfig, prefix: str = VAE_PREFIX) -> nn.Module:
-    """The ShapeVAE from the combined file (``prefix="vae."``) or from a VAE-only file (``prefix=""``)."""
-    from .vae import ShapeVAE
-
-    return load_safetensors_module(lambda: ShapeVAE.from_config(config.vae), path, rename=only_prefix(prefix))
