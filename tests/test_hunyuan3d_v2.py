@@ -357,3 +357,29 @@ def test_sampling_progress_is_reported_per_step_and_cancel_stops_between_steps(t
     steps = [e["step"] for e in events if e.get("stage") == "sampling" and e.get("step") is not None]
     assert steps == [0, 1, 2]
     assert [e["stage"] for e in events if e.get("step") is not None][:4] == ["background", "background", "condition", "condition"]
+
+
+def _needs_the_decoder():
+    """The ShapeVAE and volume decoding modules (vae.py, volume.py) are developed separately from this file's models."""
+    pytest.importorskip("backend.pipelines.hunyuan3d_v2.volume", reason="needs the ShapeVAE decoder (vae.py, volume.py)")
+
+
+@pytest.mark.parametrize("model", ["hunyuan3d-2mini-turbo", "hunyuan3d-2mini"])
+def test_a_picture_becomes_a_mesh_on_tiny_weights(tmp_path, model):
+    _needs_the_decoder()
+    weights = weights_folder(tmp_path, model)
+    events: list = []
+    output = run_pipeline(model, weights, events, images={"image": object_picture()}, params={"steps": 3, "octree_resolution": 24})
+    assert output.mesh.face_count > 0
+    assert sorted(output.images) == ["input"]
+    stages = [e["stage"] for e in events if e.get("step") is not None]
+    assert list(dict.fromkeys(stages)) == ["background", "condition", "sampling", "decoding", "mesh"]
+    assert output.info["latents"] == [1, LATENTS, CHANNELS]
+
+
+def test_the_multiview_model_takes_any_views_with_the_front(tmp_path):
+    _needs_the_decoder()
+    weights = weights_folder(tmp_path, "hunyuan3d-2mv-turbo", multiview=True)
+    images = {"image": object_picture(), "back": object_picture(colour=(30, 30, 200))}
+    output = run_pipeline("hunyuan3d-2mv-turbo", weights, images=images, params={"steps": 2, "octree_resolution": 24})
+    assert sorted(output.images) == ["input", "input_back"] and output.mesh.face_count > 0
