@@ -312,7 +312,7 @@ def test_the_catalogue_has_every_model_with_the_official_defaults():
             assert defaults["steps"] == (5 if turbo else 50) and defaults["guidance"] == 5.0
             assert defaults["octree_resolution"] == (380 if turbo else 384) and defaults["chunk_size"] == 8000
             assert defaults["volume_decoder"] == ("flashvdm" if turbo else "plain") and defaults["max_faces"] == 40000
-            assert cls.inputs == (("image", "left", "back", "right") if family.endswith("mv") else ("image",))
+            assert cls.inputs == (("image", "left", "back", "right", "text") if family.endswith("mv") else ("image", "text"))
     assert pipelines.AUTO_PREFERENCE[0] == "hunyuan3d-2-turbo"
 
 
@@ -383,3 +383,18 @@ def test_the_multiview_model_takes_any_views_with_the_front(tmp_path):
     images = {"image": object_picture(), "back": object_picture(colour=(30, 30, 200))}
     output = run_pipeline("hunyuan3d-2mv-turbo", weights, images=images, params={"steps": 2, "octree_resolution": 24})
     assert sorted(output.images) == ["input", "input_back"] and output.mesh.face_count > 0
+
+
+def test_a_prompt_needs_hunyuandit_and_is_not_taken_with_a_picture(tmp_path):
+    from backend import pipelines
+    from backend.pipelines.base import JobRequest
+
+    weights = weights_folder(tmp_path, "hunyuan3d-2mini")
+    pipeline = pipelines.get("hunyuan3d-2mini")(weights_dir=str(weights))
+    report = pipeline.check_weights()
+    assert report.ready and "text prompts also need HunyuanDiT" in report.where
+    with pytest.raises(BackendError) as error:
+        pipeline.validate(JobRequest(pipeline.name, {}, text="a teapot"))
+    assert error.value.code == "weights_missing" and "Tencent-Hunyuan/HunyuanDiT-v1.1-Diffusers-Distilled" in error.value.hint
+    with pytest.raises(BackendError, match="not both"):
+        pipeline.validate(JobRequest(pipeline.name, {}, text="a teapot", images={"image": object_picture()}))

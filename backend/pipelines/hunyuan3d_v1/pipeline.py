@@ -27,7 +27,6 @@ from ..base import MAX_FACES, SEED, JobContext, JobRequest, Param, Pipeline, Pip
 from .svrm_pipeline import RESOLUTION
 
 if TYPE_CHECKING:
-    from PIL import Image
 
     from .multiview import MultiviewModel
 
@@ -85,6 +84,7 @@ class Hunyuan3D1Pipeline(Pipeline):
         from .background import prepare_condition_image
         from .multiview import StageRunner
         from .svrm_pipeline import reconstruct
+        from .text_to_image import draw_prompt
 
         memory = ctx.memory
         if memory is None:
@@ -100,7 +100,8 @@ class Hunyuan3D1Pipeline(Pipeline):
 
         # 2. Text to image.
         if from_text:
-            picture = self._text_to_image(roots[2], request.text or "", params, ctx)
+            picture = draw_prompt(roots[2], request.text or "", ctx, seed=params["seed"], steps=params["text_steps"],
+                                  size=params["text_image_size"])
             images["text_image"] = encode_png(picture)
             info["weights"]["text_to_image"] = str(roots[2])
         else:
@@ -139,21 +140,6 @@ class Hunyuan3D1Pipeline(Pipeline):
                                       resolution=params["resolution"], max_faces=params["max_faces"])
         info["triplane"] = svrm_info["triplane"]
         return PipelineOutput(mesh=mesh, images=images, info=info)
-
-    def _text_to_image(self, root: Path, prompt: str, params: dict[str, Any], ctx: JobContext) -> Image.Image:
-        from .components import register_components
-        from .text_to_image import PARTS, STAGE, generate_image
-
-        memory = ctx.memory
-        names = register_components(memory, root, "hunyuandit", PARTS)
-        ctx.progress(STAGE, 0, params["text_steps"], "drawing the prompt")
-
-        def draw(modules: dict[str, Any]) -> Image.Image:
-            return generate_image(root, {part: modules[name] for part, name in names.items()}, memory.device, prompt,
-                                  seed=params["seed"], steps=params["text_steps"], size=params["text_image_size"],
-                                  on_step=lambda step, total: ctx.progress(STAGE, step, total))
-
-        return memory.run_stage(STAGE, list(names.values()), draw, report=ctx.note)
 
 
 @register

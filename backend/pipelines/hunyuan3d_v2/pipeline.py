@@ -3,13 +3,14 @@
 Steps of ``run``:
 
 1. check the weights: the DiT folder (``config.yaml`` and its combined checkpoint), plus the
-   turbo VAE folder when decoding with FlashVDM;
-2. ``background``: the object is cut out of each picture and framed (``preprocess``);
-3. ``condition``: DINOv2 turns the picture (or the named views) into image tokens;
-4. ``sampling``: the DiT turns noise into shape latents, one progress event per step;
-5. ``decoding``: the ShapeVAE turns the latents into tokens and the occupancy grid is decoded
+   turbo VAE folder when decoding with FlashVDM, and HunyuanDiT for a prompt;
+2. ``text_to_image`` (prompt only): HunyuanDiT draws the object, as for Hunyuan3D-1;
+3. ``background``: the object is cut out of each picture and framed (``preprocess``);
+4. ``condition``: DINOv2 turns the picture (or the named views) into image tokens;
+5. ``sampling``: the DiT turns noise into shape latents, one progress event per step;
+6. ``decoding``: the ShapeVAE turns the latents into tokens and the occupancy grid is decoded
    (plain, hierarchical or FlashVDM), chunk by chunk;
-6. ``mesh``: marching cubes, clean-up and decimation to our mesh, in our frame.
+7. ``mesh``: marching cubes, clean-up and decimation to our mesh, in our frame.
 
 Conditioner, DiT and VAE are separate memory-manager components with block lists, so every
 memory mode applies; cancelling takes effect between steps and between decoding chunks.
@@ -23,10 +24,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ...errors import BackendError
 from ...images import decode_image, encode_png
 from ...protocol import ErrorCode
-from ...weights import HUNYUAN3D_2_MODELS, WeightFolder, check_folders, require_folders
+from ...weights import HUNYUAN3D_2_MODELS, HUNYUAN_DIT, WeightFolder, check_folders, require_folders
 from .. import register
 from ..base import SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput, WeightsReport
-from ..hunyuan3d_v1.pipeline import BACKGROUND_METHOD, REMOVE_BACKGROUND
+from ..hunyuan3d_v1.pipeline import BACKGROUND_METHOD, REMOVE_BACKGROUND, TEXT_IMAGE_SIZE, TEXT_STEPS
 from .config import CONFIG_FILE, VIEW_NAMES, WEIGHTS_FILE, read_config
 
 if TYPE_CHECKING:
@@ -68,9 +69,9 @@ def _decoder(default: str) -> Param:
 class Hunyuan3D2Pipeline(Pipeline):
     """Shared by every Hunyuan3D-2 shape model; subclasses only name themselves and their defaults."""
 
-    stages = ("background", "condition", "sampling", "decoding", "mesh")
-    inputs = ("image",)
-    requires_one_of = ("image",)
+    stages = ("text_to_image", "background", "condition", "sampling", "decoding", "mesh")
+    inputs = ("image", "text")
+    requires_one_of = ("image", "text")
     multiview: ClassVar[bool] = False
 
     @property
@@ -81,18 +82,26 @@ class Hunyuan3D2Pipeline(Pipeline):
     def turbo_vae_folder(self) -> WeightFolder:
         return HUNYUAN3D_2_MODELS[self.name][1]
 
-    def _folders(self, decoder: str) -> list[WeightFolder]:
-        return [self.dit_folder] + ([self.turbo_vae_folder] if decoder == "flashvdm" else [])
+    def _folders(self, decoder: str, text: bool = False) -> list[WeightFolder]:
+        return [self.dit_folder] + ([self.turbo_vae_folder] if decoder == "flashvdm" else []) + ([HUNYUAN_DIT] if text else [])
 
     def _default_decoder(self) -> str:
         return next(p.default for p in self.params if p.name == "volume_decoder")
 
     def check_weights(self) -> WeightsReport:
-        return check_folders(self._folders(self._default_decoder()), self.weights_dir)[1]
+        report = check_folders(self._folders(self._default_decoder()), self.weights_dir)[1]
+        if report.ready:
+            text_report = check_folders([HUNYUAN_DIT], self.weights_dir)[1]
+            if not text_report.ready:
+                report.where += "; text prompts also need HunyuanDiT: " + text_report.download
+        return report
 
     def validate(self, request: JobRequest) -> JobRequest:
         request = super().validate(request)
-        require_folders(self._folders(request.params["volume_decoder"]), self.weights_dir)
+        if request.text is not None and request.images:
+            raise BackendError(ErrorCode.BAD_INPUT, f"{self.name} takes a prompt or pictures, not both",
+                               hint="leave out the prompt to use the pictures, or the pictures to draw the prompt")
+        require_folders(self._folders(request.params["volume_decoder"], text=request.text is not None), self.weights_dir)
         return request
 
     def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
@@ -104,17 +113,29 @@ class Hunyuan3D2Pipeline(Pipeline):
         params = request.params
 
         # 1. Weights and configuration, checked before anything loads.
-        roots = require_folders(self._folders(params["volume_decoder"]), self.weights_dir)
+        from_text = request.text is not None
+        roots = require_folders(self._folders(params["volume_decoder"], text=from_text), self.weights_dir)
         config = read_config(roots[0])
         if config.conditioner.multiview != self.multiview:
             raise BackendError(ErrorCode.WEIGHTS_CORRUPT, f"{roots[0]} is not a {'multiview' if self.multiview else 'single-picture'} model",
                                hint=f"download it again: {self.dit_folder.repo_id}, folder {self.dit_folder.folder}")
-        names = register_components(memory, roots, config)
+        names = register_components(memory, roots[:2] if params["volume_decoder"] == "flashvdm" else roots[:1], config)
         info: dict[str, Any] = {"weights": [str(root) for root in roots]}
+        images: dict[str, bytes] = {}
 
-        # 2. Background removal and framing.
+        # 2. Text to image.
+        if from_text:
+            from ..hunyuan3d_v1.text_to_image import draw_prompt
+
+            drawn = draw_prompt(roots[-1], request.text or "", ctx, seed=params["seed"], steps=params["text_steps"],
+                                size=params["text_image_size"])
+            images["text_image"] = encode_png(drawn)
+            pictures = {"image": drawn}
+        else:
+            pictures = {name: decode_image(data, name) for name, data in request.images.items()}
+
+        # 3. Background removal and framing.
         ctx.progress("background", 0, 1, "removing the background")
-        pictures = {name: decode_image(data, name) for name, data in request.images.items()}
         if self.multiview:
             pictures["front"] = pictures.pop("image")
         view_names, view_indices = order_views(pictures) if self.multiview else (["image"], None)
@@ -122,18 +143,18 @@ class Hunyuan3D2Pipeline(Pipeline):
         for view in view_names:
             picture, used[view] = _cut_out(pictures[view], params)
             prepared.append(prepare_picture(picture, config.image_processor))
-        images = {("input" if view in ("image", "front") else f"input_{view}"): encode_png(p) for view, p in zip(view_names, prepared)}
+        images |= {("input" if view in ("image", "front") else f"input_{view}"): encode_png(p) for view, p in zip(view_names, prepared)}
         info["background"] = used
         ctx.progress("background", 1, 1)
 
-        # 3. Image tokens.
+        # 4. Image tokens.
         condition = self._condition(ctx, names["conditioner"], prepared, view_indices)
 
-        # 4. Sampling.
+        # 5. Sampling.
         latents = self._sample(ctx, names["dit"], config, condition, params)
         info["latents"] = list(latents.shape)
 
-        # 5 and 6. Decoding and the mesh.
+        # 6 and 7. Decoding and the mesh.
         mesh, decode_info = self._decode(ctx, names["vae"], latents, params)
         info.update(decode_info)
         return PipelineOutput(mesh=mesh, images=images, info=info)
@@ -264,13 +285,15 @@ def _define(name: str, description: str, *, turbo: bool, multiview: bool) -> typ
         MAX_FACES,
         REMOVE_BACKGROUND,
         BACKGROUND_METHOD,
+        TEXT_STEPS,
+        TEXT_IMAGE_SIZE,
         _octree(380 if turbo else 384),
         _decoder("flashvdm" if turbo else "plain"),
         CHUNK_SIZE,
     )
     attributes = {"name": name, "description": description, "params": params, "multiview": multiview}
     if multiview:
-        attributes["inputs"] = ("image", *EXTRA_VIEWS)
+        attributes["inputs"] = ("image", *EXTRA_VIEWS, "text")
     cls = type(name.replace("-", "_").title().replace("_", "") + "Pipeline", (Hunyuan3D2Pipeline,), attributes)
     return register(cls)
 
