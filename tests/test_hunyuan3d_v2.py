@@ -398,3 +398,20 @@ def test_a_prompt_needs_hunyuandit_and_is_not_taken_with_a_picture(tmp_path):
     assert error.value.code == "weights_missing" and "Tencent-Hunyuan/HunyuanDiT-v1.1-Diffusers-Distilled" in error.value.hint
     with pytest.raises(BackendError, match="not both"):
         pipeline.validate(JobRequest(pipeline.name, {}, text="a teapot", images={"image": object_picture()}))
+
+
+def test_full_size_modules_have_the_released_checkpoints_tensors():
+    """Tensor and parameter counts of the released v2-0 and mini files (recorded from their headers)."""
+    from backend.pipelines.hunyuan3d_v2.conditioner import ImageConditioner
+    from backend.pipelines.hunyuan3d_v2.config import ConditionerConfig, DinoConfig, DiTConfig
+    from backend.pipelines.hunyuan3d_v2.dit import Hunyuan3DDiT
+
+    def counts(module: torch.nn.Module) -> tuple[int, int]:
+        state = module.state_dict()
+        return len(state), sum(t.numel() for t in state.values())
+
+    with torch.device("meta"):
+        assert counts(ImageConditioner(ConditionerConfig(DinoConfig()))) == (727, 1_136_480_768)
+        assert counts(Hunyuan3DDiT(DiTConfig())) == (652, 1_113_274_432)
+        assert counts(Hunyuan3DDiT(DiTConfig(depth=8, depth_single_blocks=16))) == (332, 559_196_224)
+        assert counts(Hunyuan3DDiT(DiTConfig(guidance_embed=True))) == (656, 1_113_274_432 + 1_312_768)
