@@ -415,3 +415,34 @@ def test_full_size_modules_have_the_released_checkpoints_tensors():
         assert counts(Hunyuan3DDiT(DiTConfig())) == (652, 1_113_274_432)
         assert counts(Hunyuan3DDiT(DiTConfig(depth=8, depth_single_blocks=16))) == (332, 559_196_224)
         assert counts(Hunyuan3DDiT(DiTConfig(guidance_embed=True))) == (656, 1_113_274_432 + 1_312_768)
+
+
+def _cli(tmp_path, *args):
+    import subprocess
+    import sys
+
+    from conftest import backend_env
+
+    return subprocess.run([sys.executable, "-m", "backend", *args], capture_output=True, text=True, env=backend_env(tmp_path), timeout=300)
+
+
+def test_generate_takes_named_views_from_the_command_line(tmp_path):
+    _needs_the_decoder()
+    weights = weights_folder(tmp_path / "weights", "hunyuan3d-2mv-turbo", multiview=True)
+    (tmp_path / "front.png").write_bytes(object_picture())
+    (tmp_path / "back.png").write_bytes(object_picture(colour=(30, 30, 200)))
+    out = tmp_path / "out.glb"
+    proc = _cli(tmp_path, "generate", "--model", "hunyuan3d-2mv-turbo", "--image", str(tmp_path / "front.png"),
+                "--view", f"back={tmp_path / 'back.png'}", "--weights", str(weights), "--device", "cpu", "--steps", "2",
+                "--set", "octree_resolution=24", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stderr and "sampling" in proc.stderr
+
+
+def test_a_malformed_view_is_one_clear_error(tmp_path):
+    proc = _cli(tmp_path, "generate", "--model", "hunyuan3d-2mv", "--view", "back", "-o", str(tmp_path / "out.glb"))
+    assert proc.returncode == 1 and "error: --view 'back': expected NAME=PATH" in proc.stderr
+    (tmp_path / "front.png").write_bytes(object_picture())
+    proc = _cli(tmp_path, "generate", "--model", "hunyuan3d-2mv", "--image", str(tmp_path / "front.png"),
+                "--view", f"top={tmp_path / 'front.png'}", "-o", str(tmp_path / "o.glb"))
+    assert proc.returncode == 1 and "error: hunyuan3d-2mv does not take top" in proc.stderr, proc.stderr
