@@ -367,10 +367,19 @@ def _needs_the_decoder():
 @pytest.mark.parametrize("model", ["hunyuan3d-2mini-turbo", "hunyuan3d-2mini"])
 def test_a_picture_becomes_a_mesh_on_tiny_weights(tmp_path, model):
     _needs_the_decoder()
+    from backend.memory import MemoryManager
+
     weights = weights_folder(tmp_path, model)
     events: list = []
-    output = run_pipeline(model, weights, events, images={"image": object_picture()}, params={"steps": 3, "octree_resolution": 24})
+    memory = MemoryManager()
+    output = run_pipeline(model, weights, events, memory=memory, images={"image": object_picture()},
+                          params={"steps": 3, "octree_resolution": 24})
     assert output.mesh.face_count > 0
+    # Three components, each with its block list: 2 ViT layers, 1 + 2 DiT blocks, 1 VAE decoder layer.
+    vae = "hunyuan3d-vae-v2-mini-turbo" if model.endswith("turbo") else "hunyuan3d-dit-v2-mini.vae"
+    folder = "hunyuan3d-dit-v2-mini" + ("-turbo" if model.endswith("turbo") else "")
+    blocks = {name: len(memory._component(name).block_slots) for name in (f"{folder}.conditioner", f"{folder}.dit", vae)}
+    assert list(blocks.values()) == [2, 3, 1]
     assert sorted(output.images) == ["input"]
     stages = [e["stage"] for e in events if e.get("step") is not None]
     assert list(dict.fromkeys(stages)) == ["background", "condition", "sampling", "decoding", "mesh"]
@@ -446,3 +455,23 @@ def test_a_malformed_view_is_one_clear_error(tmp_path):
     proc = _cli(tmp_path, "generate", "--model", "hunyuan3d-2mv", "--image", str(tmp_path / "front.png"),
                 "--view", f"top={tmp_path / 'front.png'}", "-o", str(tmp_path / "o.glb"))
     assert proc.returncode == 1 and "error: hunyuan3d-2mv does not take top" in proc.stderr, proc.stderr
+
+
+def test_download_fetches_the_dit_folder_and_the_turbo_vae(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from backend.weights import download
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, local_dir=None, **_kwargs):
+        calls.append((repo_id, allow_patterns, local_dir))
+        weights_folder(Path(local_dir), "hunyuan3d-2mini-turbo")
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    paths = download("hunyuan3d-2mini-turbo", str(tmp_path), lambda _line: None)
+    assert calls == [("tencent/Hunyuan3D-2mini", ["hunyuan3d-dit-v2-mini-turbo/config.yaml", "hunyuan3d-dit-v2-mini-turbo/model.fp16.safetensors",
+                                                  "hunyuan3d-vae-v2-mini-turbo/config.yaml", "hunyuan3d-vae-v2-mini-turbo/model.fp16.safetensors"],
+                      str(tmp_path))]
+    assert paths == [tmp_path / "hunyuan3d-dit-v2-mini-turbo", tmp_path / "hunyuan3d-vae-v2-mini-turbo"]
