@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from hy3dgen_oracle import official_conditioner_state, shapegen  # noqa: E402
+from hy3dgen_oracle import official_conditioner_state, shapegen_module  # noqa: E402
 
 from backend.pipelines.hunyuan3d_v2.config import read_config  # noqa: E402
 from backend.pipelines.hunyuan3d_v2.loading import load_conditioner, load_dit  # noqa: E402
@@ -83,10 +83,10 @@ def main() -> None:
     args = parser.parse_args()
     turbo = not args.cfg
     settings = config(args.size, turbo)
-    models, schedulers, pipelines = shapegen("models"), shapegen("schedulers"), shapegen("pipelines")
+    schedulers, pipelines = shapegen_module("schedulers"), shapegen_module("pipelines")
     torch.manual_seed(0)
-    conditioner = models.SingleImageEncoder(**settings["conditioner"]["params"]).eval()
-    dit = models.Hunyuan3DDiT(**settings["model"]["params"]).eval()
+    conditioner = shapegen_module("models.conditioner").SingleImageEncoder(**settings["conditioner"]["params"]).eval()
+    dit = shapegen_module("models.denoisers").Hunyuan3DDiT(**settings["model"]["params"]).eval()
     image = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"size {args.size}: DINOv2 {sum(p.numel() for p in conditioner.parameters()) / 1e6:.0f} M, "

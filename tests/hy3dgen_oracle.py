@@ -1,10 +1,9 @@
 """Tencent's official Hunyuan3D-2 code (``hy3dgen==2.0.2``) as a test oracle; never used by the backend.
 
 Installed without its dependencies (``pip install --no-deps hy3dgen==2.0.2 einops``, as
-``.ci/run`` does). Its ``hy3dgen.shapegen`` package ``__init__`` imports the whole app (mesh
-post-processing through pymeshlab, picture loading through OpenCV); the model and scheduler
-modules compared here need neither, so that one package is entered without running its
-``__init__``. torchvision's CPU build does not install beside this torch, and the conditioner
+``.ci/run`` does). Its package ``__init__`` files import the whole app (mesh post-processing
+through pymeshlab, picture loading through OpenCV); the model and scheduler modules compared
+here need neither, so ``shapegen_module`` enters them without running those ``__init__`` files. torchvision's CPU build does not install beside this torch, and the conditioner
 uses only three tensor transforms from it; they are provided below with the calls torchvision
 itself makes (the resize is bilinear ``interpolate`` with antialiasing).
 """
@@ -16,6 +15,7 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,16 +72,30 @@ def _tensor_transforms() -> types.ModuleType:
     return transforms
 
 
-def shapegen(module: str) -> types.ModuleType:
-    """``hy3dgen.shapegen.<module>``, imported without the package's app-wide ``__init__``; skips when not installed."""
-    if importlib.util.find_spec("hy3dgen") is None:
-        pytest.skip(f"the hy3dgen oracle is not installed ({INSTALL})")
-    if "hy3dgen.shapegen" not in sys.modules:
-        import hy3dgen
+_PACKAGES = ("hy3dgen", "hy3dgen.shapegen", "hy3dgen.shapegen.models")
 
-        package = types.ModuleType("hy3dgen.shapegen")
-        package.__path__ = [f"{hy3dgen.__path__[0]}/shapegen"]
-        sys.modules["hy3dgen.shapegen"] = package
+
+def _package_root() -> Path:
+    if "hy3dgen" in sys.modules:
+        return Path(next(iter(sys.modules["hy3dgen"].__path__)))
+    spec = importlib.util.find_spec("hy3dgen")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"the hy3dgen oracle is not installed ({INSTALL})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def shapegen_module(name: str) -> types.ModuleType:
+    """``hy3dgen.shapegen.<name>`` (e.g. ``models.conditioner``), without running the parent packages' ``__init__``.
+
+    The parents are registered as empty namespaces over their real folders, so their submodules
+    resolve normally. Skips the test when the oracle is not installed.
+    """
+    root = _package_root()
+    for package in _PACKAGES:
+        if package not in sys.modules:
+            namespace = types.ModuleType(package)
+            namespace.__path__ = [str(root.joinpath(*package.split(".")[1:]))]
+            sys.modules[package] = namespace
     if importlib.util.find_spec("torchvision") is None and "torchvision" not in sys.modules:
         # Resolved first, while transformers still sees no torchvision (it would then reach for its image processors).
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model  # noqa: F401
@@ -92,7 +106,7 @@ def shapegen(module: str) -> types.ModuleType:
         torchvision.transforms = _tensor_transforms()
         sys.modules["torchvision"] = torchvision
         sys.modules["torchvision.transforms"] = torchvision.transforms
-    return importlib.import_module(f"hy3dgen.shapegen.{module}")
+    return importlib.import_module(f"hy3dgen.shapegen.{name}")
 
 
 # transformers 5 renamed DINOv2's modules; the official checkpoints keep the 4.x names.

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hy3dgen_oracle import official_conditioner_state, shapegen
+from hy3dgen_oracle import official_conditioner_state, shapegen_module
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -76,11 +76,11 @@ class Official:
     """The official modules of one tiny checkpoint, and the folder it was written to."""
 
     def __init__(self, folder: Path, config: dict, seed: int = 0):
-        models = shapegen("models")
         self.folder, self.config = folder, config
-        self.conditioner = models.SingleImageEncoder(**copy.deepcopy(config["conditioner"]["params"])).eval()
-        self.dit = models.Hunyuan3DDiT(**config["model"]["params"]).eval()
-        self.vae = models.ShapeVAE(**config["vae"]["params"]).eval()
+        conditioner_params = copy.deepcopy(config["conditioner"]["params"])
+        self.conditioner = shapegen_module("models.conditioner").SingleImageEncoder(**conditioner_params).eval()
+        self.dit = shapegen_module("models.denoisers").Hunyuan3DDiT(**config["model"]["params"]).eval()
+        self.vae = shapegen_module("models.autoencoders").ShapeVAE(**config["vae"]["params"]).eval()
         for offset, module in enumerate((self.conditioner, self.dit, self.vae)):
             randomise(module, seed + offset)
         state = {f"conditioner.{k}": v for k, v in official_conditioner_state(self.conditioner).items()}
@@ -190,7 +190,7 @@ class _PreparedImage:
 
 @pytest.mark.parametrize(("turbo", "steps"), [(False, 6), (True, 5)])
 def test_sampler_latents_match_the_official_pipeline_after_every_step(tmp_path, turbo, steps):
-    schedulers, pipelines = shapegen("schedulers"), shapegen("pipelines")
+    schedulers, pipelines = shapegen_module("schedulers"), shapegen_module("pipelines")
     config = tiny_config("mini", guidance_embed=turbo, turbo=turbo)
     official = Official(tmp_path / "dit", config)
     scheduler_cls = getattr(schedulers, config["scheduler"]["target"].rsplit(".", 1)[1])
