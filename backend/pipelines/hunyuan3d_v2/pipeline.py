@@ -119,7 +119,8 @@ class Hunyuan3D2Pipeline(Pipeline):
         if config.conditioner.multiview != self.multiview:
             raise BackendError(ErrorCode.WEIGHTS_CORRUPT, f"{roots[0]} is not a {'multiview' if self.multiview else 'single-picture'} model",
                                hint=f"download it again: {self.dit_folder.repo_id}, folder {self.dit_folder.folder}")
-        names = register_components(memory, roots[:2] if params["volume_decoder"] == "flashvdm" else roots[:1], config)
+        turbo_vae_root = roots[1] if params["volume_decoder"] == "flashvdm" else None
+        names = register_components(memory, roots[0], turbo_vae_root, config)
         info: dict[str, Any] = {"weights": [str(root) for root in roots]}
         images: dict[str, bytes] = {}
 
@@ -230,14 +231,12 @@ def _cut_out(picture: Image.Image, params: dict[str, Any]) -> tuple[Image.Image,
     return cut_out(picture, params["background_method"] if params["remove_background"] else "none")
 
 
-def register_components(memory: Any, roots: list[Path], config: ModelConfig) -> dict[str, str]:
-    """Declare the conditioner, the DiT and the VAE (the turbo VAE when its folder is in ``roots``); returns their names."""
+def register_components(memory: Any, dit_root: Path, vae_root: Path | None, config: ModelConfig) -> dict[str, str]:
+    """Declare the conditioner, the DiT and the VAE (that of ``vae_root`` when given, else the DiT file's); returns their names."""
     from .loading import load_conditioner, load_dit, part_sizes
 
-    dit_root = roots[0]
     path = dit_root / WEIGHTS_FILE
     sizes = part_sizes(path)
-    vae_root = roots[1] if len(roots) > 1 else None
     names = {"conditioner": f"{dit_root.name}.conditioner", "dit": f"{dit_root.name}.dit",
              "vae": vae_root.name if vae_root else f"{dit_root.name}.vae"}
     loaders = {"conditioner": lambda: load_conditioner(path, config), "dit": lambda: load_dit(path, config),
