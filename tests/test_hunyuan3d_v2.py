@@ -243,6 +243,24 @@ def test_recenter_frames_the_alpha_box_with_the_border_on_white():
     assert prepared.shape == (1, 3, 512, 512) and prepared.min() >= -1 and prepared.max() <= 1
 
 
+def test_framing_matches_the_official_image_processor():
+    pytest.importorskip("cv2", reason="the official image processor needs OpenCV (opencv-python-headless<4.11)")
+    official = shapegen_module("preprocessors").ImageProcessorV2(512, 0.15)
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    rng = np.random.default_rng(0)
+    noisy = np.zeros((300, 220, 4), dtype=np.uint8)  # shrunk to fit, every pixel different
+    noisy[5:295, 3:210] = rng.integers(0, 256, (290, 207, 4))
+    tiny = np.zeros((400, 400, 4), dtype=np.uint8)  # enlarged about 5 times
+    tiny[150:190, 160:230] = rng.integers(0, 256, (40, 70, 4))
+    pictures = [Image.open(examples / f"{name}.png") for name in ("snowman", "mug")] + [Image.fromarray(a, "RGBA") for a in (noisy, tiny)]
+    for picture in pictures:
+        theirs = official(picture)["image"]
+        ours = to_tensor(prepare_picture(picture, read_config_processor()))
+        levels = (ours - theirs).abs() * 127.5
+        # OpenCV rounds its fixed-point resampling; the differences are a few rounding levels at most.
+        assert float(levels.max()) <= 3.01 and float(levels.mean()) <= 0.2
+
+
 def read_config_processor():
     from backend.pipelines.hunyuan3d_v2.config import ImageProcessorConfig
 
