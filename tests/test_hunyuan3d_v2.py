@@ -493,3 +493,18 @@ def test_download_fetches_the_dit_folder_and_the_turbo_vae(tmp_path, monkeypatch
                                                   "hunyuan3d-vae-v2-mini-turbo/config.yaml", "hunyuan3d-vae-v2-mini-turbo/model.fp16.safetensors"],
                       str(tmp_path))]
     assert paths == [tmp_path / "hunyuan3d-dit-v2-mini-turbo", tmp_path / "hunyuan3d-vae-v2-mini-turbo"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c.pop("scheduler"), "no 'scheduler' section"),
+    (lambda c: c["conditioner"]["params"]["main_image_encoder"].update(type="CLIPImageEncoder"), "conditioner type 'CLIPImageEncoder'"),
+    (lambda c: c["conditioner"]["params"]["main_image_encoder"]["kwargs"].update(image_size=224), "trained at 56 px"),
+    (lambda c: c["model"]["params"].update(depth="sixteen"), "model.params.depth = 'sixteen' is not an integer"),
+    (lambda c: c["model"]["params"].update(num_heads=5), "not a multiple of num_heads 5"),
+])
+def test_a_config_the_models_cannot_follow_is_refused_with_the_field(tmp_path, change, message):
+    config = tiny_config()
+    change(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(WeightsError, match=message):
+        read_config(tmp_path)

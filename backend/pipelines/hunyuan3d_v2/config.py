@@ -18,6 +18,7 @@ from ...memory.loading import WeightsError
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.fp16.safetensors"
 VIEW_NAMES = ("front", "left", "back", "right")  # index = the view's slot in the multiview embedding
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false"}
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def _pick(params: dict[str, Any], cls: type, path: Path, section: str) -> dict[s
             except ValueError:
                 pass
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise WeightsError(path, f"{section}.{field.name} = {value!r} is not a {kind.__name__}",
+            raise WeightsError(path, f"{section}.{field.name} = {value!r} is not {_KIND_NAMES[kind]}",
                                hint="check the model folder's config.yaml")
         picked[field.name] = value
     return picked
