@@ -11,7 +11,7 @@ tests compare whole sampling runs step by step.)
     python benchmarks/h2_sampling.py                          # mid size, turbo model
     python benchmarks/h2_sampling.py --size mini --cfg        # the released mini sizes (about 12 GB of RAM)
 
-Needs the oracle: pip install --no-deps hy3dgen==2.0.2 einops "opencv-python-headless<4.11"
+Needs the oracle: pip install --no-deps "hy3dgen==2.0.2" (and the test extra)
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Tencent's official Hunyuan3D-2 code (``hy3dgen==2.0.2``) as a test oracle; never used by the backend.
 
-Installed without its dependencies (``pip install --no-deps hy3dgen==2.0.2 einops
-"opencv-python-headless<4.11"``, as ``.ci/run`` does; OpenCV only for its picture framing, the
-release before OpenCV needed numpy 2). Its package ``__init__`` files import the whole app (mesh post-processing
+Installed without its dependencies (``pip install --no-deps "hy3dgen==2.0.2"``, as ``.ci/run``
+does); the few packages its shape modules import (einops, OpenCV) come with the test extra. Its package ``__init__`` files import the whole app (mesh post-processing
 through pymeshlab, picture loading through OpenCV); the model and scheduler modules compared
 here need neither, so ``shapegen_module`` enters them without running those ``__init__`` files. torchvision's CPU build does not install beside this torch, and the conditioner
 uses only three tensor transforms from it; they are provided below with the calls torchvision
@@ -22,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-INSTALL = 'pip install --no-deps hy3dgen==2.0.2 einops "opencv-python-headless<4.11"'
+INSTALL = 'pip install --no-deps "hy3dgen==2.0.2"'
 
 
 def _tensor_transforms() -> types.ModuleType:

@@ -244,7 +244,7 @@ def test_recenter_frames_the_alpha_box_with_the_border_on_white():
 
 
 def test_framing_matches_the_official_image_processor():
-    pytest.importorskip("cv2", reason="the official image processor needs OpenCV (opencv-python-headless<4.11)")
+    pytest.importorskip("cv2", reason="the official image processor needs OpenCV (in the test extra)")
     official = shapegen_module("preprocessors").ImageProcessorV2(512, 0.15)
     examples = Path(__file__).resolve().parents[1] / "examples"
     rng = np.random.default_rng(0)
