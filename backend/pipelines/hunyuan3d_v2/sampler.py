@@ -5,8 +5,8 @@ Time runs from 0 (pure noise) to 1 (data) and the DiT predicts the velocity, so 
 
 - flow matching (the base and ``-fast`` models): ``steps`` times evenly spaced over [0, 1].
   The official pipeline appends 1.0 after a schedule that already ends at 1.0, so its last
-  step has zero length: ``steps`` model calls give ``steps - 1`` Euler steps. Reproduced, so
-  a given step count means what it means upstream;
+  step has zero length: ``steps`` steps are ``steps - 1`` Euler steps. Reproduced, so a given
+  step count means what it means upstream (the zero-length step's model call is skipped);
 - consistency (the step-distilled ``-turbo`` models): times picked from a coarse grid of
   ``pcm_timesteps`` points, then 1.0; every step counts.
 
@@ -91,6 +91,12 @@ def sample(
     scale = torch.full((batch,), guidance.scale, dtype=dtype, device=noise.device) if guidance.embedded else None
     latents = noise
     for index in range(steps):
+        if schedule[index + 1] == schedule[index]:
+            # The flow-matching schedule's last step has zero length: upstream still runs the model
+            # for it and adds 0 x velocity; skipping the call gives the same latents, a pass sooner.
+            if on_step is not None:
+                on_step(index + 1, steps, latents)
+            continue
         model_input = torch.cat([latents, latents]) if doubled else latents
         velocity = model(model_input, times[index].expand(model_input.shape[0]), condition, scale)
         if doubled:
