@@ -75,8 +75,13 @@ def shapes(module: torch.nn.Module, prefix: str) -> dict[str, tuple[int, ...]]:
     return {prefix + key: tuple(tensor.shape) for key, tensor in module.state_dict().items()}
 
 
+# Weights of this scale make the geometry decoder's random field vary from point to point enough
+# to cross zero, so the run has a (noise) surface to extract; at 0.02 the field keeps one sign.
+SPATIAL_KEYS = {"geo_decoder.query_proj.weight": 1.0}
+
+
 def write_random_safetensors(path: Path, tensor_shapes: dict[str, tuple[int, ...]], seed: int) -> None:
-    """float16 tensors, one at a time: norms and layer scales 1, biases 0, weights N(0, 0.02)."""
+    """float16 tensors, one at a time: norms and layer scales 1, biases 0, weights N(0, 0.02) (SPATIAL_KEYS: larger)."""
     header, offset = {}, 0
     for key, shape in tensor_shapes.items():
         nbytes = 2 * int(torch.Size(shape).numel())
@@ -94,7 +99,8 @@ def write_random_safetensors(path: Path, tensor_shapes: dict[str, tuple[int, ...
             elif leaf == "bias":
                 tensor = torch.zeros(shape)
             else:
-                tensor = torch.randn(shape, generator=generator) * 0.02
+                std = next((value for name, value in SPATIAL_KEYS.items() if key.endswith(name)), 0.02)
+                tensor = torch.randn(shape, generator=generator) * std
             f.write(tensor.to(torch.float16).numpy().tobytes())
 
 
