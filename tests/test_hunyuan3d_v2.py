@@ -38,6 +38,16 @@ DINO = {
 SIZES = {"v2-0": (2, 4), "mini": (1, 2)}
 
 
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache, so no test sees the machine's."""
+    import huggingface_hub.constants
+
+    hub = tmp_path / "hf-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    return hub
+
+
 def tiny_config(size: str = "mini", guidance_embed: bool = False, turbo: bool = False, multiview: bool = False) -> dict:
     depth, single = SIZES[size]
     model = {"in_channels": CHANNELS, "context_in_dim": DINO["hidden_size"], "hidden_size": 32, "mlp_ratio": 4.0, "num_heads": 2,
@@ -512,3 +522,16 @@ def test_a_config_the_models_cannot_follow_is_refused_with_the_field(tmp_path, c
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(WeightsError, match=message):
         read_config(tmp_path)
+
+
+def test_weights_are_found_in_the_hugging_face_cache(tmp_path, hf_cache):
+    from backend import pipelines
+
+    pipeline = pipelines.get("hunyuan3d-2mini")()
+    assert not pipeline.check_weights().ready
+    repo = hf_cache / "models--tencent--Hunyuan3D-2mini"
+    weights_folder(repo / "snapshots" / "abc123", "hunyuan3d-2mini")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    report = pipeline.check_weights()
+    assert report.ready and str(repo / "snapshots" / "abc123" / "hunyuan3d-dit-v2-mini") in report.where
