@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--image", type=Path, metavar="PATH", help="input picture (PNG or JPEG)")
     source.add_argument("--text", metavar="PROMPT", help="describe the object instead of giving a picture")
     generate.add_argument("--views", type=Path, metavar="PATH", help="a 3x2 grid of six views (reconstruction-only models)")
+    generate.add_argument("--view", dest="named_views", action="append", default=[], metavar="NAME=PATH",
+                          help="another picture of the object for multiview models (hunyuan3d-2mv): left, back or right; "
+                               "the front is --image; repeatable")
     generate.add_argument("--model", default="auto", help="pipeline to run; auto picks the best one whose weights are present")
     generate.add_argument("--steps", type=int, help="denoising steps (models that denoise)")
     generate.add_argument("--seed", type=int, help="random seed")
@@ -162,7 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         runtime = _runtime(args)
         if args.keep_alive < 0:
-            raise BackendError("bad_parameter", f"--keep-alive {args.keep_alive:g}: minutes cannot be negative",
+            raise BackendError(ErrorCode.BAD_PARAMETER, f"--keep-alive {args.keep_alive:g}: minutes cannot be negative",
                                hint="give 0 to keep the GPU memory until the backend exits")
         engine = JobEngine(runtime, output_dir=args.output_dir or default_output_dir(), weights_dir=args.weights,
                            max_queue=args.max_queue, keep_alive_s=args.keep_alive * 60)
@@ -196,10 +199,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.output.suffix.lower() not in FORMATS:
         raise BackendError(ErrorCode.BAD_PARAMETER, f"{args.output.name}: unknown mesh format", hint="end the name with .glb, .obj or .ply")
     images = {}
-    for name, path in (("image", args.image), ("views", args.views)):
+    named = []
+    for item in args.named_views:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise BackendError(ErrorCode.BAD_PARAMETER, f"--view {item!r}: expected NAME=PATH", hint="e.g. --view back=back.png")
+        named.append((name, Path(path)))
+    for name, path in (("image", args.image), ("views", args.views), *named):
         if path is not None:
             if not path.is_file():
-                raise BackendError(ErrorCode.BAD_INPUT, f"{path}: no such file", hint=f"check the --{name} path")
+                raise BackendError(ErrorCode.BAD_INPUT, f"{path}: no such file", hint=f"check the path given for {name}")
             images[name] = path.read_bytes()
     model = pipelines.choose(args.model, args.weights, given=set(images) | ({"text"} if args.text else set()))
     params = _collect_params(args, pipelines.get(model))

@@ -276,7 +276,7 @@ class PrecisionPolicy:
             fallback = _FALLBACK.get(dtype)
             if fallback is None:
                 raise BackendError(
-                    "internal",
+                    ErrorCode.INTERNAL,
                     f"{self.device.torch_device} cannot run basic float32 operations: {failure}",
                     hint="try --device cpu, or update the GPU driver and PyTorch",
                 )

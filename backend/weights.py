@@ -18,6 +18,9 @@ from .protocol import ErrorCode
 
 HUNYUAN3D_1_REPO = "tencent/Hunyuan3D-1"
 HUNYUAN_DIT_REPO = "Tencent-Hunyuan/HunyuanDiT-v1.1-Diffusers-Distilled"
+HUNYUAN3D_2_REPO = "tencent/Hunyuan3D-2"
+HUNYUAN3D_2MINI_REPO = "tencent/Hunyuan3D-2mini"
+HUNYUAN3D_2MV_REPO = "tencent/Hunyuan3D-2mv"
 
 
 @dataclass(frozen=True)
@@ -167,12 +170,34 @@ HUNYUAN_DIT = WeightFolder(
      *_transformers_model("text_encoder_2"), *_tokenizer("tokenizer_2", "spiece.model")),
     (), "text-to-image (HunyuanDiT), only needed for prompts",
 )
+
+
+def hunyuan3d_2_folder(repo_id: str, folder: str, purpose: str) -> WeightFolder:
+    """A Hunyuan3D-2 model folder (``config.yaml`` and one ``model.fp16.safetensors``), under its own name as upstream lays it out."""
+    return WeightFolder(repo_id, folder, folder, (("config.yaml",), ("model.fp16.safetensors",)),
+                        (f"{folder}/config.yaml", f"{folder}/model.fp16.safetensors"), purpose)
+
+
+# Hunyuan3D-2 pipelines: (DiT folder, the turbo VAE that FlashVDM decoding swaps in).
+_H2_VAE_TURBO = hunyuan3d_2_folder(HUNYUAN3D_2_REPO, "hunyuan3d-vae-v2-0-turbo", "the FlashVDM VAE of Hunyuan3D-2")
+_H2MINI_VAE_TURBO = hunyuan3d_2_folder(HUNYUAN3D_2MINI_REPO, "hunyuan3d-vae-v2-mini-turbo", "the FlashVDM VAE of Hunyuan3D-2mini")
+HUNYUAN3D_2_MODELS: dict[str, tuple[WeightFolder, WeightFolder]] = {
+    f"hunyuan3d-2{family}{variant}": (hunyuan3d_2_folder(repo, f"{folder}{variant}", f"the Hunyuan3D-2{family}{variant} shape model"), vae)
+    for family, repo, folder, vae in (
+        ("", HUNYUAN3D_2_REPO, "hunyuan3d-dit-v2-0", _H2_VAE_TURBO),
+        ("mini", HUNYUAN3D_2MINI_REPO, "hunyuan3d-dit-v2-mini", _H2MINI_VAE_TURBO),
+        ("mv", HUNYUAN3D_2MV_REPO, "hunyuan3d-dit-v2-mv", _H2_VAE_TURBO),
+    )
+    for variant in ("", "-fast", "-turbo")
+}
 # What ``python -m backend download MODEL`` fetches.
 DOWNLOADS: dict[str, tuple[WeightFolder, ...]] = {
     "hunyuan3d-1-lite": (MVD_LITE, SVRM_FOLDER),
     "hunyuan3d-1-std": (MVD_STD, SVRM_FOLDER),
     "hunyuan3d-1-svrm": (SVRM_FOLDER,),
     "hunyuandit": (HUNYUAN_DIT,),
+    # The turbo models decode with FlashVDM by default, so their download includes its VAE.
+    **{name: (dit, vae) if name.endswith("-turbo") else (dit,) for name, (dit, vae) in HUNYUAN3D_2_MODELS.items()},
 }
 
 

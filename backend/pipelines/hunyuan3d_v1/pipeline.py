@@ -15,7 +15,6 @@ picture (for text) come back with the mesh.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...errors import BackendError
@@ -27,7 +26,6 @@ from ..base import MAX_FACES, SEED, JobContext, JobRequest, Param, Pipeline, Pip
 from .svrm_pipeline import MESH_FINISH, RESOLUTION
 
 if TYPE_CHECKING:
-    from PIL import Image
 
     from .multiview import MultiviewModel
 
@@ -106,6 +104,7 @@ class Hunyuan3D1Pipeline(Pipeline):
         from .background import prepare_condition_image
         from .components import register_components
         from .svrm_pipeline import reconstruct
+        from .text_to_image import draw_prompt
 
         memory = ctx.memory
         params = request.params
@@ -120,7 +119,8 @@ class Hunyuan3D1Pipeline(Pipeline):
 
         # 2. Text to image.
         if from_text:
-            picture = self._text_to_image(roots[2], request.text or "", params, ctx)
+            picture = draw_prompt(roots[2], request.text or "", ctx, seed=params["seed"], steps=params["text_steps"],
+                                  size=params["text_image_size"])
             images["text_image"] = encode_png(picture)
             info["weights"]["text_to_image"] = str(roots[2])
         else:
@@ -150,20 +150,6 @@ class Hunyuan3D1Pipeline(Pipeline):
                                       resolution=params["resolution"], max_faces=params["max_faces"], finish=params["mesh_finish"])
         info["triplane"] = svrm_info["triplane"]
         return PipelineOutput(mesh=mesh, images=images, info=info)
-
-    def _text_to_image(self, root: Path, prompt: str, params: dict[str, Any], ctx: JobContext) -> Image.Image:
-        from .components import register_components
-        from .text_to_image import PARTS, STAGE, generate_image
-
-        memory = ctx.memory
-        names = register_components(memory, root, "hunyuandit", PARTS)
-        ctx.progress(STAGE, 0, params["text_steps"], "drawing the prompt")
-
-        def draw(modules: dict[str, Any]) -> Image.Image:
-            return generate_image(root, modules, memory.device, prompt, seed=params["seed"], steps=params["text_steps"],
-                                  size=params["text_image_size"], on_step=lambda step, total: ctx.progress(STAGE, step, total))
-
-        return ctx.run_stage(STAGE, names, draw)
 
 
 @register

@@ -94,3 +94,21 @@ def generate_image(root: Path, modules: dict[str, Any], device: torch.device, pr
             return_dict=False,
         )[0]
     return images[0]
+
+
+def draw_prompt(root: Path, prompt: str, ctx: Any, *, seed: int, steps: int = STEPS, size: int = IMAGE_SIZE) -> Image.Image:
+    """The picture of ``prompt`` as one job stage: the parts registered with ``ctx.memory``, progress per step.
+
+    Any pipeline that starts from a picture uses it for prompts (Hunyuan3D-1 and -2 alike).
+    """
+    from .components import register_components
+
+    memory = ctx.memory
+    names = register_components(memory, root, "hunyuandit", PARTS)
+    ctx.progress(STAGE, 0, steps, "drawing the prompt")
+
+    def draw(modules: dict[str, Any]) -> Image.Image:
+        return generate_image(root, modules, memory.device, prompt,
+                              seed=seed, steps=steps, size=size, on_step=lambda step, total: ctx.progress(STAGE, step, total))
+
+    return ctx.run_stage(STAGE, names, draw)

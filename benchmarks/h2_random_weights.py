@@ -1,0 +1,136 @@
+"""Write a Hunyuan3D-2 weights folder of random values, full size, in the official layout.
+
+For timing and memory runs without the released weights: ``DIR/<folder>/config.yaml`` with the
+released sizes and ``model.fp16.safetensors`` with every key and shape of the released file
+(``conditioner.*``, ``model.*``, ``vae.*``, float16), plus the turbo VAE folder for ``-turbo``
+models. The surface such weights decode to is noise; the run, its memory and its timing are real.
+The file is written tensor by tensor, so writing it takes little memory.
+
+    python benchmarks/h2_random_weights.py hunyuan3d-2mini-turbo DIR
+    python -m backend generate --model hunyuan3d-2mini-turbo --image examples/snowman.png --weights DIR -o noise.glb
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from backend.pipelines.hunyuan3d_v2.conditioner import ImageConditioner  # noqa: E402
+from backend.pipelines.hunyuan3d_v2.config import parse_config  # noqa: E402
+from backend.pipelines.hunyuan3d_v2.dit import Hunyuan3DDiT  # noqa: E402
+from backend.weights import HUNYUAN3D_2_MODELS  # noqa: E402
+
+# The released sizes (the configs of tencent/Hunyuan3D-2 and -2mini); 2mv's config is not known here.
+DINO_GIANT = {
+    "attention_probs_dropout_prob": 0.0, "drop_path_rate": 0.0, "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "hidden_size": 1536,
+    "image_size": 518, "initializer_range": 0.02, "layer_norm_eps": 1e-6, "layerscale_value": 1.0, "mlp_ratio": 4, "model_type": "dinov2",
+    "num_attention_heads": 24, "num_channels": 3, "num_hidden_layers": 40, "patch_size": 14, "qkv_bias": True, "torch_dtype": "float32",
+    "use_swiglu_ffn": True,
+}
+FAMILIES = {
+    # family: (double blocks, single blocks, latents, scale factor)
+    "hunyuan3d-2": (16, 32, 3072, 0.9990943042622529),
+    "hunyuan3d-2mini": (8, 16, 512, 1.0188137142395404),
+}
+
+
+def vae_params(latents: int, scale_factor: float) -> dict:
+    return {"num_latents": latents, "embed_dim": 64, "num_freqs": 8, "include_pi": False, "heads": 16, "width": 1024,
+            "num_decoder_layers": 16, "qkv_bias": False, "qk_norm": True, "scale_factor": scale_factor}
+
+
+def released_config(model: str) -> dict:
+    variant = next((v for v in ("fast", "turbo") if model.endswith("-" + v)), "")
+    family = model.removesuffix("-" + variant) if variant else model
+    if family not in FAMILIES:
+        raise SystemExit(f"{model}: only the hunyuan3d-2 and hunyuan3d-2mini models have known sizes")
+    depth, single, latents, scale = FAMILIES[family]
+    dit = {"in_channels": 64, "context_in_dim": 1536, "hidden_size": 1024, "mlp_ratio": 4.0, "num_heads": 16, "depth": depth,
+           "depth_single_blocks": single, "axes_dim": [64], "theta": 10000, "qkv_bias": True}
+    if variant:
+        dit["guidance_embed"] = True
+    turbo = variant == "turbo"
+    return {
+        "model": {"target": "hy3dgen.shapegen.models.Hunyuan3DDiT", "params": dit},
+        "vae": {"target": "hy3dgen.shapegen.models.ShapeVAE", "params": vae_params(latents, scale)},
+        "conditioner": {"target": "hy3dgen.shapegen.models.SingleImageEncoder",
+                        "params": {"main_image_encoder": {"type": "DinoImageEncoder", "kwargs": {"config": DINO_GIANT, "image_size": 518}}}},
+        "scheduler": {"target": "hy3dgen.shapegen.schedulers."
+                      + ("ConsistencyFlowMatchEulerDiscreteScheduler" if turbo else "FlowMatchEulerDiscreteScheduler"),
+                      "params": {"num_train_timesteps": 1000, **({"pcm_timesteps": 100} if turbo else {})}},
+        "image_processor": {"target": "hy3dgen.shapegen.preprocessors.ImageProcessorV2", "params": {"size": 512, "border_ratio": 0.15}},
+        "pipeline": {"target": "hy3dgen.shapegen.pipelines.Hunyuan3DDiTFlowMatchingPipeline"},
+    }
+
+
+def shapes(module: torch.nn.Module, prefix: str) -> dict[str, tuple[int, ...]]:
+    return {prefix + key: tuple(tensor.shape) for key, tensor in module.state_dict().items()}
+
+
+# Weights of this scale make the geometry decoder's random field vary from point to point enough
+# to cross zero, so the run has a (noise) surface to extract; at 0.02 the field keeps one sign.
+SPATIAL_KEYS = {"geo_decoder.query_proj.weight": 1.0}
+
+
+def write_random_safetensors(path: Path, tensor_shapes: dict[str, tuple[int, ...]], seed: int) -> None:
+    """float16 tensors, one at a time: norms and layer scales 1, biases 0, weights N(0, 0.02) (SPATIAL_KEYS: larger)."""
+    header, offset = {}, 0
+    for key, shape in tensor_shapes.items():
+        nbytes = 2 * int(torch.Size(shape).numel())
+        header[key] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    generator = torch.Generator().manual_seed(seed)
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little") + encoded)
+        for key, shape in tensor_shapes.items():
+            leaf = key.rsplit(".", 1)[-1]
+            if leaf in ("scale", "lambda1") or (leaf == "weight" and len(shape) == 1):
+                tensor = torch.ones(shape)
+            elif leaf == "bias":
+                tensor = torch.zeros(shape)
+            else:
+                std = next((value for name, value in SPATIAL_KEYS.items() if key.endswith(name)), 0.02)
+                tensor = torch.randn(shape, generator=generator) * std
+            f.write(tensor.to(torch.float16).numpy().tobytes())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=[m for m in HUNYUAN3D_2_MODELS if not m.startswith("hunyuan3d-2mv")])
+    parser.add_argument("out", type=Path, help="the weights folder to write into (use it as --weights)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from backend.pipelines.hunyuan3d_v2.vae import ShapeVAE, ShapeVAEConfig
+
+    raw = released_config(args.model)
+    dit_folder, vae_folder = HUNYUAN3D_2_MODELS[args.model]
+    folder = args.out / dit_folder.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = parse_config(raw, folder / "config.yaml")
+    with torch.device("meta"):
+        vae = ShapeVAE(ShapeVAEConfig.from_params(config.vae))
+        parts = {**shapes(ImageConditioner(config.conditioner), "conditioner."), **shapes(Hunyuan3DDiT(config.dit), "model."),
+                 **shapes(vae, "vae.")}
+    write_random_safetensors(folder / "model.fp16.safetensors", parts, args.seed)
+    print(f"wrote {folder} ({(folder / 'model.fp16.safetensors').stat().st_size / 1e9:.2f} GB, {len(parts)} tensors)")
+    if args.model.endswith("-turbo"):
+        vae_root = args.out / vae_folder.folder
+        vae_root.mkdir(parents=True, exist_ok=True)
+        (vae_root / "config.yaml").write_text(yaml.safe_dump(raw["vae"], sort_keys=False))
+        write_random_safetensors(vae_root / "model.fp16.safetensors", shapes(vae, ""), args.seed + 1)
+        print(f"wrote {vae_root} ({(vae_root / 'model.fp16.safetensors').stat().st_size / 1e9:.2f} GB)")
+
+
+if __name__ == "__main__":
+    main()
