@@ -6,7 +6,7 @@ import textwrap
 
 import bpy
 
-from . import app
+from . import app, recipe
 from .downloads import LICENCE_NOTE, missing_weights
 from .session import Phase
 from .status_text import progress_text
@@ -61,6 +61,22 @@ class HY3D_PT_advanced(bpy.types.Panel):
 
     def draw(self, context):
         draw_params(self.layout, context.window_manager.hy3d, advanced=True)
+
+
+class HY3D_PT_made_with(bpy.types.Panel):
+    bl_label = "Selected Object"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Hunyuan3D"
+    bl_parent_id = "HY3D_PT_main"
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return app.session is not None and obj is not None and recipe.PROPERTY in obj
+
+    def draw(self, context):
+        draw_made_with(self.layout, context, context.active_object)
 
 
 class HY3D_PT_history(bpy.types.Panel):
@@ -156,6 +172,24 @@ def draw_job(layout, context, session) -> None:
         return
     layout.progress(factor=job.fraction(), type="BAR", text=progress_text(job))
     layout.operator("hy3d.cancel", icon="CANCEL")
+    for index, request in enumerate(session.pending):
+        row = layout.row()
+        row.label(text=f"Queued: {request.label()}", icon="SORTTIME")
+        row.operator("hy3d.drop_queued", text="", icon="X").index = index
+
+
+def draw_made_with(layout, context, obj) -> None:
+    """How the active object was made, and what can be done with those settings."""
+    stored = obj[recipe.PROPERTY]
+    seed = stored.get("seed")
+    draw_wrapped(layout, context, f"{obj.name}: {stored.get('model', '?')}{f', seed {seed}' if seed is not None else ''}",
+                 icon="INFO")
+    row = layout.row(align=True)
+    row.operator("hy3d.regenerate", icon="FILE_REFRESH")
+    row.operator("hy3d.load_settings", icon="IMPORT")
+    row = layout.row(align=True)
+    row.prop(context.window_manager.hy3d, "variations", text="")
+    row.operator("hy3d.variations", icon="DUPLICATE")
 
 
 def draw_outcome(layout, context, outcome) -> None:
@@ -171,4 +205,4 @@ def draw_outcome(layout, context, outcome) -> None:
         draw_wrapped(box, context, line, icon="RIGHTARROW_THIN")
 
 
-classes = (HY3D_PT_main, HY3D_PT_advanced, HY3D_PT_history)
+classes = (HY3D_PT_main, HY3D_PT_made_with, HY3D_PT_advanced, HY3D_PT_history)

@@ -427,6 +427,73 @@ def scenario_file_load(config: dict) -> dict:
     return facts
 
 
+def scenario_settings_travel(config: dict) -> dict:
+    """Generated objects keep their settings in the .blend: Regenerate, Variations (queued, cancellable), Load Settings."""
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    recipe = addon_module("recipe")
+    panels = addon_module("panels")
+    image = os.path.join(config["workdir"], "input.png")
+    write_png(image)
+    set_inputs("IMAGE", image, steps=20, step_delay=0.02, subdivisions=2, radius=0.6, seed=5)
+    generate_and_wait()
+    original = bpy.context.view_layer.objects.active
+    name = original.name
+    facts = {"stored": original[recipe.PROPERTY].to_dict()}
+    saved = os.path.join(config["workdir"], "made.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=saved)
+    bpy.ops.wm.read_homefile()
+    bpy.ops.wm.open_mainfile(filepath=saved)
+
+    def make_active(obj) -> None:
+        for other in bpy.context.selected_objects:
+            other.select_set(False)
+        obj.select_set(True)
+        bpy.context.view_layer.objects.active = obj
+
+    def run_queue(operator, **options) -> list:
+        before = set(bpy.data.objects.keys())
+        assert operator(**options) == {"FINISHED"}
+        queued = [len(app.session.pending), app.session.job is not None]
+        pump_until(lambda: app.session.job is None and not app.session.pending and not app.session.arrived)
+        return queued, [bpy.data.objects[n] for n in sorted(set(bpy.data.objects.keys()) - before)]
+
+    original = bpy.data.objects[name]
+    facts["reopened_stored"] = original[recipe.PROPERTY].to_dict()
+    facts["original"] = object_facts(original)
+    make_active(original)
+    facts["panel"] = drawn(lambda layout: panels.draw_made_with(layout, bpy.context, original))
+    set_inputs("TEXT", seed=99, radius=0.2, subdivisions=1, steps=1)  # the panel no longer matches the object
+    _, made = run_queue(bpy.ops.hy3d.regenerate)
+    facts["regenerated"] = [dict(object_facts(obj), stored=obj[recipe.PROPERTY].to_dict()) for obj in made]
+
+    make_active(original)
+    bpy.context.window_manager.hy3d.variations = 3
+    queued, made = run_queue(bpy.ops.hy3d.variations)
+    facts["variations"] = {"queued": queued, "objects": [dict(object_facts(obj), stored=obj[recipe.PROPERTY].to_dict())
+                                                         for obj in made]}
+
+    make_active(original)
+    assert bpy.ops.hy3d.variations() == {"FINISHED"}
+    facts["panel_queued"] = drawn(lambda layout: panels.draw_job(layout, bpy.context, app.session))
+    assert bpy.ops.hy3d.drop_queued(index=0) == {"FINISHED"}
+    kept_seed = app.session.pending[0].params["seed"]
+    assert bpy.ops.hy3d.cancel() == {"FINISHED"}
+    queued, made = run_queue(lambda: {"FINISHED"})
+    facts["cancelled_and_dropped"] = {"seeds": [obj[recipe.PROPERTY]["seed"] for obj in made], "kept_seed": kept_seed}
+
+    variation = bpy.data.objects[facts["variations"]["objects"][1]["name"]]
+    make_active(variation)
+    assert bpy.ops.hy3d.load_settings() == {"FINISHED"}
+    inputs = bpy.context.window_manager.hy3d
+    facts["loaded"] = {"pipeline": inputs.pipeline, "source": inputs.source, "image_path": inputs.image_path,
+                       "params": {p.name: p.value for p in inputs.params}}
+    facts["image"] = image
+    return facts
+
+
 def scenario_launch_errors(config: dict) -> dict:
     install(config)
     app = addon_module("app")
@@ -592,6 +659,9 @@ class RecordingLayout:
 
     def label(self, text: str = "", icon: str = "NONE") -> None:
         self.shown.append(text)
+
+    def prop(self, data, name: str, text: str = "", **_options) -> None:
+        self.shown.append(f"[{name}={getattr(data, name)}]")
 
     def progress(self, factor: float = 0.0, type: str = "BAR", text: str = "") -> None:
         self.shown.append(f"[progress] {text}")

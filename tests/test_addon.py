@@ -195,6 +195,46 @@ def test_inputs_survive_file_new_and_open(addon_zip, tmp_path):
     assert facts["next_job"] == {"outcome": "result", "seed": 11, "radius": pytest.approx(0.3)}
 
 
+def test_objects_keep_their_settings_for_regenerate_variations_and_load_settings(addon_zip, tmp_path):
+    facts = run_scenario("settings_travel", addon_zip, tmp_path)
+    image = facts["image"]
+    stored = facts["stored"]
+    assert facts["reopened_stored"] == stored  # saved in the .blend and read back
+    assert stored["model"] == "test-shape" and stored["seed"] == 5 and stored["image_path"] == image
+    assert stored["backend_version"] == "0.1.0" and "prompt" not in stored
+    params = json.loads(stored["params"])
+    assert params["seed"] == 5 and params["radius"] == pytest.approx(0.6) and params["subdivisions"] == 2
+    original = facts["original"]
+    assert original["name"] in facts["panel"][0] and "test-shape, seed 5" in facts["panel"][0]
+    assert {"[hy3d.regenerate]", "[hy3d.load_settings]", "[hy3d.variations]", "[variations=3]"} <= set(facts["panel"])
+
+    # Regenerate uses the object's settings, not the panel's (changed to a text prompt, seed 99, another radius).
+    (again,) = facts["regenerated"]
+    assert again["stored"] == stored
+    assert again["vertices"] == original["vertices"] == 162 and again["faces"] == original["faces"]
+    assert again["positions"] == original["positions"] and again["colors"] == original["colors"]
+
+    variations = facts["variations"]
+    assert variations["queued"] == [2, True]  # one job sent, two waiting
+    seeds = [obj["stored"]["seed"] for obj in variations["objects"]]
+    assert len(seeds) == len(set(seeds)) == 3 and 5 not in seeds
+    for obj, seed in zip(variations["objects"], seeds, strict=True):
+        assert json.loads(obj["stored"]["params"])["seed"] == seed and obj["vertices"] == 162
+        assert obj["colors"] != original["colors"]  # the seed picks the colour: each is its own mesh
+
+    # The panel lists the queued jobs, each with a button that drops it; Cancel stops the running one only.
+    assert sum(line.startswith("Queued: input.png (test-shape, seed ") for line in facts["panel_queued"]) == 2
+    assert facts["panel_queued"].count("[hy3d.drop_queued]") == 2
+    dropped = facts["cancelled_and_dropped"]
+    assert dropped["seeds"] == [dropped["kept_seed"]]
+
+    loaded = facts["loaded"]
+    chosen = variations["objects"][1]["stored"]
+    assert (loaded["pipeline"], loaded["source"], loaded["image_path"]) == ("test-shape", "IMAGE", image)
+    assert loaded["params"]["seed"] == chosen["seed"] and loaded["params"]["radius"] == pytest.approx(0.6)
+    assert loaded["params"]["subdivisions"] == 2 and loaded["params"]["steps"] == 20
+
+
 def test_launch_problems_are_explained(addon_zip, tmp_path):
     bare = tmp_path / "bare-env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
