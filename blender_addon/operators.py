@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import IntProperty, StringProperty
+from bpy.props import BoolProperty, IntProperty, StringProperty
 
 from . import app, properties, recipe
 from .errors import AddonError
@@ -283,13 +283,15 @@ class HY3D_OT_download_weights(StartsWork, bpy.types.Operator):
     bl_label = "Download Weights"
 
     model: StringProperty(name="Model", description="What 'python -m backend download' fetches", options={"SKIP_SAVE"})
+    agree: BoolProperty(name="Agree", description="You read the weights' licence and agree to it (remembered)",
+                        options={"SKIP_SAVE"})
 
     @staticmethod
     def work():
         return app.downloads
 
     def start(self, context):
-        app.downloads.start(download_request(context, self.model))
+        app.downloads.start(download_request(context, self.model, self.agree))
 
 
 class HY3D_OT_cancel_download(CancelsWork, bpy.types.Operator):

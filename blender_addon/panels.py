@@ -7,7 +7,8 @@ import textwrap
 import bpy
 
 from . import app, recipe
-from .downloads import LICENCE_NOTE, missing_weights
+from .backend.licences import EXCLUDED_TERRITORIES
+from .downloads import missing_weights, unagreed_licences
 from .session import Phase
 from .status_text import progress_text
 
@@ -128,11 +129,25 @@ def draw_weights(layout, context, pipeline: dict, text_prompt: bool) -> None:
     box.label(text="Weights missing", icon="ERROR")
     draw_wrapped(box, context, missing.summary)
     if missing.model:
-        box.operator("hy3d.download_weights", icon="IMPORT").model = missing.model
-        draw_wrapped(box, context, LICENCE_NOTE, icon="INFO")
+        draw_licence(box, context, missing.model)
     elif missing.instead:
         draw_wrapped(box, context, f"Get them with: {missing.instead}", icon="INFO")
     box.operator("hy3d.refresh_models", icon="FILE_REFRESH")
+
+
+def draw_licence(layout, context, model: str) -> None:
+    """The Download Weights button; before the first download under a licence, the licence and Agree and Download."""
+    unagreed = unagreed_licences(model, context.preferences.addons[__package__].preferences.accepted_licences)
+    if not unagreed:
+        layout.operator("hy3d.download_weights", icon="IMPORT").model = model
+        return
+    for licence in unagreed:
+        draw_wrapped(layout, context, f"Licence: {licence.name}", icon="INFO")
+        layout.operator("wm.url_open", text="Read the Licence", icon="URL").url = licence.url
+    draw_wrapped(layout, context, f"It does not apply in {EXCLUDED_TERRITORIES}: the weights may not be used there. "
+                 "Agree and Download records your agreement; it is asked once.", icon="ERROR")
+    button = layout.operator("hy3d.download_weights", text="Agree and Download", icon="CHECKMARK")
+    button.model, button.agree = model, True
 
 
 def draw_download(layout, context) -> None:

@@ -602,10 +602,18 @@ def scenario_download_weights(config: dict) -> dict:
     panels = addon_module("panels")
     facts["panel_missing"] = drawn(lambda layout: panels.draw_weights(layout, bpy.context, inputs.pipeline_info(), False))
 
+    prefs = bpy.context.preferences.addons[PACKAGE].preferences
     try:
-        facts["refused_result"] = sorted(bpy.ops.hy3d.download_weights(model=missing.model))
+        facts["unagreed_result"] = sorted(bpy.ops.hy3d.download_weights(model=missing.model))
     except RuntimeError as exc:  # the bpy module raises an operator's error report
+        facts["unagreed_result"] = str(exc)
+    facts["unagreed"] = {"running": task.running, "children": child_commands(), "agreed": prefs.accepted_licences}
+    try:
+        facts["refused_result"] = sorted(bpy.ops.hy3d.download_weights(model=missing.model, agree=True))
+    except RuntimeError as exc:
         facts["refused_result"] = str(exc)
+    facts["agreed"] = prefs.accepted_licences
+    facts["panel_agreed"] = drawn(lambda layout: panels.draw_weights(layout, bpy.context, inputs.pipeline_info(), False))
     facts["refused"] = [task.last.kind, task.last.message, task.last.hint]
     facts["refused_running"] = task.running
     facts["refused_children"] = child_commands()
@@ -628,6 +636,8 @@ def scenario_download_weights(config: dict) -> dict:
     facts["log_path"] = log_path
     with open(log_path, encoding="utf-8") as log:
         facts["log"] = log.read()
+    with open(os.path.join(config["workdir"], "hy3d-home", "accepted-licences.json"), encoding="utf-8") as agreed:
+        facts["backend_agreed"] = json.load(agreed)
     facts["after"] = {"phase": app.session.phase.value, "same_backend": app.session.backend_pid == backend_pid,
                       "children": child_commands()}
 
@@ -667,7 +677,7 @@ class RecordingLayout:
         self.shown.append(f"[progress] {text}")
 
     def operator(self, idname: str, text: str = "", icon: str = "NONE"):
-        self.shown.append(f"[{idname}]")
+        self.shown.append(f"[{idname}: {text}]" if text else f"[{idname}]")
         return types.SimpleNamespace()
 
 

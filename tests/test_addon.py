@@ -293,9 +293,18 @@ def test_set_up_backend_respects_online_access_reports_progress_cancels_and_remo
 def test_download_weights_respects_online_access_shows_errors_and_updates_the_model_list(addon_zip, tmp_path):
     facts = run_scenario("download_weights", addon_zip, tmp_path)
     assert facts["missing"] == ["tencent/Hunyuan3D-1: svrm/", "hunyuan3d-1-svrm", ""]
-    assert facts["panel_missing"][:3] == ["Weights missing", "tencent/Hunyuan3D-1: svrm/", "[hy3d.download_weights]"]
-    assert facts["panel_missing"][-1] == "[hy3d.refresh_models]"
-    assert "Tencent's licence" in " ".join(facts["panel_missing"][3:])
+    licence = "Tencent Hunyuan Non-Commercial License"
+    panel = facts["panel_missing"]
+    shown = " ".join(panel)  # the panel wraps long lines
+    assert panel[:2] == ["Weights missing", "tencent/Hunyuan3D-1: svrm/"] and f"Licence: {licence} [wm.url_open: Read the Licence]" in shown
+    assert "It does not apply in the European Union, the United Kingdom and South Korea" in shown
+    assert panel[-2:] == ["[hy3d.download_weights: Agree and Download]", "[hy3d.refresh_models]"]
+    # Without agreeing nothing starts; agreeing is remembered, and the button becomes a plain Download Weights.
+    assert licence in facts["unagreed_result"] and "Agree and Download" in facts["unagreed_result"]
+    assert facts["unagreed"] == {"running": False, "children": [], "agreed": ""}
+    assert facts["agreed"] == licence
+    assert facts["panel_agreed"][2:] == ["[hy3d.download_weights]", "[hy3d.refresh_models]"]
+    assert facts["backend_agreed"] == {"accepted": [licence]}  # the add-on passed --accept-license
     assert facts["panel_running"][0] == "Downloading hunyuan3d-1-svrm" and facts["panel_running"][-1] == "[hy3d.cancel_download]"
     assert facts["panel_failed"][0] == facts["failed"][1][:len(facts["panel_failed"][0])]
     assert facts["online_access"] is False
@@ -304,7 +313,7 @@ def test_download_weights_respects_online_access_shows_errors_and_updates_the_mo
     weights = tmp_path / "weights"
     assert kind == "error" and message == "Online access is off, so nothing was downloaded"
     assert "Preferences > System > Network > Allow Online Access" in hint
-    assert hint.endswith(f"-m backend download hunyuan3d-1-svrm --weights {weights}")
+    assert hint.endswith(f"-m backend download hunyuan3d-1-svrm --weights {weights} --accept-license")
     assert not facts["refused_running"] and facts["refused_children"] == [] and not facts["refused_log"]
 
     assert facts["started"] == ["FINISHED"] and facts["pumps_while_running"] > 0
