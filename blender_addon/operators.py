@@ -153,6 +153,10 @@ class HY3D_OT_drop_queued(bpy.types.Operator):
 
     index: IntProperty(default=0, min=0, options={"SKIP_SAVE"})
 
+    @classmethod
+    def poll(cls, context):
+        return app.session is not None and len(app.session.pending) > 0
+
     def execute(self, context):
         app.session.drop_pending(self.index)
         return {"FINISHED"}

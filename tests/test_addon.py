@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -413,6 +414,29 @@ def test_missing_weights_offers_the_download_the_backend_knows(addon_package):
     assert downloads.missing_weights(images_only, text_prompt=False) is None
     assert downloads.missing_weights(images_only, text_prompt=True).model == "hunyuandit"
     assert downloads.missing_weights({"name": "test-shape", "weights": {"ready": True, "where": "built in"}}, True) is None
+
+
+def test_recipe_round_trip_new_seeds_and_damaged_properties(addon_package):
+    recipe = importlib.import_module("addon_under_test.recipe")
+    session = importlib.import_module("addon_under_test.session")
+    request = session.GenerationRequest("hunyuan3d-1-lite", {"seed": 0, "steps": 30, "guidance": 1.5, "remove_background": True},
+                                        text="a wooden chair")
+    stored = recipe.to_properties(request, 1234, "0.1.0")
+    assert stored["seed"] == 1234 and stored["prompt"] == "a wooden chair" and "image_path" not in stored
+    again = recipe.from_properties(stored)
+    assert again == session.GenerationRequest("hunyuan3d-1-lite", {**request.params, "seed": 1234}, text="a wooden chair")
+    assert isinstance(again.params["guidance"], float) and again.params["remove_background"] is True
+
+    varied = recipe.with_new_seeds(again, 5, random.Random(3))
+    seeds = [r.params["seed"] for r in varied]
+    assert len(set(seeds)) == 5 and 1234 not in seeds and all(0 <= s < 2**31 for s in seeds)
+    assert all(r.params["steps"] == 30 and r.text == "a wooden chair" for r in varied)
+
+    for damaged, why in (({"model": "nano"}, "damaged"), ({"model": "nano", "params": "{not json"}, "damaged"),
+                         ({"model": "nano", "params": "[1, 2]"}, "not a JSON object")):
+        with pytest.raises(recipe.RecipeError, match=why) as error:
+            recipe.from_properties(damaged)
+        assert "generate it again" in error.value.hint
 
 
 def test_the_same_zip_installs_as_a_legacy_add_on(addon_zip, tmp_path):
