@@ -196,9 +196,8 @@ def draw_job(layout, context, session) -> None:
 def draw_made_with(layout, context, obj) -> None:
     """How the active object was made, and what can be done with those settings."""
     stored = obj[recipe.PROPERTY]
-    seed = stored.get("seed")
-    draw_wrapped(layout, context, f"{obj.name}: {stored.get('model', '?')}{f', seed {seed}' if seed is not None else ''}",
-                 icon="INFO")
+    model, seed = (stored.get("model", "?"), stored.get("seed")) if hasattr(stored, "get") else ("damaged settings", None)
+    draw_wrapped(layout, context, f"{obj.name}: {model}{f', seed {seed}' if seed is not None else ''}", icon="INFO")
     row = layout.row(align=True)
     row.operator("hy3d.regenerate", icon="FILE_REFRESH")
     row.operator("hy3d.load_settings", icon="IMPORT")
