@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "or into the Hugging Face cache, then check them as a job would.")
     download.add_argument("model", choices=sorted(DOWNLOADS), help="what to download (hunyuandit: text-to-image, for prompts)")
     download.add_argument("--weights", metavar="DIR", help="folder to download into (default: the Hugging Face cache)")
+    download.add_argument("--accept-license", action="store_true",
+                          help="agree to the weights' licence (shown first; it excludes the EU, the UK and South Korea) "
+                               "without being asked; remembered, like an interactive yes")
     add_setup_env_parser(commands)
     return parser
 
@@ -323,8 +326,15 @@ def _gib(n: int | None) -> str:
 
 def cmd_download(args: argparse.Namespace) -> int:
     """Progress goes to stderr; stdout carries only the downloaded folders, one path a line (the add-on reads them)."""
+    from .licences import require_agreement
     from .weights import download
 
+    def ask(question: str) -> str:
+        print(question, end="", file=sys.stderr, flush=True)
+        return sys.stdin.readline()
+
+    require_agreement(args.model, args.accept_license, ask if sys.stdin.isatty() else None,
+                      say=lambda line: print(line, file=sys.stderr))
     for path in download(args.model, args.weights, progress=lambda line: print(line, file=sys.stderr)):
         print(path)
     return 0

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import bpy
 
-from . import importer, properties
+from . import importer, properties, recipe
 from .downloads import DownloadTask
 from .environment import EnvironmentTask
 from .session import HistoryEntry, Phase, Session
@@ -96,13 +96,22 @@ def place_result(entry: HistoryEntry) -> Outcome:
     window = bpy.context.window or next(iter(bpy.context.window_manager.windows), None)
     with bpy.context.temp_override(window=window):
         try:
-            entry.object_name = importer.build_object(bpy.context, entry.mesh, OBJECT_NAME).name
+            build_result(bpy.context, entry)
         except (RuntimeError, MemoryError, ValueError) as exc:  # raising here would stop Blender's timer for good
             return Outcome("error", f"The mesh arrived but could not be imported: {exc}",
                            "it is kept in History; import it from there")
         if bpy.ops.ed.undo_push.poll():
             bpy.ops.ed.undo_push(message="Hunyuan3D result")
     return Outcome("result", result_summary(entry))
+
+
+def build_result(context: bpy.types.Context, entry: HistoryEntry) -> bpy.types.Object:
+    """The result's object at the 3D cursor, carrying how it was made (``recipe``) into the .blend."""
+    obj = importer.build_object(context, entry.mesh, OBJECT_NAME)
+    server = (session.welcome or {}).get("server", {}) if session is not None else {}
+    obj[recipe.PROPERTY] = recipe.to_properties(entry.request, entry.result.get("seed"), server.get("version", ""))
+    entry.object_name = obj.name
+    return obj
 
 
 def _use_downloaded_weights() -> None:

@@ -18,12 +18,12 @@ import sys
 from dataclasses import dataclass
 
 from . import launcher
+from .backend.licences import Licence, licences_for
 from .backend.weights import DOWNLOADS, HUNYUAN_DIT_REPO, summarise_missing
 from .errors import AddonError
 from .tasks import BackgroundTask, Finished, Outcome
 
 LOG_NAME = "download.log"
-LICENCE_NOTE = "Your own download from Hugging Face, under Tencent's licence for these weights"
 # The download that brings text-to-image, which Hunyuan3D pipelines need for prompts only.
 TEXT_TO_IMAGE = next(name for name, folders in DOWNLOADS.items() if {f.repo_id for f in folders} == {HUNYUAN_DIT_REPO})
 _PERCENT = re.compile(r"(\d{1,3})%\|")
@@ -46,6 +46,7 @@ class DownloadRequest:
         allow_online: Blender's "Allow Online Access"; when off, nothing starts.
         weights_dir: download into this folder ("" for the Hugging Face cache).
         extra_pythonpath: folders after ``package_dir`` on PYTHONPATH, as for the launched backend.
+        accept_license: the user agreed to the weights' licence in the add-on (``--accept-license``).
     """
 
     model: str
@@ -55,10 +56,12 @@ class DownloadRequest:
     allow_online: bool
     weights_dir: str = ""
     extra_pythonpath: tuple[str, ...] = ()
+    accept_license: bool = False
 
     def command(self) -> list[str]:
         words = [self.python, "-m", "backend", "download", self.model]
-        return words + (["--weights", self.weights_dir] if self.weights_dir else [])
+        words += ["--weights", self.weights_dir] if self.weights_dir else []
+        return words + (["--accept-license"] if self.accept_license else [])
 
     def terminal_command(self) -> str:
         """The same download typed in a terminal (the backend package is found from its folder)."""
@@ -92,6 +95,12 @@ def missing_weights(pipeline: dict, text_prompt: bool) -> MissingWeights | None:
     if text_prompt and HUNYUAN_DIT_REPO in weights.get("where", ""):
         return MissingWeights("Prompts also need the text-to-image model (HunyuanDiT)", TEXT_TO_IMAGE)
     return None
+
+
+def unagreed_licences(model: str, agreed: str) -> list[Licence]:
+    """The licences of ``model``'s download not among ``agreed`` (the preference: one licence name a line)."""
+    names = set(agreed.splitlines())
+    return [licence for licence in licences_for(model) if licence.name not in names]
 
 
 @dataclass(frozen=True)

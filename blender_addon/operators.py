@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import IntProperty, StringProperty
+from bpy.props import BoolProperty, IntProperty, StringProperty
 
-from . import app, importer
+from . import app, properties, recipe
 from .errors import AddonError
 from .preferences import connection_settings, download_request, environment_dir, setup_request
 from .session import Phase
@@ -145,6 +145,76 @@ class HY3D_OT_cancel(CancelsWork, bpy.types.Operator):
         return app.session
 
 
+class HY3D_OT_drop_queued(bpy.types.Operator):
+    """Take this job off the queue before it starts"""
+
+    bl_idname = "hy3d.drop_queued"
+    bl_label = "Remove from Queue"
+
+    index: IntProperty(default=0, min=0, options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context):
+        return app.session is not None and len(app.session.pending) > 0
+
+    def execute(self, context):
+        app.session.drop_pending(self.index)
+        return {"FINISHED"}
+
+
+class UsesActiveRecipe:
+    """Mixin for an operator that works from how the active object was made (its ``recipe`` property).
+
+    ``start`` raises AddonError to refuse; the error becomes the operator's report.
+    """
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return app.session is not None and obj is not None and recipe.PROPERTY in obj
+
+    def execute(self, context):
+        try:
+            self.start(context, recipe.from_properties(context.active_object[recipe.PROPERTY]))
+        except AddonError as exc:
+            self.report({"ERROR"}, exc.report_text())
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class HY3D_OT_regenerate(UsesActiveRecipe, bpy.types.Operator):
+    """Generate the active object again with the settings and seed it was made with (queued after a running job)"""
+
+    bl_idname = "hy3d.regenerate"
+    bl_label = "Regenerate"
+
+    def start(self, context, request):
+        app.session.submit_all([request])
+
+
+class HY3D_OT_variations(UsesActiveRecipe, bpy.types.Operator):
+    """Generate the active object's settings with new seeds: one queued job per seed, each can be cancelled"""
+
+    bl_idname = "hy3d.variations"
+    bl_label = "Variations"
+
+    def start(self, context, request):
+        app.session.submit_all(recipe.with_new_seeds(request, context.window_manager.hy3d.variations))
+
+
+class HY3D_OT_load_settings(UsesActiveRecipe, bpy.types.Operator):
+    """Put the model, input and parameters the active object was made with into the panel"""
+
+    bl_idname = "hy3d.load_settings"
+    bl_label = "Load Settings"
+
+    def start(self, context, request):
+        if not any(p["name"] == request.pipeline for p in app.session.pipelines()):
+            raise AddonError(f"The model {request.pipeline} is not in the backend's list",
+                             "start the backend that has it (or add its weights) and try again")
+        properties.load_request(context.window_manager.hy3d, request)
+
+
 class HY3D_OT_import_result(bpy.types.Operator):
     """Put this result in the scene again, at the 3D cursor (new results are placed there on arrival)"""
 
@@ -162,8 +232,7 @@ class HY3D_OT_import_result(bpy.types.Operator):
         if self.index >= len(app.session.history):
             self.report({"ERROR"}, "That result is no longer in the history")
             return {"CANCELLED"}
-        entry = app.session.history[self.index]
-        entry.object_name = importer.build_object(context, entry.mesh, app.OBJECT_NAME).name
+        app.build_result(context, app.session.history[self.index])
         return {"FINISHED"}
 
 
@@ -218,13 +287,15 @@ class HY3D_OT_download_weights(StartsWork, bpy.types.Operator):
     bl_label = "Download Weights"
 
     model: StringProperty(name="Model", description="What 'python -m backend download' fetches", options={"SKIP_SAVE"})
+    agree: BoolProperty(name="Agree", description="You read the weights' licence and agree to it (remembered)",
+                        options={"SKIP_SAVE"})
 
     @staticmethod
     def work():
         return app.downloads
 
     def start(self, context):
-        app.downloads.start(download_request(context, self.model))
+        app.downloads.start(download_request(context, self.model, self.agree))
 
 
 class HY3D_OT_cancel_download(CancelsWork, bpy.types.Operator):
@@ -239,5 +310,6 @@ class HY3D_OT_cancel_download(CancelsWork, bpy.types.Operator):
 
 
 classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_refresh_models, HY3D_OT_free_gpu_memory, HY3D_OT_generate, HY3D_OT_cancel,
+           HY3D_OT_drop_queued, HY3D_OT_regenerate, HY3D_OT_variations, HY3D_OT_load_settings,
            HY3D_OT_import_result, HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env,
            HY3D_OT_download_weights, HY3D_OT_cancel_download)

@@ -6,8 +6,9 @@ import textwrap
 
 import bpy
 
-from . import app
-from .downloads import LICENCE_NOTE, missing_weights
+from . import app, recipe
+from .backend.licences import EXCLUDED_TERRITORIES
+from .downloads import missing_weights, unagreed_licences
 from .session import Phase
 from .status_text import progress_text
 
@@ -63,6 +64,22 @@ class HY3D_PT_advanced(bpy.types.Panel):
         draw_params(self.layout, context.window_manager.hy3d, advanced=True)
 
 
+class HY3D_PT_made_with(bpy.types.Panel):
+    bl_label = "Selected Object"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Hunyuan3D"
+    bl_parent_id = "HY3D_PT_main"
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return app.session is not None and obj is not None and recipe.PROPERTY in obj
+
+    def draw(self, context):
+        draw_made_with(self.layout, context, context.active_object)
+
+
 class HY3D_PT_history(bpy.types.Panel):
     bl_label = "History"
     bl_space_type = "VIEW_3D"
@@ -112,11 +129,25 @@ def draw_weights(layout, context, pipeline: dict, text_prompt: bool) -> None:
     box.label(text="Weights missing", icon="ERROR")
     draw_wrapped(box, context, missing.summary)
     if missing.model:
-        box.operator("hy3d.download_weights", icon="IMPORT").model = missing.model
-        draw_wrapped(box, context, LICENCE_NOTE, icon="INFO")
+        draw_licence(box, context, missing.model)
     elif missing.instead:
         draw_wrapped(box, context, f"Get them with: {missing.instead}", icon="INFO")
     box.operator("hy3d.refresh_models", icon="FILE_REFRESH")
+
+
+def draw_licence(layout, context, model: str) -> None:
+    """The Download Weights button; before the first download under a licence, the licence and Agree and Download."""
+    unagreed = unagreed_licences(model, context.preferences.addons[__package__].preferences.accepted_licences)
+    if not unagreed:
+        layout.operator("hy3d.download_weights", icon="IMPORT").model = model
+        return
+    for licence in unagreed:
+        draw_wrapped(layout, context, f"Licence: {licence.name}", icon="INFO")
+        layout.operator("wm.url_open", text="Read the Licence", icon="URL").url = licence.url
+    draw_wrapped(layout, context, f"It does not apply in {EXCLUDED_TERRITORIES}: the weights may not be used there. "
+                 "Agree and Download records your agreement; it is asked once.", icon="ERROR")
+    button = layout.operator("hy3d.download_weights", text="Agree and Download", icon="CHECKMARK")
+    button.model, button.agree = model, True
 
 
 def draw_download(layout, context) -> None:
@@ -156,6 +187,23 @@ def draw_job(layout, context, session) -> None:
         return
     layout.progress(factor=job.fraction(), type="BAR", text=progress_text(job))
     layout.operator("hy3d.cancel", icon="CANCEL")
+    for index, request in enumerate(session.pending):
+        row = layout.row()
+        row.label(text=f"Queued: {request.label()}", icon="SORTTIME")
+        row.operator("hy3d.drop_queued", text="", icon="X").index = index
+
+
+def draw_made_with(layout, context, obj) -> None:
+    """How the active object was made, and what can be done with those settings."""
+    stored = obj[recipe.PROPERTY]
+    model, seed = (stored.get("model", "?"), stored.get("seed")) if hasattr(stored, "get") else ("damaged settings", None)
+    draw_wrapped(layout, context, f"{obj.name}: {model}{f', seed {seed}' if seed is not None else ''}", icon="INFO")
+    row = layout.row(align=True)
+    row.operator("hy3d.regenerate", icon="FILE_REFRESH")
+    row.operator("hy3d.load_settings", icon="IMPORT")
+    row = layout.row(align=True)
+    row.prop(context.window_manager.hy3d, "variations", text="")
+    row.operator("hy3d.variations", icon="DUPLICATE")
 
 
 def draw_outcome(layout, context, outcome) -> None:
@@ -171,4 +219,4 @@ def draw_outcome(layout, context, outcome) -> None:
         draw_wrapped(box, context, line, icon="RIGHTARROW_THIN")
 
 
-classes = (HY3D_PT_main, HY3D_PT_advanced, HY3D_PT_history)
+classes = (HY3D_PT_main, HY3D_PT_made_with, HY3D_PT_advanced, HY3D_PT_history)

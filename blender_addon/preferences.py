@@ -14,7 +14,7 @@ from . import app, downloads, launcher
 from .backend import envsetup
 from .backend.memory.manager import MODE_HELP
 from .connection import ConnectionSettings
-from .downloads import DownloadRequest
+from .downloads import DownloadError, DownloadRequest
 from .environment import SetupRequest
 from .panels import draw_outcome
 from .session import Phase
@@ -66,6 +66,8 @@ class HY3D_AddonPreferences(bpy.types.AddonPreferences):
                                         description="Ask the backend to give its GPU memory back when a render starts")
     output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH",
                                description="Every result is also saved here as GLB (empty: the backend's default)")
+    accepted_licences: StringProperty(name="Agreed Licences", options={"HIDDEN"},
+                                      description="The weights licences you agreed to before a download, one a line")
 
     def draw(self, context):
         layout = self.layout
@@ -86,6 +88,8 @@ class HY3D_AddonPreferences(bpy.types.AddonPreferences):
             row.prop(self, "port")
             col.prop(self, "token")
         layout.prop(self, "release_before_render")
+        if self.accepted_licences:
+            layout.label(text="Agreed before downloading: " + ", ".join(self.accepted_licences.splitlines()), icon="INFO")
         layout.operator("hy3d.test_connection", icon="LINKED")
         draw_connection_report(layout)
 
@@ -169,13 +173,22 @@ def setup_request(context) -> SetupRequest:
                         allow_online=bool(bpy.app.online_access), backend_root=os.path.dirname(os.path.abspath(__file__)))
 
 
-def download_request(context, model: str) -> DownloadRequest:
-    """The download runs with the interpreter, PYTHONPATH and weights folder a launched backend gets."""
+def download_request(context, model: str, agree: bool) -> DownloadRequest:
+    """The download runs with the interpreter, PYTHONPATH and weights folder a launched backend gets.
+
+    Its licence must have been agreed to, now (``agree``, then remembered) or before; DownloadError otherwise.
+    """
     prefs = context.preferences.addons[__package__].preferences
+    unagreed = downloads.unagreed_licences(model, prefs.accepted_licences)
+    if unagreed and not agree:
+        raise DownloadError(f"Downloading {model} needs your agreement to the {' and '.join(lic.name for lic in unagreed)}",
+                            "read it (its link is in the panel), then press Agree and Download")
+    if unagreed:
+        prefs.accepted_licences = "\n".join(filter(None, (prefs.accepted_licences, *(lic.name for lic in unagreed))))
     return DownloadRequest(model=model, python=backend_python(prefs), package_dir=os.path.dirname(os.path.abspath(__file__)),
                            log_path=os.path.join(user_dir(), downloads.LOG_NAME), allow_online=bool(bpy.app.online_access),
                            weights_dir=bpy.path.abspath(prefs.weights_dir) if prefs.weights_dir else "",
-                           extra_pythonpath=extra_pythonpath(prefs))
+                           extra_pythonpath=extra_pythonpath(prefs), accept_license=True)
 
 
 def extra_pythonpath(prefs) -> tuple[str, ...]:

@@ -74,6 +74,8 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What to make, e.g. a wooden chair")
     params: CollectionProperty(type=HY3D_ParamValue)
     show_advanced: BoolProperty(name="Advanced")
+    variations: IntProperty(name="Variations", default=3, min=1, max=16,
+                            description="How many new seeds Variations tries, one queued job each")
 
     def pipeline_info(self) -> dict[str, Any] | None:
         session = app.session
@@ -125,6 +127,13 @@ def snapshot(inputs: HY3D_GenerationInputs) -> dict[str, Any]:
     """The inputs as plain data, to outlive the window manager they are stored on."""
     return {"pipeline": inputs.pipeline, "source": inputs.source, "image_path": inputs.image_path, "prompt": inputs.prompt,
             "params": {p.name: (p.kind, p.value) for p in inputs.params}}
+
+
+def load_request(inputs: HY3D_GenerationInputs, request: GenerationRequest) -> None:
+    """Put a request's model, input and parameter values in the fields (Load Settings)."""
+    restore(inputs, {"pipeline": request.pipeline, "source": "IMAGE" if request.image_path else "TEXT",
+                     "image_path": request.image_path or "", "prompt": request.text or "",
+                     "params": {name: (type(value).__name__, value) for name, value in request.params.items()}})
 
 
 def restore(inputs: HY3D_GenerationInputs, kept: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 ``Session.pump`` runs on Blender's main thread: it applies the events the connection's
 threads queued (``connection.py``) to the state the panel draws, and keeps each finished
-mesh in ``history`` and in ``arrived`` for ``app.pump`` to put in the scene.
+mesh in ``history`` and in ``arrived`` for ``app.pump`` to put in the scene. Requests given
+to ``submit_all`` while a job runs wait in ``pending`` and are sent one by one as each job ends.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class GenerationRequest:
 @dataclass
 class JobState:
     ref: int
-    label: str
+    request: GenerationRequest
     id: str | None = None
     stage: str = ""
     step: int | None = None
@@ -61,6 +62,10 @@ class JobState:
     position: int = 0
     cancel_requested: bool = False
     file_loaded: bool = False  # another .blend was opened (or File > New) while it ran
+
+    @property
+    def label(self) -> str:
+        return self.request.label()
 
     def fraction(self) -> float:
         return min(1.0, self.step / self.total) if self.total and self.step is not None else 0.0
@@ -71,6 +76,7 @@ class HistoryEntry:
     label: str
     mesh: meshdata.MeshArrays
     result: dict[str, Any]
+    request: GenerationRequest
     object_name: str = ""
     file_loaded: bool = False
 
@@ -88,6 +94,7 @@ class Session:
         self.last: Outcome | None = None
         self.history: collections.deque[HistoryEntry] = collections.deque(maxlen=HISTORY_LENGTH)
         self.arrived: list[HistoryEntry] = []  # results not yet in the scene
+        self.pending: collections.deque[GenerationRequest] = collections.deque()  # to send when the job ends
         self.unresponsive = False
         self._connection: Connection | None = None
         self._closed: list[Connection] = []  # their reaper threads may still be finishing
@@ -138,9 +145,23 @@ class Session:
         header: dict[str, Any] = {"op": "submit", "ref": ref, "pipeline": request.pipeline, "params": request.params}
         if request.text is not None:
             header["text"] = request.text
-        self.job = JobState(ref=ref, label=request.label())
+        self.job = JobState(ref=ref, request=request)
         self.last = None
         self._connection.send(header, buffers)
+
+    def submit_all(self, requests: list[GenerationRequest]) -> None:
+        """Send the first request now (or queue it behind the running job) and queue the rest; each is its own job."""
+        if self.phase is not Phase.READY:
+            raise SessionError("The backend is not connected", "press Start Backend (or Connect) first")
+        waiting = list(requests)
+        if self.job is None and waiting:
+            self.submit(waiting.pop(0))
+        self.pending.extend(waiting)
+
+    def drop_pending(self, index: int) -> None:
+        """Take a queued request off the queue before it is sent."""
+        if 0 <= index < len(self.pending):
+            del self.pending[index]
 
     def cancel(self) -> None:
         job = self.job
@@ -236,6 +257,7 @@ class Session:
     def _on_lost(self, event: Lost) -> None:
         self._drop_connection(shutdown_backend=False)
         self.phase, self.unresponsive = Phase.FAILED, False
+        self.pending.clear()
         self.problem = Outcome("error", event.message, event.hint, event.log_lines)
         if self.job is not None:
             self._finish_job(Outcome("error", f"The job was lost: {event.message}", event.hint, event.log_lines))
@@ -270,15 +292,26 @@ class Session:
             self._finish_job(Outcome("error", f"The backend's mesh could not be read: {event.unreadable}",
                                      "update the add-on and the backend together"))
         elif op == "result":
-            entry = HistoryEntry(job.label, event.mesh, header, file_loaded=job.file_loaded)
+            entry = HistoryEntry(job.label, event.mesh, header, job.request, file_loaded=job.file_loaded)
             self.history.appendleft(entry)
             self.arrived.append(entry)
             self.job = None
+            self._submit_next()
             return True
         return False
 
     def _finish_job(self, outcome: Outcome) -> None:
         self.job, self.last = None, outcome
+        self._submit_next()
+
+    def _submit_next(self) -> None:
+        """Send the next queued request; one that can't be sent (its picture gone) is reported and skipped."""
+        while self.pending and self.job is None and self.phase is Phase.READY:
+            request = self.pending.popleft()
+            try:
+                self.submit(request)
+            except SessionError as exc:
+                self.last = Outcome("error", f"{request.label()}: {exc.message}", exc.hint)
 
     def _drop_connection(self, shutdown_backend: bool = True) -> None:
         if self._connection is not None:

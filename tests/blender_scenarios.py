@@ -427,6 +427,73 @@ def scenario_file_load(config: dict) -> dict:
     return facts
 
 
+def scenario_settings_travel(config: dict) -> dict:
+    """Generated objects keep their settings in the .blend: Regenerate, Variations (queued, cancellable), Load Settings."""
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    recipe = addon_module("recipe")
+    panels = addon_module("panels")
+    image = os.path.join(config["workdir"], "input.png")
+    write_png(image)
+    set_inputs("IMAGE", image, steps=20, step_delay=0.02, subdivisions=2, radius=0.6, seed=5)
+    generate_and_wait()
+    original = bpy.context.view_layer.objects.active
+    name = original.name
+    facts = {"stored": original[recipe.PROPERTY].to_dict()}
+    saved = os.path.join(config["workdir"], "made.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=saved)
+    bpy.ops.wm.read_homefile()
+    bpy.ops.wm.open_mainfile(filepath=saved)
+
+    def make_active(obj) -> None:
+        for other in bpy.context.selected_objects:
+            other.select_set(False)
+        obj.select_set(True)
+        bpy.context.view_layer.objects.active = obj
+
+    def run_queue(operator, **options) -> list:
+        before = set(bpy.data.objects.keys())
+        assert operator(**options) == {"FINISHED"}
+        queued = [len(app.session.pending), app.session.job is not None]
+        pump_until(lambda: app.session.job is None and not app.session.pending and not app.session.arrived)
+        return queued, [bpy.data.objects[n] for n in sorted(set(bpy.data.objects.keys()) - before)]
+
+    original = bpy.data.objects[name]
+    facts["reopened_stored"] = original[recipe.PROPERTY].to_dict()
+    facts["original"] = object_facts(original)
+    make_active(original)
+    facts["panel"] = drawn(lambda layout: panels.draw_made_with(layout, bpy.context, original))
+    set_inputs("TEXT", seed=99, radius=0.2, subdivisions=1, steps=1)  # the panel no longer matches the object
+    _, made = run_queue(bpy.ops.hy3d.regenerate)
+    facts["regenerated"] = [dict(object_facts(obj), stored=obj[recipe.PROPERTY].to_dict()) for obj in made]
+
+    make_active(original)
+    bpy.context.window_manager.hy3d.variations = 3
+    queued, made = run_queue(bpy.ops.hy3d.variations)
+    facts["variations"] = {"queued": queued, "objects": [dict(object_facts(obj), stored=obj[recipe.PROPERTY].to_dict())
+                                                         for obj in made]}
+
+    make_active(original)
+    assert bpy.ops.hy3d.variations() == {"FINISHED"}
+    facts["panel_queued"] = drawn(lambda layout: panels.draw_job(layout, bpy.context, app.session))
+    assert bpy.ops.hy3d.drop_queued(index=0) == {"FINISHED"}
+    kept_seed = app.session.pending[0].params["seed"]
+    assert bpy.ops.hy3d.cancel() == {"FINISHED"}
+    queued, made = run_queue(lambda: {"FINISHED"})
+    facts["cancelled_and_dropped"] = {"seeds": [obj[recipe.PROPERTY]["seed"] for obj in made], "kept_seed": kept_seed}
+
+    variation = bpy.data.objects[facts["variations"]["objects"][1]["name"]]
+    make_active(variation)
+    assert bpy.ops.hy3d.load_settings() == {"FINISHED"}
+    inputs = bpy.context.window_manager.hy3d
+    facts["loaded"] = {"pipeline": inputs.pipeline, "source": inputs.source, "image_path": inputs.image_path,
+                       "params": {p.name: p.value for p in inputs.params}}
+    facts["image"] = image
+    return facts
+
+
 def scenario_launch_errors(config: dict) -> dict:
     install(config)
     app = addon_module("app")
@@ -535,10 +602,18 @@ def scenario_download_weights(config: dict) -> dict:
     panels = addon_module("panels")
     facts["panel_missing"] = drawn(lambda layout: panels.draw_weights(layout, bpy.context, inputs.pipeline_info(), False))
 
+    prefs = bpy.context.preferences.addons[PACKAGE].preferences
     try:
-        facts["refused_result"] = sorted(bpy.ops.hy3d.download_weights(model=missing.model))
+        facts["unagreed_result"] = sorted(bpy.ops.hy3d.download_weights(model=missing.model))
     except RuntimeError as exc:  # the bpy module raises an operator's error report
+        facts["unagreed_result"] = str(exc)
+    facts["unagreed"] = {"running": task.running, "children": child_commands(), "agreed": prefs.accepted_licences}
+    try:
+        facts["refused_result"] = sorted(bpy.ops.hy3d.download_weights(model=missing.model, agree=True))
+    except RuntimeError as exc:
         facts["refused_result"] = str(exc)
+    facts["agreed"] = prefs.accepted_licences
+    facts["panel_agreed"] = drawn(lambda layout: panels.draw_weights(layout, bpy.context, inputs.pipeline_info(), False))
     facts["refused"] = [task.last.kind, task.last.message, task.last.hint]
     facts["refused_running"] = task.running
     facts["refused_children"] = child_commands()
@@ -561,6 +636,8 @@ def scenario_download_weights(config: dict) -> dict:
     facts["log_path"] = log_path
     with open(log_path, encoding="utf-8") as log:
         facts["log"] = log.read()
+    with open(os.path.join(config["workdir"], "hy3d-home", "accepted-licences.json"), encoding="utf-8") as agreed:
+        facts["backend_agreed"] = json.load(agreed)
     facts["after"] = {"phase": app.session.phase.value, "same_backend": app.session.backend_pid == backend_pid,
                       "children": child_commands()}
 
@@ -593,11 +670,14 @@ class RecordingLayout:
     def label(self, text: str = "", icon: str = "NONE") -> None:
         self.shown.append(text)
 
+    def prop(self, data, name: str, text: str = "", **_options) -> None:
+        self.shown.append(f"[{name}={getattr(data, name)}]")
+
     def progress(self, factor: float = 0.0, type: str = "BAR", text: str = "") -> None:
         self.shown.append(f"[progress] {text}")
 
     def operator(self, idname: str, text: str = "", icon: str = "NONE"):
-        self.shown.append(f"[{idname}]")
+        self.shown.append(f"[{idname}: {text}]" if text else f"[{idname}]")
         return types.SimpleNamespace()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -195,6 +196,46 @@ def test_inputs_survive_file_new_and_open(addon_zip, tmp_path):
     assert facts["next_job"] == {"outcome": "result", "seed": 11, "radius": pytest.approx(0.3)}
 
 
+def test_objects_keep_their_settings_for_regenerate_variations_and_load_settings(addon_zip, tmp_path):
+    facts = run_scenario("settings_travel", addon_zip, tmp_path)
+    image = facts["image"]
+    stored = facts["stored"]
+    assert facts["reopened_stored"] == stored  # saved in the .blend and read back
+    assert stored["model"] == "test-shape" and stored["seed"] == 5 and stored["image_path"] == image
+    assert stored["backend_version"] == "0.1.0" and "prompt" not in stored
+    params = json.loads(stored["params"])
+    assert params["seed"] == 5 and params["radius"] == pytest.approx(0.6) and params["subdivisions"] == 2
+    original = facts["original"]
+    assert original["name"] in facts["panel"][0] and "test-shape, seed 5" in facts["panel"][0]
+    assert {"[hy3d.regenerate]", "[hy3d.load_settings]", "[hy3d.variations]", "[variations=3]"} <= set(facts["panel"])
+
+    # Regenerate uses the object's settings, not the panel's (changed to a text prompt, seed 99, another radius).
+    (again,) = facts["regenerated"]
+    assert again["stored"] == stored
+    assert again["vertices"] == original["vertices"] == 162 and again["faces"] == original["faces"]
+    assert again["positions"] == original["positions"] and again["colors"] == original["colors"]
+
+    variations = facts["variations"]
+    assert variations["queued"] == [2, True]  # one job sent, two waiting
+    seeds = [obj["stored"]["seed"] for obj in variations["objects"]]
+    assert len(seeds) == len(set(seeds)) == 3 and 5 not in seeds
+    for obj, seed in zip(variations["objects"], seeds, strict=True):
+        assert json.loads(obj["stored"]["params"])["seed"] == seed and obj["vertices"] == 162
+        assert obj["colors"] != original["colors"]  # the seed picks the colour: each is its own mesh
+
+    # The panel lists the queued jobs, each with a button that drops it; Cancel stops the running one only.
+    assert sum(line.startswith("Queued: input.png (test-shape, seed ") for line in facts["panel_queued"]) == 2
+    assert facts["panel_queued"].count("[hy3d.drop_queued]") == 2
+    dropped = facts["cancelled_and_dropped"]
+    assert dropped["seeds"] == [dropped["kept_seed"]]
+
+    loaded = facts["loaded"]
+    chosen = variations["objects"][1]["stored"]
+    assert (loaded["pipeline"], loaded["source"], loaded["image_path"]) == ("test-shape", "IMAGE", image)
+    assert loaded["params"]["seed"] == chosen["seed"] and loaded["params"]["radius"] == pytest.approx(0.6)
+    assert loaded["params"]["subdivisions"] == 2 and loaded["params"]["steps"] == 20
+
+
 def test_launch_problems_are_explained(addon_zip, tmp_path):
     bare = tmp_path / "bare-env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
@@ -253,9 +294,18 @@ def test_set_up_backend_respects_online_access_reports_progress_cancels_and_remo
 def test_download_weights_respects_online_access_shows_errors_and_updates_the_model_list(addon_zip, tmp_path):
     facts = run_scenario("download_weights", addon_zip, tmp_path)
     assert facts["missing"] == ["tencent/Hunyuan3D-1: svrm/", "hunyuan3d-1-svrm", ""]
-    assert facts["panel_missing"][:3] == ["Weights missing", "tencent/Hunyuan3D-1: svrm/", "[hy3d.download_weights]"]
-    assert facts["panel_missing"][-1] == "[hy3d.refresh_models]"
-    assert "Tencent's licence" in " ".join(facts["panel_missing"][3:])
+    licence = "Tencent Hunyuan Non-Commercial License"
+    panel = facts["panel_missing"]
+    shown = " ".join(panel)  # the panel wraps long lines
+    assert panel[:2] == ["Weights missing", "tencent/Hunyuan3D-1: svrm/"] and f"Licence: {licence} [wm.url_open: Read the Licence]" in shown
+    assert "It does not apply in the European Union, the United Kingdom and South Korea" in shown
+    assert panel[-2:] == ["[hy3d.download_weights: Agree and Download]", "[hy3d.refresh_models]"]
+    # Without agreeing nothing starts; agreeing is remembered, and the button becomes a plain Download Weights.
+    assert licence in facts["unagreed_result"] and "Agree and Download" in facts["unagreed_result"]
+    assert facts["unagreed"] == {"running": False, "children": [], "agreed": ""}
+    assert facts["agreed"] == licence
+    assert facts["panel_agreed"][2:] == ["[hy3d.download_weights]", "[hy3d.refresh_models]"]
+    assert facts["backend_agreed"] == {"accepted": [licence]}  # the add-on passed --accept-license
     assert facts["panel_running"][0] == "Downloading hunyuan3d-1-svrm" and facts["panel_running"][-1] == "[hy3d.cancel_download]"
     assert facts["panel_failed"][0] == facts["failed"][1][:len(facts["panel_failed"][0])]
     assert facts["online_access"] is False
@@ -264,7 +314,7 @@ def test_download_weights_respects_online_access_shows_errors_and_updates_the_mo
     weights = tmp_path / "weights"
     assert kind == "error" and message == "Online access is off, so nothing was downloaded"
     assert "Preferences > System > Network > Allow Online Access" in hint
-    assert hint.endswith(f"-m backend download hunyuan3d-1-svrm --weights {weights}")
+    assert hint.endswith(f"-m backend download hunyuan3d-1-svrm --weights {weights} --accept-license")
     assert not facts["refused_running"] and facts["refused_children"] == [] and not facts["refused_log"]
 
     assert facts["started"] == ["FINISHED"] and facts["pumps_while_running"] > 0
@@ -364,6 +414,29 @@ def test_missing_weights_offers_the_download_the_backend_knows(addon_package):
     assert downloads.missing_weights(images_only, text_prompt=False) is None
     assert downloads.missing_weights(images_only, text_prompt=True).model == "hunyuandit"
     assert downloads.missing_weights({"name": "test-shape", "weights": {"ready": True, "where": "built in"}}, True) is None
+
+
+def test_recipe_round_trip_new_seeds_and_damaged_properties(addon_package):
+    recipe = importlib.import_module("addon_under_test.recipe")
+    session = importlib.import_module("addon_under_test.session")
+    request = session.GenerationRequest("hunyuan3d-1-lite", {"seed": 0, "steps": 30, "guidance": 1.5, "remove_background": True},
+                                        text="a wooden chair")
+    stored = recipe.to_properties(request, 1234, "0.1.0")
+    assert stored["seed"] == 1234 and stored["prompt"] == "a wooden chair" and "image_path" not in stored
+    again = recipe.from_properties(stored)
+    assert again == session.GenerationRequest("hunyuan3d-1-lite", {**request.params, "seed": 1234}, text="a wooden chair")
+    assert isinstance(again.params["guidance"], float) and again.params["remove_background"] is True
+
+    varied = recipe.with_new_seeds(again, 5, random.Random(3))
+    seeds = [r.params["seed"] for r in varied]
+    assert len(set(seeds)) == 5 and 1234 not in seeds and all(0 <= s < 2**31 for s in seeds)
+    assert all(r.params["steps"] == 30 and r.text == "a wooden chair" for r in varied)
+
+    for damaged, why in (({"model": "nano"}, "damaged"), ({"model": "nano", "params": "{not json"}, "damaged"),
+                         ({"model": "nano", "params": "[1, 2]"}, "not a JSON object")):
+        with pytest.raises(recipe.RecipeError, match=why) as error:
+            recipe.from_properties(damaged)
+        assert "generate it again" in error.value.hint
 
 
 def test_the_same_zip_installs_as_a_legacy_add_on(addon_zip, tmp_path):

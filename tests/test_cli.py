@@ -8,9 +8,9 @@ import trimesh
 from conftest import backend_env
 
 
-def run_cli(tmp_path, *args, timeout=120):
+def run_cli(tmp_path, *args, timeout=120, extra_env=None):
     return subprocess.run([sys.executable, "-m", "backend", *args], capture_output=True, text=True,
-                          env=backend_env(tmp_path), timeout=timeout)
+                          env={**backend_env(tmp_path), **(extra_env or {})}, timeout=timeout)
 
 
 @pytest.mark.parametrize("suffix", [".glb", ".obj", ".ply"])
@@ -80,7 +80,49 @@ def test_doctor_text(tmp_path):
     assert 'get it with: hf download tencent/Hunyuan3D-1 --include "mvd_std/*" "svrm/*"' in proc.stdout
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["generate"], ["doctor"]])
+def test_download_shows_the_licence_and_needs_agreement_once(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1"}  # nothing may go online: an agreed download fails at the hub instead
+    refused = run_cli(tmp_path, "download", "hunyuan3d-1-svrm", "--weights", str(tmp_path / "w"), extra_env=env)
+    assert refused.returncode == 1
+    notice = "hunyuan3d-1-svrm weights are under the Tencent Hunyuan Non-Commercial License "
+    notice += "(https://huggingface.co/tencent/Hunyuan3D-1/blob/main/LICENSE.txt). "
+    notice += "It does not apply in the European Union, the United Kingdom and South Korea"
+    assert notice in refused.stderr
+    assert "error: downloading hunyuan3d-1-svrm needs your agreement to the Tencent Hunyuan Non-Commercial License" in refused.stderr
+    assert "--accept-license" in refused.stderr and "downloading tencent" not in refused.stderr
+    assert not (tmp_path / "accepted-licences.json").exists() and not (tmp_path / "w").exists()
+
+    agreed = run_cli(tmp_path, "download", "hunyuan3d-1-svrm", "--weights", str(tmp_path / "w"), "--accept-license", extra_env=env)
+    assert agreed.returncode == 1 and notice in agreed.stderr and "downloading tencent/Hunyuan3D-1" in agreed.stderr
+    assert json.loads((tmp_path / "accepted-licences.json").read_text()) == {"accepted": ["Tencent Hunyuan Non-Commercial License"]}
+
+    # Remembered: no notice, no question; another model under the same licence needs none either.
+    again = run_cli(tmp_path, "download", "hunyuan3d-1-lite", "--weights", str(tmp_path / "w"), extra_env=env)
+    assert again.returncode == 1 and "downloading tencent/Hunyuan3D-1" in again.stderr and "License" not in again.stderr
+    # HunyuanDiT's licence is another one: asked for separately.
+    other = run_cli(tmp_path, "download", "hunyuandit", extra_env=env)
+    assert other.returncode == 1 and "Tencent Hunyuan Community License" in other.stderr and "--accept-license" in other.stderr
+
+
+def test_an_interactive_yes_is_remembered_and_nano_needs_no_agreement(tmp_path, monkeypatch):
+    from backend.errors import BackendError
+    from backend.licences import accepted, licences_for, require_agreement
+
+    monkeypatch.setenv("HY3D_HOME", str(tmp_path))
+    shown, asked = [], []
+    with pytest.raises(BackendError, match="needs your agreement"):
+        require_agreement("hunyuandit", False, ask=lambda question: asked.append(question) or "n\n", say=shown.append)
+    assert accepted() == set() and len(asked) == 1
+    require_agreement("hunyuandit", False, ask=lambda question: asked.append(question) or "yes\n", say=shown.append)
+    assert accepted() == {"Tencent Hunyuan Community License"} and asked[-1] == "Do you agree to these terms? [y/N] "
+    assert "South Korea" in shown[-1] and "HunyuanDiT-v1.1-Diffusers-Distilled/blob/main/LICENSE.txt" in shown[-1]
+    require_agreement("hunyuandit", False, ask=None, say=shown.append)  # remembered: nothing asked, nothing shown
+    assert len(asked) == 2 and len(shown) == 2
+    assert licences_for("nano") == []
+    require_agreement("nano", False, ask=None, say=shown.append)
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["generate"], ["doctor"], ["download"]])
 def test_every_command_has_help(tmp_path, command):
     proc = run_cli(tmp_path, *command, "--help")
     assert proc.returncode == 0 and "usage: python -m backend" in proc.stdout

@@ -489,7 +489,8 @@ def test_the_download_command_fetches_into_the_weights_folder(weights, tmp_path,
         return local_dir
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    assert main(["download", "hunyuan3d-1-svrm", "--weights", str(tmp_path / "w")]) == 0
+    monkeypatch.setenv("HY3D_HOME", str(tmp_path / "home"))  # where the agreement to the licence is remembered
+    assert main(["download", "hunyuan3d-1-svrm", "--weights", str(tmp_path / "w"), "--accept-license"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "w" / "svrm")
 
 

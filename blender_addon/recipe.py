@@ -1,0 +1,69 @@
+"""How a generated object was made, kept on it as custom properties so it travels in the .blend. No bpy.
+
+The object's ``hunyuan3d`` property holds the model, the seed the backend used, the prompt
+or the input picture's path (the path, not the picture: a .blend stays small and the
+picture is read again when the object is regenerated), every parameter (as JSON, so their
+types survive) and the backend's version.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from .errors import AddonError
+from .session import GenerationRequest
+
+PROPERTY = "hunyuan3d"
+SEED_LIMIT = 2**31  # seeds are 0 .. 2**31 - 1 for every model the backend has
+
+
+class RecipeError(AddonError):
+    """An object's stored settings can't be read back."""
+
+
+def to_properties(request: GenerationRequest, seed: int | None, backend_version: str) -> dict[str, Any]:
+    """What to store on the object: the request as sent, with the seed the backend reports it used."""
+    params = dict(request.params)
+    if seed is not None:
+        params["seed"] = seed
+    stored: dict[str, Any] = {"model": request.pipeline, "params": json.dumps(params, sort_keys=True),
+                              "backend_version": backend_version}
+    if seed is not None:
+        stored["seed"] = seed
+    if request.image_path:
+        stored["image_path"] = request.image_path
+    if request.text is not None:
+        stored["prompt"] = request.text
+    return stored
+
+
+def from_properties(stored: Mapping[str, Any]) -> GenerationRequest:
+    """The request that makes the object again; RecipeError when the property was edited into something unusable."""
+    try:
+        params = json.loads(stored["params"])
+        model = str(stored["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecipeError(f"This object's Hunyuan3D settings are damaged ({exc})",
+                          "generate it again from the panel's inputs") from None
+    if not isinstance(params, dict):
+        raise RecipeError("This object's Hunyuan3D parameters are not a JSON object", "generate it again from the panel's inputs")
+    image_path = stored.get("image_path") or None
+    text = None if image_path else str(stored.get("prompt", ""))
+    return GenerationRequest(model, params, text=text, image_path=image_path)
+
+
+def with_new_seeds(request: GenerationRequest, count: int, rng: random.Random | None = None) -> list[GenerationRequest]:
+    """``count`` copies of the request, each with its own seed, none equal to the request's own."""
+    rng = rng or random.Random()
+    taken = {request.params.get("seed")}
+    seeds: list[int] = []
+    while len(seeds) < count:
+        seed = rng.randrange(SEED_LIMIT)
+        if seed not in taken:
+            taken.add(seed)
+            seeds.append(seed)
+    return [replace(request, params={**request.params, "seed": seed}) for seed in seeds]
