@@ -163,28 +163,6 @@ def average_neighbours(vertices: np.ndarray, faces: np.ndarray, iterations: int)
     return points.astype(vertices.dtype)
 
 
-def taubin_smooth(
-    vertices: np.ndarray, faces: np.ndarray, iterations: int, shrink: float = 0.5, inflate: float = -0.53
-) -> np.ndarray:
-    """Taubin lambda/mu smoothing with uniform weights: removes grid ripples without shrinking the mesh."""
-    if iterations <= 0 or not len(faces):
-        return vertices
-    from scipy.sparse import coo_matrix, diags
-
-    n = len(vertices)
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    edges = np.concatenate([edges, edges[:, ::-1]])
-    adjacency = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
-    adjacency.data[:] = 1.0  # an edge shared by two faces counts once
-    degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    averaging = diags(1.0 / np.maximum(degree, 1.0)) @ adjacency
-    points = vertices.astype(np.float64)
-    for _ in range(iterations):
-        for factor in (shrink, inflate):
-            points = points + factor * (averaging @ points - points)
-    return points.astype(vertices.dtype)
-
-
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals, float32; isolated vertices get (0, 0, 0)."""
     a, b, c = (vertices[faces[:, k]].astype(np.float64) for k in range(3))

@@ -21,7 +21,7 @@ DEFAULT_MAX_FACES = 120_000
 DEFAULT_MIN_COMPONENT_RATIO = 0.005
 # Smoothing passes after vertex clustering, as Hunyuan3D-1 finishes its meshes.
 CLUSTER_SMOOTHING_PASSES = 2
-POST_STEPS = 4  # marching cubes, clean-up, decimation + smoothing, colours
+POST_STEPS = 4  # marching cubes, clean-up, decimation, colours
 
 
 def marching_cubes(
@@ -66,7 +66,6 @@ def mesh_from_grid(
     max_faces: int = DEFAULT_MAX_FACES,
     min_component_ratio: float = DEFAULT_MIN_COMPONENT_RATIO,
     cluster_size: float = 0.0,
-    smooth_iterations: int = 0,
     axes: tuple[int, int, int] = (0, 1, 2),
     chunk_points: int = DEFAULT_CHUNK_POINTS,
     device: torch.device | str = "cpu",
@@ -87,7 +86,6 @@ def mesh_from_grid(
         cluster_size: when positive, Hunyuan3D-1's finish instead: vertices are clustered on a
             grid of this size (``cleanup.cluster_vertices``) and averaged with their neighbours
             twice, and floaters are kept.
-        smooth_iterations: Taubin smoothing passes after decimation (0 = none).
         axes: output axis k is field axis ``axes[k]``; (1, 2, 0) turns a Z-up field into Y-up.
         progress_offset/progress_total: where these steps sit in the caller's progress count.
     """
@@ -113,7 +111,6 @@ def mesh_from_grid(
     step(2)
     vertices, faces = cleanup.decimate(vertices, faces, max_faces)
     vertices, faces = cleanup.remove_degenerate_faces(vertices, faces)
-    vertices = cleanup.taubin_smooth(vertices, faces, smooth_iterations)
     step(3)
     colors = None
     if color_fn is not None and len(vertices):
@@ -139,7 +136,6 @@ def extract_mesh(
     inside_negative: bool = True,
     min_component_ratio: float = DEFAULT_MIN_COMPONENT_RATIO,
     cluster_size: float = 0.0,
-    smooth_iterations: int = 0,
     axes: tuple[int, int, int] = (0, 1, 2),
     progress: ProgressFn | None = None,
     check_cancelled: Callable[[], None] | None = None,
@@ -182,7 +178,6 @@ def extract_mesh(
         max_faces=max_faces,
         min_component_ratio=min_component_ratio,
         cluster_size=cluster_size,
-        smooth_iterations=smooth_iterations,
         axes=axes,
         chunk_points=chunk_points,
         device=device,
