@@ -45,6 +45,14 @@ class CancelsWork:
         return {"FINISHED"}
 
 
+class AsksTheBackend:
+    """Operators that send the connected backend a request: available only while it is ready."""
+
+    @classmethod
+    def poll(cls, context):
+        return app.session is not None and app.session.phase is Phase.READY
+
+
 class HY3D_OT_connect(bpy.types.Operator):
     """Start the bundled backend, or connect to the running one, as set in the preferences (restarts if connected)"""
 
@@ -81,30 +89,22 @@ class HY3D_OT_test_connection(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class HY3D_OT_refresh_models(bpy.types.Operator):
+class HY3D_OT_refresh_models(AsksTheBackend, bpy.types.Operator):
     """Have the backend look for weights again (after you added some to the weights folder) and update the model list"""
 
     bl_idname = "hy3d.refresh_models"
     bl_label = "Check Again"
-
-    @classmethod
-    def poll(cls, context):
-        return app.session is not None and app.session.phase is Phase.READY
 
     def execute(self, context):
         app.session.refresh_pipelines()
         return {"FINISHED"}
 
 
-class HY3D_OT_free_gpu_memory(bpy.types.Operator):
+class HY3D_OT_free_gpu_memory(AsksTheBackend, bpy.types.Operator):
     """Have the backend give its GPU memory back to Blender now; its next job copies the weights over again"""
 
     bl_idname = "hy3d.free_gpu_memory"
     bl_label = "Free GPU Memory"
-
-    @classmethod
-    def poll(cls, context):
-        return app.session is not None and app.session.phase is Phase.READY
 
     def execute(self, context):
         app.session.release_memory()

@@ -8,12 +8,11 @@ host RAM never holds a second copy. The ``vae.*`` part is loaded by ``vae.load_s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...memory.loading import WeightsError, load_safetensors_module
+from ...memory.loading import load_safetensors_module
 
 if TYPE_CHECKING:
     from torch import nn
@@ -23,32 +22,11 @@ if TYPE_CHECKING:
 CONDITIONER_PREFIX = "conditioner."
 DIT_PREFIX = "model."
 VAE_PREFIX = "vae."  # loaded by vae.load_shape_vae
-PREFIXES = (CONDITIONER_PREFIX, DIT_PREFIX, VAE_PREFIX)
-_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 
 def only_prefix(prefix: str) -> Callable[[str], str | None]:
     """A key renamer for ``load_safetensors_module``: keys under ``prefix`` without it; every other key skipped."""
     return lambda key: key[len(prefix):] if key.startswith(prefix) else None
-
-
-def part_sizes(path: Path) -> dict[str, int]:
-    """Bytes stored under each prefix of a combined checkpoint (read from the header alone)."""
-    from safetensors import SafetensorError, safe_open
-
-    sizes = dict.fromkeys(PREFIXES, 0)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                prefix = next((p for p in PREFIXES if key.startswith(p)), None)
-                if prefix is None:
-                    raise WeightsError(path, f"holds {key!r}, outside the conditioner., model. and vae. parts",
-                                       hint="use the model.fp16.safetensors of a Hunyuan3D-2 DiT folder")
-                entry = f.get_slice(key)
-                sizes[prefix] += math.prod(entry.get_shape()) * _DTYPE_BYTES.get(entry.get_dtype(), 4)
-    except (SafetensorError, OSError) as exc:
-        raise WeightsError(path, f"unreadable: {exc}") from None
-    return sizes
 
 
 def load_conditioner(path: Path, config: ModelConfig) -> nn.Module:

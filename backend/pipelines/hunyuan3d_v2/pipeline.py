@@ -258,16 +258,16 @@ def register_parts(memory: Any, dit_root: Path, vae_root: Path | None, config: M
     The three parts share one file; each is the tensors under its prefix, so the manager reads
     their sizes and storage dtypes from the file's header before anything loads.
     """
-    from .loading import load_conditioner, load_dit
+    from .loading import CONDITIONER_PREFIX, DIT_PREFIX, VAE_PREFIX, load_conditioner, load_dit
 
     path = dit_root / WEIGHTS_FILE
     memory.register(f"{dit_root.name}.conditioner", lambda: load_conditioner(path, config), precision=PRECISION,
-                    files=[path], prefix="conditioner.", blocks=lambda module: module.blocks())
+                    files=[path], prefix=CONDITIONER_PREFIX, blocks=lambda module: module.blocks())
     memory.register(f"{dit_root.name}.dit", lambda: load_dit(path, config), precision=PRECISION,
-                    files=[path], prefix="model.", blocks=lambda module: module.blocks())
+                    files=[path], prefix=DIT_PREFIX, blocks=lambda module: module.blocks())
     vae_name = vae_root.name if vae_root else f"{dit_root.name}.vae"
     memory.register(vae_name, lambda: _load_vae(vae_root, dit_root, config), precision=PRECISION,
-                    files=[vae_root / WEIGHTS_FILE if vae_root else path], prefix="" if vae_root else "vae.",
+                    files=[vae_root / WEIGHTS_FILE if vae_root else path], prefix="" if vae_root else VAE_PREFIX,
                     blocks=lambda module: list(module.blocks))
     return {"conditioner": f"{dit_root.name}.conditioner", "dit": f"{dit_root.name}.dit", "vae": vae_name}
 
