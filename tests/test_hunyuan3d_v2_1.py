@@ -403,6 +403,10 @@ def test_missing_2_1_weights_are_named_with_the_download_command(tmp_path):
     with pytest.raises(BackendError) as error:
         pipeline.validate(JobRequest(pipeline.name, {}, images={"image": object_picture()}))
     assert error.value.code == "weights_missing" and "hf download tencent/Hunyuan3D-2.1" in error.value.hint
+    # Once the folder is there, ``--model auto`` prefers it for a picture.
+    write_weights_21(tmp_path)
+    assert pipeline.check_weights().ready
+    assert pipelines.choose("auto", str(tmp_path), {"image"}) == "hunyuan3d-2.1"
 
 
 def test_a_hunyuan3d_2_folder_is_refused_by_the_2_1_pipeline(tmp_path):
@@ -439,3 +443,18 @@ def test_a_picture_becomes_a_mesh_on_tiny_2_1_weights(tmp_path, mode):
     stages = [e["stage"] for e in events if e.get("step") is not None]
     assert list(dict.fromkeys(stages)) == ["background", "condition", "sampling", "decoding", "mesh"]
     assert [e["step"] for e in events if e.get("stage") == "sampling" and e.get("step") is not None] == [0, 1, 2, 3]
+
+
+def test_generate_runs_hunyuan3d_2_1_from_the_command_line(tmp_path):
+    import subprocess
+
+    from conftest import backend_env
+
+    root, _ = write_weights_21(tmp_path / "weights")
+    (tmp_path / "object.png").write_bytes(object_picture())
+    out = tmp_path / "out.glb"
+    proc = subprocess.run([sys.executable, "-m", "backend", "generate", "--model", "hunyuan3d-2.1", "--image", str(tmp_path / "object.png"),
+                           "--weights", str(root), "--device", "cpu", "--steps", "2", "--set", "octree_resolution=24", "-o", str(out)],
+                          capture_output=True, text=True, env=backend_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stderr and "sampling" in proc.stderr and out.stat().st_size > 0
