@@ -423,6 +423,16 @@ def test_a_hunyuan3d_2_folder_is_refused_by_the_2_1_pipeline(tmp_path):
         run_pipeline("hunyuan3d-2.1", root, images={"image": object_picture()}, params={"steps": 2})
 
 
+def test_a_truncated_2_1_checkpoint_is_named_before_anything_loads(tmp_path):
+    root, _ = write_weights_21(tmp_path)
+    path = root / "hunyuan3d-dit-v2-1" / "model.fp16.ckpt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    events: list = []
+    with pytest.raises(WeightsError, match="model.fp16.ckpt.*truncated"):
+        run_pipeline("hunyuan3d-2.1", root, events, images={"image": object_picture()}, params={"steps": 2})
+    assert not [e for e in events if e.get("stage") == "condition"]
+
+
 @pytest.mark.parametrize("mode", ["resident", "stage"])  # stream needs a CUDA GPU
 def test_a_picture_becomes_a_mesh_on_tiny_2_1_weights(tmp_path, mode):
     root, _ = write_weights_21(tmp_path)

@@ -47,18 +47,15 @@ def parse_config_21(raw: dict[str, Any], path: Path) -> ModelConfig:
 
 
 def entry_sizes(path: Path) -> dict[str, int]:
-    """Bytes of each entry (``conditioner``, ``model``, ``vae``) of the checkpoint, read through a memory map (no tensor data is read)."""
+    """Bytes of each entry (``conditioner``, ``model``, ``vae``) of the checkpoint, read through its memory map (no tensor data is read)."""
     import torch
 
-    from ...memory.loading import WeightsError
+    from ...memory.loading import WeightsError, read_torch_checkpoint
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - the loader names the exact fault when the part loads
-        raise WeightsError(path, f"is truncated, corrupt or not a zip-format PyTorch checkpoint ({exc})",
-                           hint=f"download it again: {HUNYUAN3D_2_1_DIT.repo_id}, folder {HUNYUAN3D_2_1_DIT.folder}") from None
+    checkpoint = read_torch_checkpoint(path)
     if not isinstance(checkpoint, dict):
-        raise WeightsError(path, "is not a dict of state dicts", hint="use the model.fp16.ckpt of the hunyuan3d-dit-v2-1 folder")
+        raise WeightsError(path, "is not a dict of state dicts",
+                           hint=f"use the {WEIGHTS_FILE} of the {HUNYUAN3D_2_1_DIT.folder} folder of {HUNYUAN3D_2_1_DIT.repo_id}")
     return {entry: sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
             for entry, state in checkpoint.items() if isinstance(state, dict)}
 
