@@ -433,13 +433,14 @@ def test_a_truncated_2_1_checkpoint_is_named_before_anything_loads(tmp_path):
     assert not [e for e in events if e.get("stage") == "condition"]
 
 
-@pytest.mark.parametrize("mode", ["resident", "stage"])  # stream needs a CUDA GPU
-def test_a_picture_becomes_a_mesh_on_tiny_2_1_weights(tmp_path, mode):
+# stream needs a CUDA GPU; FlashVDM decodes with the checkpoint's own VAE (there is no turbo VAE for 2.1).
+@pytest.mark.parametrize(("mode", "decoder"), [("resident", "plain"), ("stage", "flashvdm")])
+def test_a_picture_becomes_a_mesh_on_tiny_2_1_weights(tmp_path, mode, decoder):
     root, _ = write_weights_21(tmp_path)
     events: list = []
     memory = MemoryManager(mode=mode)
     output = run_pipeline("hunyuan3d-2.1", root, events, memory=memory, images={"image": object_picture()},
-                          params={"steps": 3, "octree_resolution": 24})
+                          params={"steps": 3, "octree_resolution": 24, "volume_decoder": decoder})
     assert output.mesh.face_count > 0
     assert output.info["latents"] == [1, LATENTS, CHANNELS]
     # Sizes from the checkpoint's entries; blocks: 2 ViT layers, the DiT's stream units, 1 VAE decoder layer.

@@ -68,7 +68,7 @@ def _decoder(default: str) -> Param:
 
 
 class Hunyuan3D2Pipeline(Pipeline):
-    """Shared by every Hunyuan3D-2 shape model; subclasses only name themselves and their defaults."""
+    """Shared by every Hunyuan3D-2 shape model (and Hunyuan3D-2.1, which overrides its folder, config reading and parts)."""
 
     stages = ("text_to_image", "background", "condition", "sampling", "decoding", "mesh")
     inputs = ("image", "text")
@@ -80,11 +80,13 @@ class Hunyuan3D2Pipeline(Pipeline):
         return HUNYUAN3D_2_MODELS[self.name][0]
 
     @property
-    def turbo_vae_folder(self) -> WeightFolder:
+    def turbo_vae_folder(self) -> WeightFolder | None:
+        """The VAE that FlashVDM decoding swaps in; None when the model decodes with its own."""
         return HUNYUAN3D_2_MODELS[self.name][1]
 
     def _folders(self, decoder: str, text: bool = False) -> list[WeightFolder]:
-        return [self.dit_folder] + ([self.turbo_vae_folder] if decoder == "flashvdm" else []) + ([HUNYUAN_DIT] if text else [])
+        turbo_vae = [self.turbo_vae_folder] if decoder == "flashvdm" and self.turbo_vae_folder else []
+        return [self.dit_folder] + turbo_vae + ([HUNYUAN_DIT] if text else [])
 
     def read_config(self, dit_root: Path) -> ModelConfig:
         return read_config(dit_root)
@@ -111,7 +113,7 @@ class Hunyuan3D2Pipeline(Pipeline):
         names: list[str] = []
         if self.dit_folder in roots:
             dit_root = roots[self.dit_folder]
-            turbo_vae_root = roots.get(self.turbo_vae_folder) if decoder == "flashvdm" else None
+            turbo_vae_root = roots.get(self.turbo_vae_folder) if decoder == "flashvdm" and self.turbo_vae_folder else None
             names += self.register_parts(memory, dit_root, turbo_vae_root, self.read_config(dit_root)).values()
         if HUNYUAN_DIT in roots:
             names += register_components(memory, roots[HUNYUAN_DIT], "hunyuandit", PARTS).values()
@@ -147,7 +149,7 @@ class Hunyuan3D2Pipeline(Pipeline):
             raise BackendError(ErrorCode.WEIGHTS_CORRUPT, f"{roots[0]} is not a {'multiview' if self.multiview else 'single-picture'} model",
                                hint=f"download it again: {self.dit_folder.repo_id}, folder {self.dit_folder.folder}")
         self.register_components(memory, request)  # the whole job, so `--memory auto` plans on all of it
-        turbo_vae_root = roots[1] if params["volume_decoder"] == "flashvdm" else None
+        turbo_vae_root = roots[1] if params["volume_decoder"] == "flashvdm" and self.turbo_vae_folder else None
         names = self.register_parts(memory, roots[0], turbo_vae_root, config)
         info: dict[str, Any] = {"weights": [str(root) for root in roots]}
         images: dict[str, bytes] = {}

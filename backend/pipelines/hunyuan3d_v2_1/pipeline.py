@@ -102,11 +102,10 @@ class Hunyuan3D21Pipeline(Hunyuan3D2Pipeline):
     def dit_folder(self) -> WeightFolder:
         return HUNYUAN3D_2_1_DIT
 
-    def _folders(self, decoder: str, text: bool = False) -> list[WeightFolder]:
-        from ...weights import HUNYUAN_DIT
-
-        # There is no turbo VAE for 2.1: every decoder uses the checkpoint's own.
-        return [self.dit_folder] + ([HUNYUAN_DIT] if text else [])
+    @property
+    def turbo_vae_folder(self) -> None:
+        """There is no turbo VAE for 2.1: every decoder, FlashVDM included, uses the checkpoint's own."""
+        return None
 
     def read_config(self, dit_root: Path) -> ModelConfig:
         return read_config(dit_root, parse_config_21)
