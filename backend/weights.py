@@ -21,6 +21,7 @@ HUNYUAN_DIT_REPO = "Tencent-Hunyuan/HunyuanDiT-v1.1-Diffusers-Distilled"
 HUNYUAN3D_2_REPO = "tencent/Hunyuan3D-2"
 HUNYUAN3D_2MINI_REPO = "tencent/Hunyuan3D-2mini"
 HUNYUAN3D_2MV_REPO = "tencent/Hunyuan3D-2mv"
+HUNYUAN3D_2_1_REPO = "tencent/Hunyuan3D-2.1"
 
 
 @dataclass(frozen=True)
@@ -190,12 +191,19 @@ HUNYUAN3D_2_MODELS: dict[str, tuple[WeightFolder, WeightFolder]] = {
     )
     for variant in ("", "-fast", "-turbo")
 }
+# Hunyuan3D-2.1: one folder whose ``.ckpt`` holds the conditioner, the DiT and the VAE. The
+# repository's ``hunyuan3d-vae-v2-1`` folder repeats that VAE alone and is not needed.
+HUNYUAN3D_2_1_DIT = WeightFolder(
+    HUNYUAN3D_2_1_REPO, "hunyuan3d-dit-v2-1", "hunyuan3d-dit-v2-1", (("config.yaml",), ("model.fp16.ckpt",)),
+    ("hunyuan3d-dit-v2-1/config.yaml", "hunyuan3d-dit-v2-1/model.fp16.ckpt"), "the Hunyuan3D-2.1 shape model",
+)
 # What ``python -m backend download MODEL`` fetches.
 DOWNLOADS: dict[str, tuple[WeightFolder, ...]] = {
     "hunyuan3d-1-lite": (MVD_LITE, SVRM_FOLDER),
     "hunyuan3d-1-std": (MVD_STD, SVRM_FOLDER),
     "hunyuan3d-1-svrm": (SVRM_FOLDER,),
     "hunyuandit": (HUNYUAN_DIT,),
+    "hunyuan3d-2.1": (HUNYUAN3D_2_1_DIT,),
     # The turbo models decode with FlashVDM by default, so their download includes its VAE.
     **{name: (dit, vae) if name.endswith("-turbo") else (dit,) for name, (dit, vae) in HUNYUAN3D_2_MODELS.items()},
 }

@@ -346,7 +346,7 @@ def test_the_catalogue_has_every_model_with_the_official_defaults():
             assert defaults["octree_resolution"] == (380 if turbo else 384) and defaults["chunk_size"] == 8000
             assert defaults["volume_decoder"] == ("flashvdm" if turbo else "plain") and defaults["max_faces"] == 40000
             assert cls.inputs == (("image", "left", "back", "right", "text") if family.endswith("mv") else ("image", "text"))
-    assert pipelines.AUTO_PREFERENCE[0] == "hunyuan3d-2-turbo"
+    assert pipelines.AUTO_PREFERENCE[:2] == ("hunyuan3d-2.1", "hunyuan3d-2-turbo")
 
 
 def test_missing_weights_are_named_with_the_download_command(tmp_path):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_hunyuan3d_v2 import CHANNELS, DINO, LATENTS, hf_cache, object_picture, randomise, run_pipeline  # noqa: F401 - hf_cache: autouse
 
 from backend.memory import MemoryManager, WeightsError, load_torch_module
 from backend.pipelines.hunyuan3d_v2_1 import DiT21Config, ExpertTraffic, HunyuanDiT21, MoEFeedForward, load_dit
@@ -302,3 +303,169 @@ def test_float16_checkpoint_runs_through_the_memory_manager_in_float32(tmp_path,
         assert_close(velocity, reference(*inputs), "float16 weights computed in float32")
     assert memory.placement("dit") == "parked"
     assert memory.describe()["components"][0]["storage_dtype"] == "float16"
+
+
+# -- the hunyuan3d-2.1 pipeline -------------------------------------------------------------------
+# Tiny random weights in the released layout: a ``hunyuan3d-dit-v2-1`` folder with config.yaml and
+# one ``model.fp16.ckpt`` of ``{"model", "vae", "conditioner"}`` state dicts, the VAE's with the
+# point-cloud encoder the pipeline skips. The conditioner and the VAE decoder are the official
+# Hunyuan3D-2 modules (2.1 ships the same code), the DiT ours (checked above against the 2.1 code).
+
+DINO_L = {**DINO, "use_swiglu_ffn": False}  # DINOv2-large's plain GELU MLP, as 2.1's config says
+TINY_DIT = {"input_size": LATENTS, "in_channels": CHANNELS, "hidden_size": 32, "context_dim": DINO["hidden_size"], "depth": 5,
+            "num_heads": 2, "qk_norm": True, "text_len": 17, "with_decoupled_ca": False, "use_attention_pooling": False,
+            "qk_norm_type": "rms", "qkv_bias": False, "use_pos_emb": False, "num_moe_layers": 2, "num_experts": 4, "moe_top_k": 2}
+
+
+def tiny_config_21() -> dict:
+    return {
+        "model": {"target": "hy3dshape.models.denoisers.hunyuandit.HunYuanDiTPlain", "params": dict(TINY_DIT)},
+        "vae": {"target": "hy3dshape.models.autoencoders.ShapeVAE",
+                "params": {"num_latents": LATENTS, "embed_dim": CHANNELS, "num_freqs": 8, "include_pi": False, "heads": 2, "width": 32,
+                           "num_encoder_layers": 1, "num_decoder_layers": 1, "qkv_bias": False, "qk_norm": True,
+                           "scale_factor": 1.0039506158752403, "geo_decoder_mlp_expand_ratio": 4, "geo_decoder_downsample_ratio": 1,
+                           "geo_decoder_ln_post": True, "point_feats": 4, "pc_size": 256, "pc_sharpedge_size": 0}},
+        "conditioner": {"target": "hy3dshape.models.conditioner.SingleImageEncoder",
+                        "params": {"main_image_encoder": {"type": "DinoImageEncoder",
+                                                          "kwargs": {"config": dict(DINO_L), "image_size": DINO["image_size"],
+                                                                     "use_cls_token": True}}}},
+        "scheduler": {"target": "hy3dshape.schedulers.FlowMatchEulerDiscreteScheduler", "params": {"num_train_timesteps": 1000}},
+        "image_processor": {"target": "hy3dshape.preprocessors.ImageProcessorV2", "params": {"size": 64, "border_ratio": 0.15}},
+        "pipeline": {"target": "hy3dshape.pipelines.Hunyuan3DDiTFlowMatchingPipeline"},
+    }
+
+
+def write_weights_21(root: Path, seed: int = 0) -> tuple[Path, dict]:
+    """``root`` as ``hf download tencent/Hunyuan3D-2.1 --include "hunyuan3d-dit-v2-1/*" --local-dir root`` leaves it; returns it and the official conditioner."""
+    import yaml
+    from hy3dgen_oracle import official_conditioner_state, shapegen_module
+
+    config = tiny_config_21()
+    conditioner = shapegen_module("models.conditioner").SingleImageEncoder(**config["conditioner"]["params"]).eval()
+    decoder_params = {k: v for k, v in config["vae"]["params"].items()
+                      if k not in ("num_encoder_layers", "point_feats", "pc_size", "pc_sharpedge_size")}
+    vae = shapegen_module("models.autoencoders").ShapeVAE(**decoder_params).eval()
+    dit = HunyuanDiT21(DiT21Config.from_params(config["model"]["params"])).eval()
+    for offset, module in enumerate((conditioner, dit, vae)):
+        randomise(module, seed + offset)
+    generator = torch.Generator().manual_seed(seed + 3)
+    width, channels = config["vae"]["params"]["width"], config["vae"]["params"]["embed_dim"]
+    encoder = {"encoder.input_proj.weight": torch.randn(width, 55, generator=generator),
+               "pre_kl.weight": torch.randn(2 * channels, width, generator=generator), "pre_kl.bias": torch.zeros(2 * channels)}
+    half = lambda state: {k: v.half() for k, v in state.items()}  # noqa: E731 - stored in float16 as released
+    folder = root / "hunyuan3d-dit-v2-1"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    torch.save({"model": half(dit.state_dict()), "vae": half(vae.state_dict() | encoder),
+                "conditioner": half(official_conditioner_state(conditioner))}, folder / "model.fp16.ckpt")
+    return root, {"conditioner": conditioner}
+
+
+def test_dinov2_large_conditioner_matches_the_official_one(tmp_path):
+    from backend.pipelines.hunyuan3d_v2.config import read_config
+    from backend.pipelines.hunyuan3d_v2_1.pipeline import load_conditioner, parse_config_21
+
+    root, official = write_weights_21(tmp_path)
+    folder = root / "hunyuan3d-dit-v2-1"
+    ours = load_conditioner(folder / "model.fp16.ckpt", read_config(folder, parse_config_21))
+    assert all(hasattr(layer.mlp, "fc1") for layer in ours.blocks())
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    theirs_module = official["conditioner"].half().float()
+    with torch.inference_mode():
+        theirs = theirs_module(image=images)["main"]
+        mine = ours.float()(images)
+    assert mine.shape == theirs.shape == (1, 17, DINO["hidden_size"])
+    assert_close(mine, theirs, "DINOv2-large tokens")
+
+
+def test_the_catalogue_lists_hunyuan3d_2_1_first_with_the_official_defaults():
+    from backend import pipelines
+
+    cls = pipelines.get("hunyuan3d-2.1")
+    defaults = {p.name: p.default for p in cls.params}
+    assert defaults["steps"] == 50 and defaults["guidance"] == 5.0 and defaults["octree_resolution"] == 384
+    assert defaults["chunk_size"] == 8000 and defaults["volume_decoder"] == "plain" and defaults["max_faces"] == 40000
+    assert cls.inputs == ("image", "text")
+    assert pipelines.AUTO_PREFERENCE[0] == "hunyuan3d-2.1"
+
+
+def test_missing_2_1_weights_are_named_with_the_download_command(tmp_path):
+    from backend import pipelines
+    from backend.errors import BackendError
+    from backend.pipelines.base import JobRequest
+
+    pipeline = pipelines.get("hunyuan3d-2.1")(weights_dir=str(tmp_path))
+    report = pipeline.check_weights()
+    assert not report.ready
+    assert report.missing == ["tencent/Hunyuan3D-2.1: hunyuan3d-dit-v2-1/config.yaml", "tencent/Hunyuan3D-2.1: hunyuan3d-dit-v2-1/model.fp16.ckpt"]
+    assert report.download == ('hf download tencent/Hunyuan3D-2.1 --include "hunyuan3d-dit-v2-1/config.yaml" '
+                               f'"hunyuan3d-dit-v2-1/model.fp16.ckpt" --local-dir "{tmp_path}"')
+    with pytest.raises(BackendError) as error:
+        pipeline.validate(JobRequest(pipeline.name, {}, images={"image": object_picture()}))
+    assert error.value.code == "weights_missing" and "hf download tencent/Hunyuan3D-2.1" in error.value.hint
+    # Once the folder is there, ``--model auto`` prefers it for a picture.
+    write_weights_21(tmp_path)
+    assert pipeline.check_weights().ready
+    assert pipelines.choose("auto", str(tmp_path), {"image"}) == "hunyuan3d-2.1"
+
+
+def test_a_hunyuan3d_2_folder_is_refused_by_the_2_1_pipeline(tmp_path):
+    import yaml
+
+    from backend.errors import BackendError
+
+    root, _ = write_weights_21(tmp_path)
+    config_path = root / "hunyuan3d-dit-v2-1" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["model"]["target"] = "hy3dgen.shapegen.models.Hunyuan3DDiT"
+    config_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(BackendError, match="HunYuanDiTPlain"):
+        run_pipeline("hunyuan3d-2.1", root, images={"image": object_picture()}, params={"steps": 2})
+
+
+def test_a_truncated_2_1_checkpoint_is_named_before_anything_loads(tmp_path):
+    root, _ = write_weights_21(tmp_path)
+    path = root / "hunyuan3d-dit-v2-1" / "model.fp16.ckpt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    events: list = []
+    with pytest.raises(WeightsError, match="model.fp16.ckpt.*truncated"):
+        run_pipeline("hunyuan3d-2.1", root, events, images={"image": object_picture()}, params={"steps": 2})
+    assert not [e for e in events if e.get("stage") == "condition"]
+
+
+# stream needs a CUDA GPU; FlashVDM decodes with the checkpoint's own VAE (there is no turbo VAE for 2.1).
+@pytest.mark.parametrize(("mode", "decoder"), [("resident", "plain"), ("stage", "flashvdm")])
+def test_a_picture_becomes_a_mesh_on_tiny_2_1_weights(tmp_path, mode, decoder):
+    root, _ = write_weights_21(tmp_path)
+    events: list = []
+    memory = MemoryManager(mode=mode)
+    output = run_pipeline("hunyuan3d-2.1", root, events, memory=memory, images={"image": object_picture()},
+                          params={"steps": 3, "octree_resolution": 24, "volume_decoder": decoder})
+    assert output.mesh.face_count > 0
+    assert output.info["latents"] == [1, LATENTS, CHANNELS]
+    # Sizes from the checkpoint's entries; blocks: 2 ViT layers, the DiT's stream units, 1 VAE decoder layer.
+    described = {c["name"]: c for c in memory.describe()["components"]}
+    names = [f"hunyuan3d-dit-v2-1.{part}" for part in ("conditioner", "dit", "vae")]
+    saved = torch.load(root / "hunyuan3d-dit-v2-1" / "model.fp16.ckpt", weights_only=True)
+    dit_bytes = sum(t.numel() * 2 for t in saved["model"].values())
+    assert described[names[1]]["storage_bytes"] == dit_bytes
+    dit_units = len(HunyuanDiT21(DiT21Config.from_params(TINY_DIT)).stream_units())
+    assert [len(memory._component(name).block_slots) for name in names] == [2, dit_units, 1]
+    stages = [e["stage"] for e in events if e.get("step") is not None]
+    assert list(dict.fromkeys(stages)) == ["background", "condition", "sampling", "decoding", "mesh"]
+    assert [e["step"] for e in events if e.get("stage") == "sampling" and e.get("step") is not None] == [0, 1, 2, 3]
+
+
+def test_generate_runs_hunyuan3d_2_1_from_the_command_line(tmp_path):
+    import subprocess
+
+    from conftest import backend_env
+
+    root, _ = write_weights_21(tmp_path / "weights")
+    (tmp_path / "object.png").write_bytes(object_picture())
+    out = tmp_path / "out.glb"
+    proc = subprocess.run([sys.executable, "-m", "backend", "generate", "--model", "hunyuan3d-2.1", "--image", str(tmp_path / "object.png"),
+                           "--weights", str(root), "--device", "cpu", "--steps", "2", "--set", "octree_resolution=24", "-o", str(out)],
+                          capture_output=True, text=True, env=backend_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stderr and "sampling" in proc.stderr and out.stat().st_size > 0

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError
 from ..protocol import ErrorCode
@@ -226,6 +226,27 @@ def load_safetensors_module(
     return module.eval()
 
 
+def read_torch_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """A ``torch.save`` checkpoint unpickled with ``weights_only=True`` and memory-mapped (no tensor data is read yet).
+
+    A missing, truncated, corrupt, legacy-format or code-carrying file raises a WeightsError naming it.
+    """
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except OSError as exc:
+        raise WeightsError(path, f"cannot be read: {exc.strerror or exc}", hint="check the path and permissions") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bad file surfaces as RuntimeError, EOFError, ValueError or an unpickling error
+        if "Weights only load failed" in str(exc):
+            raise WeightsError(path, f"holds objects other than tensors, which are never unpickled ({_first_line(exc)})",
+                               hint="use the checkpoint as released") from None
+        raise WeightsError(path, f"is truncated, corrupt or not a zip-format PyTorch checkpoint ({_first_line(exc)})") from None
+    return checkpoint
+
+
 def load_torch_module(
     factory: Callable[[], nn.Module],
     path: str | os.PathLike[str],
@@ -249,17 +270,7 @@ def load_torch_module(
     """
     import torch
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except OSError as exc:
-        raise WeightsError(path, f"cannot be read: {exc.strerror or exc}", hint="check the path and permissions") from None
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a bad file surfaces as RuntimeError, EOFError, ValueError or an unpickling error
-        if "Weights only load failed" in str(exc):
-            raise WeightsError(path, f"holds objects other than tensors, which are never unpickled ({_first_line(exc)})",
-                               hint="use the checkpoint as released") from None
-        raise WeightsError(path, f"is truncated, corrupt or not a zip-format PyTorch checkpoint ({_first_line(exc)})") from None
+    checkpoint = read_torch_checkpoint(path)
     state = checkpoint
     if entry is not None:
         if not isinstance(checkpoint, dict) or entry not in checkpoint:

@@ -19,11 +19,12 @@ _BUILTIN_MODULES: tuple[str, ...] = (
     "backend.pipelines.hunyuan3d_v1.svrm_pipeline",
     "backend.pipelines.hunyuan3d_v1.pipeline",
     "backend.pipelines.hunyuan3d_v2.pipeline",
+    "backend.pipelines.hunyuan3d_v2_1.pipeline",
     "backend.pipelines.nano.pipeline",
 )
 # What ``--model auto`` tries, best first.
 AUTO_PREFERENCE = (
-    "hunyuan3d-2-turbo", "hunyuan3d-2-fast", "hunyuan3d-2", "hunyuan3d-2mini-turbo", "hunyuan3d-2mini-fast", "hunyuan3d-2mini",
+    "hunyuan3d-2.1", "hunyuan3d-2-turbo", "hunyuan3d-2-fast", "hunyuan3d-2", "hunyuan3d-2mini-turbo", "hunyuan3d-2mini-fast", "hunyuan3d-2mini",
     "hunyuan3d-2mv-turbo", "hunyuan3d-2mv-fast", "hunyuan3d-2mv", "hunyuan3d-1-std", "hunyuan3d-1-lite", "nano",
 )
 _builtins_loaded = False

@@ -106,6 +106,19 @@ class SwiGLU(nn.Module):
         return self.weights_out(F.silu(gate) * value)
 
 
+class GeluMLP(nn.Module):
+    """The plain MLP of DINOv2-large (Hunyuan3D-2.1): ``fc1``, exact GELU, ``fc2``."""
+
+    def __init__(self, config: DinoConfig):
+        super().__init__()
+        hidden = int(config.hidden_size * config.mlp_ratio)
+        self.fc1 = nn.Linear(config.hidden_size, hidden)
+        self.fc2 = nn.Linear(hidden, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
 class Layer(nn.Module):
     def __init__(self, config: DinoConfig):
         super().__init__()
@@ -113,7 +126,7 @@ class Layer(nn.Module):
         self.attention = Attention(config)
         self.layer_scale1 = LayerScale(config.hidden_size)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = SwiGLU(config)
+        self.mlp = SwiGLU(config) if config.use_swiglu_ffn else GeluMLP(config)
         self.layer_scale2 = LayerScale(config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,11 +9,15 @@ the user's folder at run time, so a checkpoint with other sizes loads without a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...memory.loading import WeightsError
+
+if TYPE_CHECKING:
+    from ..hunyuan3d_v2_1.config import DiT21Config
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.fp16.safetensors"
@@ -62,6 +66,8 @@ class DinoConfig:
         layer_norm_eps: epsilon of every LayerNorm.
         mlp_ratio: the MLP's width as a multiple of ``hidden_size`` (before the SwiGLU's 2/3).
         qkv_bias: whether query, key and value projections have a bias.
+        use_swiglu_ffn: the SwiGLU MLP of DINOv2-giant (Hunyuan3D-2); else the plain GELU MLP
+            of DINOv2-large (Hunyuan3D-2.1).
     """
 
     hidden_size: int = 1536
@@ -72,6 +78,7 @@ class DinoConfig:
     layer_norm_eps: float = 1e-6
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
+    use_swiglu_ffn: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,7 @@ class ImageProcessorConfig:
 class ModelConfig:
     """Everything ``config.yaml`` says; ``vae`` stays the raw ``params`` mapping for the ShapeVAE."""
 
-    dit: DiTConfig
+    dit: DiTConfig | DiT21Config
     conditioner: ConditionerConfig
     scheduler: SchedulerConfig
     image_processor: ImageProcessorConfig
@@ -192,10 +199,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> ModelConfig:
     dino_raw = kwargs.get("config")
     if not isinstance(dino_raw, dict):
         raise WeightsError(path, "the conditioner has no inline DINOv2 config", hint="check the model folder's config.yaml")
-    if not dino_raw.get("use_swiglu_ffn", False):
-        raise WeightsError(path, "only DINOv2 with the SwiGLU MLP (use_swiglu_ffn: true, as in DINOv2-giant) is supported",
-                           hint="use a Hunyuan3D-2, 2mini or 2mv model folder")
-    dino = DinoConfig(**_pick(dino_raw, DinoConfig, path, "conditioner DINOv2 config"))
+    # Transformers' Dinov2Config defaults to the plain MLP when the option is absent.
+    dino = DinoConfig(**{"use_swiglu_ffn": False, **_pick(dino_raw, DinoConfig, path, "conditioner DINOv2 config")})
     view_count = int(kwargs.get("view_num", 4)) if kind == "DinoImageEncoderMV" else 0
     conditioner = ConditionerConfig(dino=dino, image_size=int(kwargs.get("image_size", 224)),
                                     use_cls_token=bool(kwargs.get("use_cls_token", True)), view_count=view_count)
@@ -221,8 +226,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> ModelConfig:
     return ModelConfig(dit=dit, conditioner=conditioner, scheduler=scheduler, image_processor=processor, vae=dict(vae))
 
 
-def read_config(folder: Path) -> ModelConfig:
-    """Read ``folder/config.yaml``; a missing or unreadable file is a WeightsError naming it."""
+def read_config(folder: Path, parse: Callable[[dict[str, Any], Path], ModelConfig] = parse_config) -> ModelConfig:
+    """Read ``folder/config.yaml`` with ``parse``; a missing or unreadable file is a WeightsError naming it."""
     import yaml
 
     path = folder / CONFIG_FILE
@@ -234,4 +239,4 @@ def read_config(folder: Path) -> ModelConfig:
         raise WeightsError(path, f"is not valid YAML ({exc})", hint="download the model folder again") from None
     if not isinstance(raw, dict):
         raise WeightsError(path, "is not a YAML mapping", hint="download the model folder again")
-    return parse_config(raw, path)
+    return parse(raw, path)

@@ -68,7 +68,7 @@ def _decoder(default: str) -> Param:
 
 
 class Hunyuan3D2Pipeline(Pipeline):
-    """Shared by every Hunyuan3D-2 shape model; subclasses only name themselves and their defaults."""
+    """Shared by every Hunyuan3D-2 shape model (and Hunyuan3D-2.1, which overrides its folder, config reading and parts)."""
 
     stages = ("text_to_image", "background", "condition", "sampling", "decoding", "mesh")
     inputs = ("image", "text")
@@ -80,11 +80,20 @@ class Hunyuan3D2Pipeline(Pipeline):
         return HUNYUAN3D_2_MODELS[self.name][0]
 
     @property
-    def turbo_vae_folder(self) -> WeightFolder:
+    def turbo_vae_folder(self) -> WeightFolder | None:
+        """The VAE that FlashVDM decoding swaps in; None when the model decodes with its own."""
         return HUNYUAN3D_2_MODELS[self.name][1]
 
     def _folders(self, decoder: str, text: bool = False) -> list[WeightFolder]:
-        return [self.dit_folder] + ([self.turbo_vae_folder] if decoder == "flashvdm" else []) + ([HUNYUAN_DIT] if text else [])
+        turbo_vae = [self.turbo_vae_folder] if decoder == "flashvdm" and self.turbo_vae_folder else []
+        return [self.dit_folder] + turbo_vae + ([HUNYUAN_DIT] if text else [])
+
+    def read_config(self, dit_root: Path) -> ModelConfig:
+        return read_config(dit_root)
+
+    def register_parts(self, memory: Any, dit_root: Path, turbo_vae_root: Path | None, config: ModelConfig) -> dict[str, str]:
+        """Declare the conditioner, DiT and VAE with the memory manager; returns their names."""
+        return register_parts(memory, dit_root, turbo_vae_root, config)
 
     def _default_decoder(self) -> str:
         return next(p.default for p in self.params if p.name == "volume_decoder")
@@ -104,8 +113,8 @@ class Hunyuan3D2Pipeline(Pipeline):
         names: list[str] = []
         if self.dit_folder in roots:
             dit_root = roots[self.dit_folder]
-            turbo_vae_root = roots.get(self.turbo_vae_folder) if decoder == "flashvdm" else None
-            names += register_parts(memory, dit_root, turbo_vae_root, read_config(dit_root)).values()
+            turbo_vae_root = roots.get(self.turbo_vae_folder) if decoder == "flashvdm" and self.turbo_vae_folder else None
+            names += self.register_parts(memory, dit_root, turbo_vae_root, self.read_config(dit_root)).values()
         if HUNYUAN_DIT in roots:
             names += register_components(memory, roots[HUNYUAN_DIT], "hunyuandit", PARTS).values()
         return names
@@ -135,13 +144,13 @@ class Hunyuan3D2Pipeline(Pipeline):
         # 1. Weights and configuration, checked before anything loads.
         from_text = request.text is not None
         roots = require_folders(self._folders(params["volume_decoder"], text=from_text), self.weights_dir)
-        config = read_config(roots[0])
+        config = self.read_config(roots[0])
         if config.conditioner.multiview != self.multiview:
             raise BackendError(ErrorCode.WEIGHTS_CORRUPT, f"{roots[0]} is not a {'multiview' if self.multiview else 'single-picture'} model",
                                hint=f"download it again: {self.dit_folder.repo_id}, folder {self.dit_folder.folder}")
         self.register_components(memory, request)  # the whole job, so `--memory auto` plans on all of it
-        turbo_vae_root = roots[1] if params["volume_decoder"] == "flashvdm" else None
-        names = register_parts(memory, roots[0], turbo_vae_root, config)
+        turbo_vae_root = roots[1] if params["volume_decoder"] == "flashvdm" and self.turbo_vae_folder else None
+        names = self.register_parts(memory, roots[0], turbo_vae_root, config)
         info: dict[str, Any] = {"weights": [str(root) for root in roots]}
         images: dict[str, bytes] = {}
 

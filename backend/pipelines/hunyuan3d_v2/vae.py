@@ -32,6 +32,10 @@ LN_POST_EPS = 1e-5
 _FIELD_TYPES = {"int": int, "float": float, "bool": bool}
 
 
+# Sizes of the point-cloud encoder, which Hunyuan3D-2.1's config lists beside the decoder's.
+_ENCODER_SETTINGS = frozenset({"num_encoder_layers", "point_feats", "pc_size", "pc_sharpedge_size"})
+
+
 @dataclass(frozen=True)
 class ShapeVAEConfig:
     """The ``vae.params`` of a model folder's config.yaml (defaults as in the official class).
@@ -79,7 +83,7 @@ class ShapeVAEConfig:
         fields = {field.name: field for field in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in params.items():
-            if key in ("drop_path_rate",):  # training only
+            if key in ("drop_path_rate",) or key in _ENCODER_SETTINGS:  # training, or the encoder image-to-shape never runs
                 continue
             if key == "label_type":
                 if value != "binary":

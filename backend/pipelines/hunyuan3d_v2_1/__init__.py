@@ -1,7 +1,8 @@
-"""Hunyuan3D-2.1 shape generation: its DiT (long skips, mixture-of-experts feed-forwards) and checkpoint loading.
+"""Hunyuan3D-2.1 shape generation: its DiT (long skips, mixture-of-experts feed-forwards), checkpoint loading and pipeline.
 
-The image conditioner, scheduler, ShapeVAE and volume decoding are Hunyuan3D-2's, shared with
-that family; docs/hunyuan3d_v2_1.md says what differs and what is done.
+The image conditioner, scheduler, ShapeVAE, volume decoding and the pipeline's steps are
+Hunyuan3D-2's, shared with that family (``pipeline.py`` subclasses its pipeline);
+docs/hunyuan3d_v2_1.md says what differs and what is done.
 """
 
 from .config import DiT21Config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 # Options of the released config.yaml whose only supported value is the one the release uses;
 # anything else would need layers this model does not have.
@@ -48,6 +48,8 @@ class DiT21Config:
     num_moe_layers: int = 6
     num_experts: int = 8
     moe_top_k: int = 2
+    # No guidance-distilled 2.1 model was released: guidance is always a second, unconditional pass.
+    guidance_embed: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:

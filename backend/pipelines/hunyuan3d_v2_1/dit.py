@@ -156,8 +156,13 @@ class HunyuanDiT21(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(config, index) for index in range(config.depth)])
         self.final_layer = FinalLayer(config.hidden_size, config.in_channels)
 
-    def forward(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``latents`` [B, L, in_channels], ``t`` [B] in [0, 1] (0 = noise), ``context`` [B, S, context_dim] -> velocity [B, L, in_channels]."""
+    def forward(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """``latents`` [B, L, in_channels], ``t`` [B] in [0, 1] (0 = noise), ``context`` [B, S, context_dim] -> velocity [B, L, in_channels].
+
+        ``guidance`` is the shared sampler's input of guidance-distilled models; this model has none.
+        """
+        if guidance is not None:
+            raise ValueError("Hunyuan3D-2.1's DiT takes no guidance input; guidance is a second, unconditional pass")
         self._check_inputs(latents, t, context)
         x = torch.cat([self.t_embedder(t), self.x_embedder(latents)], dim=1)
         middle = self.config.depth // 2
