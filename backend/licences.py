@@ -17,7 +17,15 @@ from pathlib import Path
 from .errors import BackendError
 from .paths import data_home
 from .protocol import ErrorCode
-from .weights import DOWNLOADS, HUNYUAN3D_1_REPO, HUNYUAN3D_2_REPO, HUNYUAN3D_2MINI_REPO, HUNYUAN3D_2MV_REPO, HUNYUAN_DIT_REPO
+from .weights import (
+    DOWNLOADS,
+    HUNYUAN3D_1_REPO,
+    HUNYUAN3D_2_1_REPO,
+    HUNYUAN3D_2_REPO,
+    HUNYUAN3D_2MINI_REPO,
+    HUNYUAN3D_2MV_REPO,
+    HUNYUAN_DIT_REPO,
+)
 
 EXCLUDED_TERRITORIES = "the European Union, the United Kingdom and South Korea"
 ACCEPTED_FILE = "accepted-licences.json"
@@ -42,6 +50,7 @@ KNOWN: dict[str, Licence] = {
     # The three Hunyuan3D-2 shape repositories share one licence; each model page links its text.
     **{repo: Licence("Tencent Hunyuan 3D 2.0 Community License", f"https://huggingface.co/{repo}")
        for repo in (HUNYUAN3D_2_REPO, HUNYUAN3D_2MINI_REPO, HUNYUAN3D_2MV_REPO)},
+    HUNYUAN3D_2_1_REPO: Licence("Tencent Hunyuan 3D 2.1 Community License", f"https://huggingface.co/{HUNYUAN3D_2_1_REPO}"),
 }
 
 
