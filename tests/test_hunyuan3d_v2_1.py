@@ -206,6 +206,62 @@ def test_stream_units_run_in_their_listed_order_and_hold_the_weights(tiny_dit, g
     assert RELEASED_DIT_PARAMETERS - streamed < 0.012 * RELEASED_DIT_PARAMETERS  # the rest: embedders, norms, gates
 
 
+class RecordingSide:
+    """The stream's copy engine, copying at once and recording the storage of every tensor it copied."""
+
+    def __init__(self):
+        self.copied: list[int] = []
+
+    def copy(self, start):
+        copies = start()
+        self.copied += [copy.data_ptr() for copy in copies]
+        return copies, None
+
+    def use(self, copies, ready):
+        pass
+
+    def drain(self):
+        pass
+
+
+def test_stream_mode_copies_only_the_experts_a_token_was_routed_to(fixture_record, golden):
+    from backend.memory.component import Component
+    from backend.memory.streaming import BlockStreamer
+    from backend.memory.transfer import Transfers
+
+    dit = load_dit(CHECKPOINT, DiT21Config.from_params(fixture_record["params"]))
+    moe_blocks = [(index, block) for index, block in enumerate(dit.blocks) if hasattr(block, "moe")]
+    shunned = {}
+    with torch.no_grad():
+        for layer, (index, block) in enumerate(moe_blocks):
+            # The gate sees LayerNorm(x) = gamma * xhat + beta with sum(xhat) = 0, so the row c / gamma
+            # scores every token c * sum(beta / gamma): a constant, made far below the other scores.
+            expert = layer % len(block.moe.experts)
+            constant = (block.norm3.bias / block.norm3.weight).sum()
+            block.moe.gate.weight[expert] = -100 * constant.sign() / block.norm3.weight
+            shunned[(f"blocks.{index}.moe", expert)] = block.moe.experts[expert]
+    inputs = (golden["forward.latents"], golden["forward.t"], golden["forward.context"])
+    with torch.inference_mode(), ExpertTraffic(dit) as traffic:
+        resident = dit(*inputs)
+    component = Component("dit", lambda: dit, "float32", (), HunyuanDiT21.stream_units, None, "float32")
+    component.attach(dit, torch.float32)
+    side, transfers = RecordingSide(), Transfers()
+    try:
+        with torch.inference_mode(), BlockStreamer(component, torch.device("cpu"), torch.float32, transfers, side=side):
+            streamed = [dit(*inputs) for _ in range(2)]  # twice, as a denoising loop calls it
+    finally:
+        component.unload()
+    for output in streamed:
+        assert (output - resident).abs().max().item() == 0.0
+    experts = {(f"blocks.{i}.moe", e): expert for i, block in enumerate(dit.blocks) if hasattr(block, "moe")
+               for e, expert in enumerate(block.moe.experts)}
+    copied = {key for key, expert in experts.items() if expert.net[0].proj.weight.data_ptr() in side.copied}
+    assert copied == set(traffic.calls), "an expert was copied that no token chose, or a chosen one was not"
+    assert copied == set(experts) - set(shunned), "the gate routes to every expert but the shunned one of each layer"
+    assert transfers.on_demand_bytes == 2 * traffic.used_bytes
+    assert transfers.on_demand_dense_bytes == 2 * traffic.dense_bytes
+
+
 # -- loading the .ckpt ---------------------------------------------------------------------------
 
 

@@ -590,6 +590,60 @@ def test_stream_makes_each_block_current_just_before_it_runs():
     assert where == ["meta/torch.float32"] * 4
 
 
+class RoutedModel(nn.Module):
+    """first -> one of three on-demand experts, picked by the caller -> last."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.last = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.experts = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        for expert in self.experts:
+            expert.stream_on_demand = True
+        self.half()
+
+    def units(self) -> list[nn.Module]:
+        return [self.first, *self.experts, self.last]
+
+    def forward(self, x, expert: int, announce: bool):
+        from backend.memory.streaming import will_call
+
+        x = self.first(x)
+        if announce:
+            will_call([self.experts[expert]])
+        return self.last(self.experts[expert](x))
+
+
+def test_stream_copies_an_on_demand_unit_only_when_it_is_called_or_announced():
+    from backend.memory.component import Component
+    from backend.memory.streaming import BlockStreamer
+    from backend.memory.transfer import Transfers
+
+    component = Component("m", RoutedModel, "float16", (), RoutedModel.units, None, "float16")
+    component.attach(RoutedModel(), torch.float32)
+    model = component.module
+    pending_when_called: list[list[int]] = []
+    model.experts[2].register_forward_pre_hook(lambda _m, _a: pending_when_called.append(sorted(streamer._pending)))
+    transfers = Transfers()
+    log: list = []
+    streamer = BlockStreamer(component, torch.device("meta"), torch.float32, transfers, side=ImmediateSide(log))
+    with streamer:
+        assert list(streamer._pending) == [0]
+        model(torch.zeros(1, 4, device="meta"), expert=2, announce=True)
+        # Announced by the gate: expert 2 (unit 3) was on its way before it ran, next to the last unit
+        # (prefetched when the first ran, skipping the on-demand experts).
+        assert pending_when_called == [[3, 4]]
+        model(torch.zeros(1, 4, device="meta"), expert=2, announce=False)
+        assert pending_when_called[1] == [4], "not announced: copied only when called"
+        assert list(streamer._pending) == [0], "after the last unit, the first is prefetched for the next call"
+    assert not hasattr(model.experts[2], "stream_announce"), "the announcement hook leaves with the streamer"
+    unit_bytes = 4 * 4 * 2 + 4 * 2
+    assert transfers.on_demand_bytes == 2 * unit_bytes, "experts 0 and 1 were never copied"
+    assert transfers.on_demand_dense_bytes == 2 * 3 * unit_bytes
+    assert transfers.h2d_bytes == unit_bytes * (1 + 2 * (1 + 1 + 1)), "first at entry; per call: last, expert 2, first again"
+    assert len([entry for entry in log if entry[0] == "copied"]) == 7
+
+
 def test_pinning_gathers_host_copies_into_one_exact_buffer_and_falls_back_when_refused(monkeypatch, checkpoint):
     from backend.memory import transfer
 

@@ -294,6 +294,8 @@ class MemoryManager:
                 self._publish()
         stats.peak_device_bytes = self._device_peak()
         stats.h2d_bytes = transfers.h2d_bytes
+        stats.on_demand_h2d_bytes = transfers.on_demand_bytes
+        stats.on_demand_dense_h2d_bytes = transfers.on_demand_dense_bytes
         stats.h2d_seconds = transfers.seconds()
         self._stats.append(stats)
         self._publish()

@@ -20,6 +20,8 @@ class StageStats:
     peak_host_rss_bytes: int = 0
     h2d_bytes: int = 0
     h2d_seconds: float = 0.0
+    on_demand_h2d_bytes: int = 0  # stream mode: bytes of routed experts really moved
+    on_demand_dense_h2d_bytes: int = 0  # ... and what moving every expert at every pass would have
     components: list[str] = field(default_factory=list)
     downgraded_from: str | None = None
 
@@ -42,6 +44,9 @@ class StageStats:
         if self.h2d_bytes:
             rate = f" at {self.h2d_gbps:.1f} GB/s" if self.h2d_gbps else ""
             parts.append(f"moved {self.h2d_bytes / GB:.2f} GB to the device{rate}")
+        if self.on_demand_dense_h2d_bytes:
+            parts.append(f"of which experts {self.on_demand_h2d_bytes / GB:.2f} GB of "
+                         f"{self.on_demand_dense_h2d_bytes / GB:.2f} GB (only the routed ones)")
         return ", ".join(parts)
 
 

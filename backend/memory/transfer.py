@@ -23,9 +23,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Transfers:
-    """Bytes moved during one stage; CUDA copies are timed with events on the stream that ran them."""
+    """Bytes moved during one stage; CUDA copies are timed with events on the stream that ran them.
+
+    ``on_demand_bytes``: the part of ``h2d_bytes`` that moved ``stream`` mode's on-demand units
+    (routed experts); ``on_demand_dense_bytes``: what moving every on-demand unit at each pass would have.
+    """
 
     h2d_bytes: int = 0
+    on_demand_bytes: int = 0
+    on_demand_dense_bytes: int = 0
     _events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = field(default_factory=list)
 
     def timed(self, device: torch.device) -> _CopyTimer:

@@ -4,8 +4,9 @@ Each token goes through the ``top_k`` experts its gate scores highest (weighted 
 softmax scores, not renormalised) plus one shared expert. Only the experts some token was
 routed to run, each once on all of its tokens gathered together; an expert no token chose is
 never called, so its weights are never read. Every expert is its own module, a unit the memory
-manager can move alone (its block streamer still prefetches the next unit of its list, chosen or
-not: see docs/hunyuan3d_v2_1.md).
+manager can move alone: in ``stream`` mode the routed experts are on-demand units, and once the
+gate has run the layer announces the experts it will call, so an expert no token chose is never
+copied to the device (see docs/memory.md).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ...memory.streaming import will_call
 
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
@@ -70,6 +73,8 @@ class MoEFeedForward(nn.Module):
     def __init__(self, dim: int, inner_dim: int, num_experts: int, top_k: int):
         super().__init__()
         self.experts = nn.ModuleList([FeedForward(dim, inner_dim) for _ in range(num_experts)])
+        for expert in self.experts:
+            expert.stream_on_demand = True  # stream mode copies it only when a token was routed to it
         self.gate = MoEGate(dim, num_experts, top_k)
         self.shared_experts = FeedForward(dim, inner_dim)
 
@@ -86,6 +91,7 @@ class MoEFeedForward(nn.Module):
         flat_weights = weights.reshape(-1, 1)
         by_expert = flat_experts.argsort(stable=True)
         counts = torch.bincount(flat_experts, minlength=len(self.experts)).tolist()  # one host sync per layer
+        will_call(expert for expert, count in zip(self.experts, counts) if count)
         out = torch.zeros_like(tokens)
         start = 0
         for expert, count in zip(self.experts, counts):
