@@ -41,6 +41,9 @@ class HY3D_PT_main(bpy.types.Panel):
         if "image" in accepted and "text" in accepted:
             layout.row().prop(inputs, "source", expand=True)
         layout.prop(inputs, "image_path" if inputs.source == "IMAGE" else "prompt")
+        if inputs.source == "IMAGE":
+            for view in inputs.views:
+                layout.prop(view, "path", text=view.name.title())
         draw_weights(layout, context, info, text_prompt="text" in accepted and inputs.source == "TEXT")
         draw_download(layout, context)
         draw_params(layout, inputs, advanced=False)

@@ -62,6 +62,26 @@ class HY3D_ParamValue(bpy.types.PropertyGroup):
             setattr(self, self.value_field, value)
 
 
+class HY3D_ViewPath(bpy.types.PropertyGroup):
+    """One more picture a multiview model takes, under its input name (``name``: left, back, right)."""
+
+    path: StringProperty(subtype="FILE_PATH", description="PNG or JPEG of the object seen from this side (optional)")
+
+
+def extra_views(info: dict[str, Any]) -> list[str]:
+    """The named pictures a model takes besides the main image and the prompt."""
+    accepted = info.get("inputs", [])
+    return [name for name in accepted if name not in ("image", "text")] if "image" in accepted else []
+
+
+def _file_problem(path: str, what: str) -> str:
+    if not os.path.isfile(path):
+        return f"{what} not found: {path}"
+    if not os.access(path, os.R_OK):
+        return f"Can't read the {what.lower()} {path}"
+    return ""
+
+
 def _on_pipeline_change(self, context):
     sync_params(self)
 
@@ -73,6 +93,7 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
     image_path: StringProperty(name="Image", subtype="FILE_PATH", description="PNG or JPEG of the object")
     prompt: StringProperty(name="Prompt", description="What to make, e.g. a wooden chair")
     params: CollectionProperty(type=HY3D_ParamValue)
+    views: CollectionProperty(type=HY3D_ViewPath)
     show_advanced: BoolProperty(name="Advanced")
     variations: IntProperty(name="Variations", default=3, min=1, max=16,
                             description="How many new seeds Variations tries, one queued job each")
@@ -89,27 +110,30 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
             return "" if self.prompt.strip() else "Type a prompt first"
         if not self.image_path:
             return "Choose an image first"
-        path = bpy.path.abspath(self.image_path)
-        if not os.path.isfile(path):
-            return f"Image not found: {path}"
-        if not os.access(path, os.R_OK):
-            return f"Can't read the image {path}"
-        return ""
+        problems = (_file_problem(bpy.path.abspath(self.image_path), "Image"),
+                    *(_file_problem(bpy.path.abspath(v.path), f"{v.name.title()} view") for v in self.views if v.path))
+        return next((p for p in problems if p), "")
 
     def request(self) -> GenerationRequest:
         params = {p.name: p.value for p in self.params}
         if self.source == "IMAGE":
-            return GenerationRequest(self.pipeline, params, image_path=bpy.path.abspath(self.image_path))
+            return GenerationRequest(self.pipeline, params, image_path=bpy.path.abspath(self.image_path),
+                                     views={v.name: bpy.path.abspath(v.path) for v in self.views if v.path})
         return GenerationRequest(self.pipeline, params, text=self.prompt)
 
 
 def sync_params(inputs: HY3D_GenerationInputs) -> None:
-    """Rebuild the parameter fields for the chosen pipeline, keeping values of parameters it shares with the last one."""
+    """Rebuild the parameter and extra view fields for the chosen pipeline, keeping what it shares with the last one."""
     info = inputs.pipeline_info()
     kept = {p.name: (p.kind, p.value) for p in inputs.params}
+    kept_views = {v.name: v.path for v in inputs.views}
     inputs.params.clear()
+    inputs.views.clear()
     if info is None:
         return
+    for name in extra_views(info):
+        view = inputs.views.add()
+        view.name, view.path = name, kept_views.get(name, "")
     for spec in info.get("params", []):
         item = inputs.params.add()
         item.name, item.kind, item.advanced = spec["name"], spec["type"], bool(spec.get("advanced"))
@@ -126,13 +150,13 @@ def sync_params(inputs: HY3D_GenerationInputs) -> None:
 def snapshot(inputs: HY3D_GenerationInputs) -> dict[str, Any]:
     """The inputs as plain data, to outlive the window manager they are stored on."""
     return {"pipeline": inputs.pipeline, "source": inputs.source, "image_path": inputs.image_path, "prompt": inputs.prompt,
-            "params": {p.name: (p.kind, p.value) for p in inputs.params}}
+            "params": {p.name: (p.kind, p.value) for p in inputs.params}, "views": {v.name: v.path for v in inputs.views}}
 
 
 def load_request(inputs: HY3D_GenerationInputs, request: GenerationRequest) -> None:
     """Put a request's model, input and parameter values in the fields (Load Settings)."""
     restore(inputs, {"pipeline": request.pipeline, "source": "IMAGE" if request.image_path else "TEXT",
-                     "image_path": request.image_path or "", "prompt": request.text or "",
+                     "image_path": request.image_path or "", "prompt": request.text or "", "views": request.views,
                      "params": {name: (type(value).__name__, value) for name, value in request.params.items()}})
 
 
@@ -142,13 +166,15 @@ def restore(inputs: HY3D_GenerationInputs, kept: dict[str, Any]) -> None:
     if any(item[0] == kept["pipeline"] for item in _pipeline_items(inputs, None)):
         inputs.pipeline = kept["pipeline"]  # its update rebuilds the fields
     sync_params(inputs)
+    for view in inputs.views:
+        view.path = kept["views"].get(view.name, "")
     for param in inputs.params:
         old = kept["params"].get(param.name)
         if old is not None and old[0] == param.kind:
             param.set(old[1])
 
 
-classes = (HY3D_ParamValue, HY3D_GenerationInputs)
+classes = (HY3D_ParamValue, HY3D_ViewPath, HY3D_GenerationInputs)
 
 
 def register() -> None:

@@ -2,7 +2,8 @@
 
 The object's ``hunyuan3d`` property holds the model, the seed the backend used, the prompt
 or the input picture's path (the path, not the picture: a .blend stays small and the
-picture is read again when the object is regenerated), every parameter (as JSON, so their
+picture is read again when the object is regenerated), a multiview model's other pictures'
+paths by view name (as JSON), every parameter (as JSON, so their
 types survive) and the backend's version.
 """
 
@@ -36,6 +37,8 @@ def to_properties(request: GenerationRequest, seed: int | None, backend_version:
         stored["seed"] = seed
     if request.image_path:
         stored["image_path"] = request.image_path
+    if request.views:
+        stored["views"] = json.dumps(request.views, sort_keys=True)
     if request.text is not None:
         stored["prompt"] = request.text
     return stored
@@ -46,14 +49,18 @@ def from_properties(stored: Mapping[str, Any]) -> GenerationRequest:
     try:
         params = json.loads(stored["params"])
         model = str(stored["model"])
+        views = json.loads(stored.get("views", "{}"))
     except (KeyError, TypeError, ValueError) as exc:
         raise RecipeError(f"This object's Hunyuan3D settings are damaged ({exc})",
                           "generate it again from the panel's inputs") from None
     if not isinstance(params, dict):
         raise RecipeError("This object's Hunyuan3D parameters are not a JSON object", "generate it again from the panel's inputs")
+    if not isinstance(views, dict) or not all(isinstance(path, str) for path in views.values()):
+        raise RecipeError("This object's Hunyuan3D views are not a JSON object of picture paths",
+                          "generate it again from the panel's inputs")
     image_path = stored.get("image_path") or None
     text = None if image_path else str(stored.get("prompt", ""))
-    return GenerationRequest(model, params, text=text, image_path=image_path)
+    return GenerationRequest(model, params, text=text, image_path=image_path, views=views if image_path else {})
 
 
 def with_new_seeds(request: GenerationRequest, count: int, rng: random.Random | None = None) -> list[GenerationRequest]:

@@ -13,7 +13,7 @@ import itertools
 import os
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -44,6 +44,7 @@ class GenerationRequest:
     params: dict[str, Any]
     text: str | None = None
     image_path: str | None = None
+    views: dict[str, str] = field(default_factory=dict)  # more pictures by input name (multiview models' left, back, right)
 
     def label(self) -> str:
         source = os.path.basename(self.image_path) if self.image_path else f'"{(self.text or "")[:40]}"'
@@ -134,13 +135,14 @@ class Session:
         if self.job is not None:
             raise SessionError("A job is already running", "wait for it or cancel it")
         buffers = []
-        if request.image_path:
+        pictures = {"image": request.image_path, **request.views} if request.image_path else {}
+        for name, path in pictures.items():
             try:
-                with open(request.image_path, "rb") as f:
-                    buffers.append(protocol.Buffer.from_bytes("image", f.read()))
+                with open(path, "rb") as f:
+                    buffers.append(protocol.Buffer.from_bytes(name, f.read()))
             except OSError as exc:
-                raise SessionError(f"Can't read the image {request.image_path}: {exc.strerror or exc}",
-                                   "choose a PNG or JPEG file") from None
+                raise SessionError(f"Can't read the {'image' if name == 'image' else f'{name} view'} {path}: "
+                                   f"{exc.strerror or exc}", "choose a PNG or JPEG file") from None
         ref = next(self._refs)
         header: dict[str, Any] = {"op": "submit", "ref": ref, "pipeline": request.pipeline, "params": request.params}
         if request.text is not None:

@@ -494,6 +494,50 @@ def scenario_settings_travel(config: dict) -> dict:
     return facts
 
 
+def scenario_extra_views(config: dict) -> dict:
+    """A model with named side views: one field each, checked like the image, sent by name, kept for Regenerate."""
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    recipe = addon_module("recipe")
+    panels = addon_module("panels")
+    inputs = bpy.context.window_manager.hy3d
+    paths = {name: os.path.join(config["workdir"], f"{name}.png") for name in ("front", "left", "back")}
+    for width, path in enumerate(paths.values(), start=4):  # each picture its own size, to tell them apart
+        write_png(path, width, width)
+    set_inputs("IMAGE", paths["front"], pipeline="test-views", seed=3)
+
+    def main_panel() -> list[str]:
+        return drawn(lambda layout: panels.HY3D_PT_main.draw(types.SimpleNamespace(layout=layout), bpy.context))
+
+    facts = {"fields": [v.name for v in inputs.views], "panel_empty": main_panel()}
+    inputs.views["right"].path = os.path.join(config["workdir"], "no-such-right.png")
+    try:
+        pressed = sorted(bpy.ops.hy3d.generate())
+    except RuntimeError as exc:
+        pressed = str(exc)
+    facts["missing"] = {"poll": bpy.ops.hy3d.generate.poll(), "pressed": pressed, "problem": inputs.problem()}
+    inputs.views["right"].path = ""
+    inputs.views["left"].path, inputs.views["back"].path = paths["left"], paths["back"]
+    facts["panel_chosen"] = main_panel()
+    generate_and_wait()
+    facts["sizes"] = app.session.history[0].result["info"]["sizes"]
+    original = bpy.context.view_layer.objects.active
+    facts["stored"] = original[recipe.PROPERTY].to_dict()
+
+    set_inputs("TEXT", pipeline="test-shape", steps=1)  # the panel no longer has the views
+    facts["fields_other_model"] = [v.name for v in inputs.views]
+    assert bpy.ops.hy3d.regenerate() == {"FINISHED"}
+    pump_until(lambda: app.session.job is None and not app.session.arrived)
+    facts["regenerated_sizes"] = app.session.history[0].result["info"]["sizes"]
+    assert bpy.ops.hy3d.load_settings() == {"FINISHED"}
+    facts["loaded"] = {"pipeline": inputs.pipeline, "image_path": inputs.image_path,
+                       "views": {v.name: v.path for v in inputs.views}}
+    facts["paths"] = paths
+    return facts
+
+
 def scenario_launch_errors(config: dict) -> dict:
     install(config)
     app = addon_module("app")
@@ -671,7 +715,7 @@ class RecordingLayout:
         self.shown.append(text)
 
     def prop(self, data, name: str, text: str = "", **_options) -> None:
-        self.shown.append(f"[{name}={getattr(data, name)}]")
+        self.shown.append(f"[{text or name}={getattr(data, name)}]")
 
     def progress(self, factor: float = 0.0, type: str = "BAR", text: str = "") -> None:
         self.shown.append(f"[progress] {text}")

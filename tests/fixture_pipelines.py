@@ -148,3 +148,20 @@ class TestBuggyPipeline(Pipeline):
 
     def validate(self, request: JobRequest) -> JobRequest:
         return {}["missing"]
+
+
+@pipelines.register
+class TestViewsPipeline(Pipeline):
+    """Takes a front picture and optional named side views, as the multiview models do; reports which it received."""
+
+    name = "test-views"
+    description = "A front image plus optional left, back and right views; the result's info gives each picture's size"
+    stages = ("shape",)
+    inputs = ("image", "left", "back", "right")
+    requires_one_of = ("image",)
+    params = (SEED,)
+
+    def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
+        sizes = {name: list(decode_image(data).size) for name, data in request.images.items()}
+        ctx.progress("shape", 1, 1)
+        return PipelineOutput(Mesh(*icosphere(1, 0.5)), info={"sizes": sizes})

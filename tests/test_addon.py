@@ -236,6 +236,26 @@ def test_objects_keep_their_settings_for_regenerate_variations_and_load_settings
     assert loaded["params"]["subdivisions"] == 2 and loaded["params"]["steps"] == 20
 
 
+def test_extra_views_have_fields_are_checked_sent_by_name_and_kept_for_regenerate(addon_zip, tmp_path):
+    facts = run_scenario("extra_views", addon_zip, tmp_path)
+    paths = facts["paths"]
+    assert facts["fields"] == ["left", "back", "right"]
+    assert {"[Left=]", "[Back=]", "[Right=]"} <= set(facts["panel_empty"])
+    missing = facts["missing"]
+    reason = f"Right view not found: {tmp_path / 'no-such-right.png'}"
+    assert not missing["poll"] and missing["problem"] == reason and reason in missing["pressed"]
+    assert f"[Left={paths['left']}]" in facts["panel_chosen"] and "[Right=]" in facts["panel_chosen"]
+    # The backend got the front as "image" and each chosen view under its own name (told apart by their sizes).
+    assert facts["sizes"] == {"image": [4, 4], "left": [5, 5], "back": [6, 6]}
+    stored = facts["stored"]
+    assert stored["image_path"] == paths["front"]
+    assert json.loads(stored["views"]) == {"left": paths["left"], "back": paths["back"]}
+    assert facts["fields_other_model"] == []
+    assert facts["regenerated_sizes"] == facts["sizes"]
+    assert facts["loaded"] == {"pipeline": "test-views", "image_path": paths["front"],
+                               "views": {"left": paths["left"], "back": paths["back"], "right": ""}}
+
+
 def test_launch_problems_are_explained(addon_zip, tmp_path):
     bare = tmp_path / "bare-env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
@@ -432,8 +452,14 @@ def test_recipe_round_trip_new_seeds_and_damaged_properties(addon_package):
     assert len(set(seeds)) == 5 and 1234 not in seeds and all(0 <= s < 2**31 for s in seeds)
     assert all(r.params["steps"] == 30 and r.text == "a wooden chair" for r in varied)
 
+    multiview = session.GenerationRequest("hunyuan3d-2mv", {"seed": 1}, image_path="/p/front.png",
+                                          views={"left": "/p/left.png", "back": "/p/back.png"})
+    assert recipe.from_properties(recipe.to_properties(multiview, 1, "0.1.0")) == multiview
+
     for damaged, why in (({"model": "nano"}, "damaged"), ({"model": "nano", "params": "{not json"}, "damaged"),
-                         ({"model": "nano", "params": "[1, 2]"}, "not a JSON object")):
+                         ({"model": "nano", "params": "[1, 2]"}, "not a JSON object"),
+                         ({"model": "nano", "params": "{}", "views": "{not json"}, "damaged"),
+                         ({"model": "nano", "params": "{}", "views": '{"left": 3}'}, "views are not")):
         with pytest.raises(recipe.RecipeError, match=why) as error:
             recipe.from_properties(damaged)
         assert "generate it again" in error.value.hint
