@@ -160,23 +160,21 @@ def _pick(params: dict[str, Any], cls: type, path: Path, section: str) -> dict[s
     """The fields of ``cls`` found in ``params``, each checked to have the default's type."""
     import dataclasses
 
-    picked: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
-        if field.name not in params:
-            continue
-        value, default = params[field.name], field.default
-        kind = type(default)
-        if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-            # YAML 1.1 reads ``1e-6`` (no dot) as a string.
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise WeightsError(path, f"{section}.{field.name} = {value!r} is not {_KIND_NAMES[kind]}",
-                               hint="check the model folder's config.yaml")
-        picked[field.name] = value
-    return picked
+    return {field.name: checked_value(params[field.name], type(field.default), path, f"{section}.{field.name}")
+            for field in dataclasses.fields(cls) if field.name in params}
+
+
+def checked_value(value: Any, kind: type, path: str | Path, name: str) -> Any:
+    """``value`` as an int, float or bool setting called ``name``, or a WeightsError naming the file."""
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        # YAML 1.1 reads ``1e-6`` (no dot) as a string.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise WeightsError(path, f"{name} = {value!r} is not {_KIND_NAMES[kind]}", hint="check the model folder's config.yaml")
+    return value
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> ModelConfig:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...memory.loading import WeightsError, load_safetensors_module
+from .config import checked_value
 
 COMBINED_PREFIX = "vae."
 # The 2.1 code's "-withencoder" files add these; generation never uses them.
@@ -92,15 +93,7 @@ class ShapeVAEConfig:
                 continue
             if key not in fields:
                 raise WeightsError(source, f"vae has an unknown setting {key!r}", hint="use a Hunyuan3D-2 model folder")
-            kind = _FIELD_TYPES[fields[key].type]
-            if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-                try:
-                    value = float(value)
-                except ValueError:
-                    pass
-            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-                raise WeightsError(source, f"vae {key} = {value!r} is not a {kind.__name__}", hint="check the model folder's config.yaml")
-            values[key] = value
+            values[key] = checked_value(value, _FIELD_TYPES[fields[key].type], source, f"vae {key}")
         if "num_latents" not in values:
             raise WeightsError(source, "vae has no num_latents", hint="check the model folder's config.yaml")
         config = cls(**values)
