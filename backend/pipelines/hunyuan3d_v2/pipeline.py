@@ -148,7 +148,7 @@ class Hunyuan3D2Pipeline(Pipeline):
         if config.conditioner.multiview != self.multiview:
             raise BackendError(ErrorCode.WEIGHTS_CORRUPT, f"{roots[0]} is not a {'multiview' if self.multiview else 'single-picture'} model",
                                hint=f"download it again: {self.dit_folder.repo_id}, folder {self.dit_folder.folder}")
-        self.register_components(memory, request)  # the whole job, so `--memory auto` plans on all of it
+        # Every part is declared before the first stage runs (HunyuanDiT's by draw_prompt), so `--memory auto` plans on the whole job.
         turbo_vae_root = roots[1] if params["volume_decoder"] == "flashvdm" and self.turbo_vae_folder else None
         names = self.register_parts(memory, roots[0], turbo_vae_root, config)
         info: dict[str, Any] = {"weights": [str(root) for root in roots]}
