@@ -113,15 +113,39 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
 
 def stored_size_and_dtype(paths: Sequence[str | os.PathLike[str]], prefix: str = "") -> tuple[int, str | None]:
     """Bytes of the tensors in ``paths`` whose names start with ``prefix``, and the floating dtype most
-    of those bytes are stored in (None when there is no floating tensor)."""
+    of those bytes are stored in (None when there is no floating tensor).
+
+    A safetensors file is read from its header alone; any other file is taken for a ``torch.save``
+    checkpoint, read through its memory map (no tensor data), with the tensors of a dict of state
+    dicts named ``entry.key``.
+    """
     total, floating = 0, {}
     for path in paths:
-        for name, entry in read_safetensors_header(path).tensors.items():
+        for name, (nbytes, dtype) in _stored_tensors(path).items():
             if name.startswith(prefix):
-                total += entry.nbytes
-                if entry.dtype in _FLOATING:
-                    floating[entry.dtype] = floating.get(entry.dtype, 0) + entry.nbytes
+                total += nbytes
+                if dtype in _FLOATING:
+                    floating[dtype] = floating.get(dtype, 0) + nbytes
     return total, max(floating, key=floating.get) if floating else None
+
+
+def _stored_tensors(path: str | os.PathLike[str]) -> dict[str, tuple[int, str]]:
+    """Each tensor's name, bytes and dtype name in a safetensors file or a ``torch.save`` checkpoint."""
+    if str(path).endswith(".safetensors"):
+        return {name: (entry.nbytes, entry.dtype) for name, entry in read_safetensors_header(path).tensors.items()}
+    import torch
+
+    def flatten(state: Any, stem: str) -> Iterator[tuple[str, torch.Tensor]]:
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                yield stem + key, value
+            elif isinstance(value, dict):
+                yield from flatten(value, f"{stem}{key}.")
+
+    checkpoint = read_torch_checkpoint(path)
+    if not isinstance(checkpoint, dict):
+        raise WeightsError(path, "is not a state dict or a dict of state dicts", hint="use the checkpoint as released")
+    return {name: (t.numel() * t.element_size(), str(t.dtype).removeprefix("torch.")) for name, t in flatten(checkpoint, "")}
 
 
 class MappedFile:

@@ -115,8 +115,8 @@ class MemoryManager:
             loader: returns the module on the CPU in its storage dtype (``load_safetensors_module``).
             precision: what the model family computes in on an accelerator (``"float16"`` for
                 Hunyuan3D-1); the policy resolves it per device. Never the file's storage dtype.
-            files: the safetensors files the loader reads; their headers give the size and the
-                storage dtype before loading.
+            files: the files the loader reads (safetensors, or ``torch.save`` checkpoints); they
+                give the size and the storage dtype before loading.
             prefix: only the tensors whose names start with this belong to the component (one
                 file holding several components).
             blocks: returns the module's movable units in execution order, for ``stream`` mode.

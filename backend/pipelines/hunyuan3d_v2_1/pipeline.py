@@ -46,20 +46,6 @@ def parse_config_21(raw: dict[str, Any], path: Path) -> ModelConfig:
     return dataclasses.replace(config, dit=dit)
 
 
-def entry_sizes(path: Path) -> dict[str, int]:
-    """Bytes of each entry (``conditioner``, ``model``, ``vae``) of the checkpoint, read through its memory map (no tensor data is read)."""
-    import torch
-
-    from ...memory.loading import WeightsError, read_torch_checkpoint
-
-    checkpoint = read_torch_checkpoint(path)
-    if not isinstance(checkpoint, dict):
-        raise WeightsError(path, "is not a dict of state dicts",
-                           hint=f"use the {WEIGHTS_FILE} of the {HUNYUAN3D_2_1_DIT.folder} folder of {HUNYUAN3D_2_1_DIT.repo_id}")
-    return {entry: sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
-            for entry, state in checkpoint.items() if isinstance(state, dict)}
-
-
 def load_conditioner(path: Path, config: ModelConfig) -> torch.nn.Module:
     from ...memory import load_torch_module
     from ..hunyuan3d_v2.conditioner import ImageConditioner
@@ -111,18 +97,17 @@ class Hunyuan3D21Pipeline(Hunyuan3D2Pipeline):
         return read_config(dit_root, parse_config_21)
 
     def register_parts(self, memory: Any, dit_root: Path, turbo_vae_root: Path | None, config: ModelConfig) -> dict[str, str]:
-        """The three entries of ``model.fp16.ckpt``, sized from the file (a ``.ckpt`` has no safetensors header to read)."""
+        """The three entries of ``model.fp16.ckpt``; the manager sizes each from the checkpoint's entry of that name."""
         from .dit import load_dit
 
         path = dit_root / WEIGHTS_FILE
-        sizes = entry_sizes(path)
         names = {part: f"{dit_root.name}.{part}" for part in ("conditioner", "dit", "vae")}
         memory.register(names["conditioner"], lambda: load_conditioner(path, config), precision=PRECISION,
-                        size_bytes=sizes.get("conditioner", 0), blocks=lambda module: module.blocks())
+                        files=[path], prefix="conditioner.", blocks=lambda module: module.blocks())
         memory.register(names["dit"], lambda: load_dit(path, config.dit), precision=PRECISION,
-                        size_bytes=sizes.get("model", 0), blocks=lambda module: module.stream_units())
+                        files=[path], prefix="model.", blocks=lambda module: module.stream_units())
         memory.register(names["vae"], lambda: load_vae(path, config), precision=PRECISION,
-                        size_bytes=sizes.get("vae", 0), blocks=lambda module: list(module.blocks))
+                        files=[path], prefix="vae.", blocks=lambda module: list(module.blocks))
         return names
 
 
