@@ -366,8 +366,10 @@ def scenario_import_equivalence(config: dict) -> dict:
     face_by_face = bpy.data.meshes.new("Face by face")
     importer.fill_geometry(face_by_face, dataclasses.replace(arrays, face_starts=strided))
 
+    first_face = ours.polygons[0].as_pointer()
     facts = {"ours": geometry(ours), "blender": geometry(reference), "face_by_face": geometry(face_by_face),
-             "ours_invalid": ours.validate(verbose=True)}
+             "ours_invalid": ours.validate(verbose=True),
+             "faces_at_consecutive_ints": [face.as_pointer() - first_face for face in ours.polygons]}
     values = [0.0] * (4 * arrays.vertex_count)
     ours.color_attributes.active_color.data.foreach_get("color", values)
     facts["colors_match"] = bool(np.allclose(np.reshape(values, (-1, 4)), arrays.colors))
