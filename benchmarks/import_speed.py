@@ -204,7 +204,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=500, help="grid rows; triangles = 2 * rows * cols (default 500)")
     parser.add_argument("--cols", type=int, default=1000, help="grid columns (default 1000)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each import path (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each import path and of each way to set the face starts (default 3)")
     parser.add_argument("--profile-lines", type=int, default=8, help="calls listed from the profiled build_object (default 8)")
     parser.add_argument("--steps", type=int, default=200, help="steps of the streamed job (default 200)")
     parser.add_argument("--step-delay", type=float, default=0.02, help="seconds per job step (default 0.02)")
