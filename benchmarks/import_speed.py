@@ -9,6 +9,11 @@
    add-on's path is timed in its two parts: ``meshdata.from_wire`` on the reader thread
    (frame, colours, edges) and ``importer.build_object`` on Blender's main thread; the
    main-thread part is what Blender users feel, and the Hunyuan3D-2 path runs wholly there.
+   Each object made by the add-on's path is read back: positions, corners, face starts, edges
+   and colours equal the prepared arrays element for element, every face is smooth, and
+   ``validate()`` changes nothing. Then the face starts alone, set face by face
+   (``foreach_set``) and copied at once (``importer.set_face_starts``), and one more
+   ``build_object`` under cProfile, call by call.
 2. The add-on, installed from the zip build.py makes, runs a 200-step job on a real backend
    (the test pipeline) while every ``pump()`` call is timed.
 Blender's user folders point at a temporary directory for the run.
@@ -17,7 +22,9 @@ Blender's user folders point at a temporary directory for the run.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import statistics
 import subprocess
 import sys
@@ -69,11 +76,72 @@ def time_direct(arrays: dict, repeats: int) -> tuple[list[float], list[float]]:
         finished = time.perf_counter()
         reader.append(handed_over - started)
         main_thread.append(finished - handed_over)
-        mesh = obj.data
-        assert len(mesh.polygons) == len(arrays["faces"]) and len(mesh.vertices) == len(arrays["positions"])
-        assert mesh.color_attributes.active_color is not None and not mesh.validate()
+        check_object(obj.data, prepared, len(arrays["faces"]))
         remove_object(obj)
     return reader, main_thread
+
+
+def time_face_starts(arrays: dict, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds to give a new mesh its face starts: ``foreach_set("loop_start")`` against ``importer.set_face_starts``."""
+    import bpy
+    import numpy as np
+
+    meshdata, importer = sys.modules[f"{PACKAGE}.meshdata"], sys.modules[f"{PACKAGE}.importer"]
+    face_starts = meshdata.from_wire(arrays, "y_up").face_starts
+    setters = {"foreach_set": lambda mesh: mesh.polygons.foreach_set("loop_start", face_starts),
+               "set_face_starts": lambda mesh: importer.set_face_starts(mesh, face_starts)}
+    times = {name: [] for name in setters}
+    for _ in range(repeats):
+        for name, setter in setters.items():
+            mesh = bpy.data.meshes.new(name)
+            mesh.loops.add(3 * len(face_starts))
+            mesh.polygons.add(len(face_starts))
+            started = time.perf_counter()
+            setter(mesh)
+            times[name].append(time.perf_counter() - started)
+            written = np.empty_like(face_starts)
+            mesh.polygons.foreach_get("loop_start", written)
+            assert np.array_equal(written, face_starts), name
+            bpy.data.meshes.remove(mesh)
+    return times["foreach_set"], times["set_face_starts"]
+
+
+def profile_build_object(arrays: dict, lines: int) -> list[str]:
+    """One more build_object under cProfile: the calls that took the most time, own time first."""
+    import bpy
+
+    meshdata, importer = sys.modules[f"{PACKAGE}.meshdata"], sys.modules[f"{PACKAGE}.importer"]
+    prepared = meshdata.from_wire(arrays, "y_up")
+    profiler = cProfile.Profile()
+    obj = profiler.runcall(importer.build_object, bpy.context, prepared, "Profiled")
+    remove_object(obj)
+    rows = sorted(pstats.Stats(profiler).stats.items(), key=lambda item: item[1][2], reverse=True)
+    return [f"{own * 1000:8.2f} ms own, {calls:3d} calls  {call_name(*function)}"
+            for function, (_, calls, own, _, _) in rows[:lines]]
+
+
+def call_name(filename: str, line: int, function: str) -> str:
+    """A profiled call as module:line(function), or the built-in's name, without the folder it ran from."""
+    return function if filename == "~" else f"{Path(filename).name}:{line}({function})"
+
+
+def check_object(mesh, prepared, face_count: int) -> None:
+    """The mesh holds the prepared arrays exactly, its faces are smooth, and ``validate()`` changes nothing."""
+    import numpy as np
+
+    def read(collection, name: str, like: np.ndarray) -> np.ndarray:
+        values = np.empty(like.size, dtype=like.dtype)
+        collection.foreach_get(name, values)
+        return values.reshape(like.shape)
+
+    assert len(mesh.polygons) == face_count and len(mesh.vertices) == prepared.vertex_count
+    assert np.array_equal(read(mesh.attributes["position"].data, "vector", prepared.positions), prepared.positions)
+    assert np.array_equal(read(mesh.loops, "vertex_index", prepared.corner_verts), prepared.corner_verts)
+    assert np.array_equal(read(mesh.polygons, "loop_start", prepared.face_starts), prepared.face_starts)
+    assert np.array_equal(read(mesh.edges, "vertices", prepared.edge_verts), prepared.edge_verts)
+    assert np.array_equal(read(mesh.color_attributes.active_color.data, "color", prepared.colors), prepared.colors)
+    assert read(mesh.polygons, "use_smooth", np.empty(face_count, dtype=bool)).all()
+    assert not mesh.validate()
 
 
 def time_glb(arrays: dict, repeats: int, folder: str) -> list[float]:
@@ -136,7 +204,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=500, help="grid rows; triangles = 2 * rows * cols (default 500)")
     parser.add_argument("--cols", type=int, default=1000, help="grid columns (default 1000)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each import path (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each import path and of each way to set the face starts (default 3)")
+    parser.add_argument("--profile-lines", type=int, default=8, help="calls listed from the profiled build_object (default 8)")
     parser.add_argument("--steps", type=int, default=200, help="steps of the streamed job (default 200)")
     parser.add_argument("--step-delay", type=float, default=0.02, help="seconds per job step (default 0.02)")
     args = parser.parse_args()
@@ -161,6 +230,13 @@ def main() -> int:
         print(f"Hunyuan3D-2 path, all on the main thread (write GLB + import_scene.gltf): best {min(glb):.3f} s, "
               f"median {statistics.median(glb):.3f} s")
         print(f"main-thread speed-up: {statistics.median(glb) / statistics.median(main_thread):.1f}x by median  (goal >= 10x)")
+        face_by_face, one_copy = time_face_starts(arrays, args.repeats)
+        per_face = statistics.median(face_by_face) / len(faces) * 1e9
+        print(f"face starts of {len(faces):,} faces: foreach_set(\"loop_start\") median {statistics.median(face_by_face):.4f} s "
+              f"({per_face:.0f} ns a face), set_face_starts median {statistics.median(one_copy):.4f} s")
+        print("build_object once more under cProfile (the calls with the most own time):")
+        for line in profile_build_object(arrays, args.profile_lines):
+            print("  " + line)
         during, import_tick = time_pump(args.steps, args.step_delay, folder)
         print(f"pump() during a {args.steps}-step job: {len(during)} calls, longest {max(during) * 1000:.2f} ms, "
               f"median {statistics.median(during) * 1000:.3f} ms  (goal <= 5 ms); "

@@ -116,6 +116,9 @@ def test_the_importers_edges_are_the_ones_blender_would_compute(addon_zip, tmp_p
     ours, blender = facts["ours"], facts["blender"]
     assert ours["edge_count"] == len(set(map(tuple, ours["edges"]))) == 7 * 10 + 8 * 9 + 7 * 9  # each edge once
     assert ours == blender  # the same vertices, edges, faces, corner-to-edge links and smooth shading
+    assert facts["face_by_face"] == ours  # the face offsets copied at once or set face by face agree
+    # the layout set_face_starts needs for its one copy (so the import above did not fall back)
+    assert facts["faces_at_consecutive_ints"] == [4 * i for i in range(len(ours["faces"]))]
     assert not facts["ours_invalid"] and facts["colors_match"]
 
 
