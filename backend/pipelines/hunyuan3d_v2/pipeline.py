@@ -53,7 +53,7 @@ EXTRA_VIEWS = tuple(name for name in VIEW_NAMES if name != "front")
 
 def _steps(default: int, maximum: int) -> Param:
     return Param("steps", int, default, f"denoising steps ({default} upstream; fewer is faster, rougher)", minimum=1, maximum=maximum,
-                 preview=min(default, PREVIEW_STEPS))
+                 preview=PREVIEW_STEPS if default > PREVIEW_STEPS else None)
 
 
 def _octree(default: int) -> Param:
