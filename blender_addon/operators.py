@@ -116,7 +116,7 @@ class HY3D_OT_free_gpu_memory(AsksTheBackend, bpy.types.Operator):
 
 
 class HY3D_OT_generate(StartsWork, bpy.types.Operator):
-    """Generate a mesh from the image or the prompt; it appears at the 3D cursor"""
+    """Generate a mesh from the image or the prompt; it appears at the 3D cursor (or in the active box with Into Selected)"""
 
     bl_idname = "hy3d.generate"
     bl_label = "Generate"
@@ -221,7 +221,7 @@ class HY3D_OT_preview_variations(StartsWork, bpy.types.Operator):
     def poll(cls, context):
         if app.session is None or app.session.phase is not Phase.READY:
             return False
-        problem = context.window_manager.hy3d.problem()
+        problem = context.window_manager.hy3d.problem(previews=True)
         if problem:
             cls.poll_message_set(problem)
         return not problem

@@ -121,11 +121,12 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
         session = app.session
         return next((p for p in (session.pipelines() if session else []) if p["name"] == self.pipeline), None)
 
-    def problem(self) -> str:
-        """Why Generate can't run with these inputs, in a few words ("" when it can)."""
+    def problem(self, previews: bool = False) -> str:
+        """Why Generate (or, with ``previews``, Preview Variations, which ignores Into Selected) can't run with
+        these inputs, in a few words ("" when it can)."""
         if self.pipeline_info() is None:
             return "Choose a model first"
-        into_problem = viewport_input.target_problem(bpy.context, self.into_selected)
+        into_problem = viewport_input.target_problem(bpy.context, self.into_selected and not previews)
         if into_problem:
             return into_problem
         if self.source == "TEXT":

@@ -43,11 +43,13 @@ def render_camera_view(context: bpy.types.Context, engine: str = "BLENDER_WORKBE
     render, settings = scene.render, scene.render.image_settings
     with _temporarily(render, engine=engine or render.engine, film_transparent=True), \
             _temporarily(settings, file_format="PNG", color_mode="RGBA"):
-        bpy.ops.render.render()
-        result = bpy.data.images.get("Render Result")
-        if result is None:
-            raise ViewportInputError("Blender did not make a render result", "press F12 once to see what the render says")
-        result.save_render(path, scene=scene)
+        try:
+            bpy.ops.render.render()
+            bpy.data.images["Render Result"].save_render(path, scene=scene)
+        except (RuntimeError, KeyError) as exc:
+            other = "Workbench" if engine != "BLENDER_WORKBENCH" else "Scene's Engine"
+            raise ViewportInputError(f"Blender could not render the camera view ({exc})",
+                                     f"press F12 to see what the render says, or choose {other} beside the button") from None
     view = camera.matrix_world.to_3x3().col[2]  # a camera looks along its local -Z
     return path, (-view.x, -view.y, -view.z)
 

@@ -585,6 +585,10 @@ def scenario_viewport_input(config: dict) -> dict:
                                "transparent_after": scene.render.film_transparent}
     generate_and_wait()
     facts["sent_size"] = app.session.history[0].result["info"]["sizes"]["image"]
+    scene.render.engine, scene.cycles.samples, scene.cycles.device = "CYCLES", 1, "CPU"
+    inputs.camera_render = "SCENE"
+    assert bpy.ops.hy3d.use_camera_view() == {"FINISHED"}
+    facts["scene_engine"] = {"size": png_size(inputs.image_path), "engine_after": scene.render.engine}
 
     def box_facts(box, obj) -> dict:
         """The result's vertices in the box's frame (world units along the box's axes) against the box's bounds there."""
@@ -608,7 +612,8 @@ def scenario_viewport_input(config: dict) -> dict:
     facts["camera_facing"] = (-direction[:2] / np.linalg.norm(direction[:2])).tolist()
 
     # With the result active, Into Selected has nothing to fit into: Generate says so.
-    facts["into_result"] = {"poll": bpy.ops.hy3d.generate.poll(), "problem": inputs.problem()}
+    facts["into_result"] = {"poll": bpy.ops.hy3d.generate.poll(), "problem": inputs.problem(),
+                            "previews_poll": bpy.ops.hy3d.preview_variations.poll()}
 
     # Into an empty, from a picture that is not the camera's: the front stays at the empty's -Y.
     picture = os.path.join(config["workdir"], "front.png")

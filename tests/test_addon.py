@@ -521,6 +521,7 @@ def test_camera_view_and_image_editor_input_and_generating_into_a_box(addon_zip,
     assert camera["source"] == "IMAGE" and Path(camera["path"]).is_relative_to(tmp_path)
     assert camera["engine_after"] == camera["engine_before"] and camera["transparent_after"] is False
     assert facts["sent_size"] == [32, 20]  # the job's input picture has the camera's render resolution
+    assert facts["scene_engine"] == {"size": [32, 20], "engine_after": "CYCLES"}
 
     def assert_fits(fit):
         (low, high), (box_low, box_high) = np.array(fit["result"]), np.array(fit["box"])
@@ -535,6 +536,7 @@ def test_camera_view_and_image_editor_input_and_generating_into_a_box(addon_zip,
     assert front[2] == pytest.approx(0.0, abs=1e-6)
     assert front[:2] == pytest.approx(facts["camera_facing"], abs=1e-5)  # the front faces the camera
     assert facts["into_result"]["poll"] is False and "Into Selected is on" in facts["into_result"]["problem"]
+    assert facts["into_result"]["previews_poll"] is True  # previews go in their row, whatever is selected
     assert_fits(facts["into_empty"])
     assert facts["into_empty"]["front"] == pytest.approx([0.0, -1.0, 0.0], abs=1e-6)
 
