@@ -48,7 +48,7 @@ def render_camera_view(context: bpy.types.Context, engine: str = "BLENDER_WORKBE
             bpy.data.images["Render Result"].save_render(path, scene=scene)
         except (RuntimeError, KeyError) as exc:
             other = "Workbench" if engine != "BLENDER_WORKBENCH" else "Scene's Engine"
-            raise ViewportInputError(f"Blender could not render the camera view ({exc})",
+            raise ViewportInputError(f"Blender could not render the camera view: {blender_message(exc)}",
                                      f"press F12 to see what the render says, or choose {other} beside the button") from None
     view = camera.matrix_world.to_3x3().col[2]  # a camera looks along its local -Z
     return path, (-view.x, -view.y, -view.z)
@@ -68,16 +68,19 @@ def editor_image_file(context: bpy.types.Context, image: bpy.types.Image | None)
     if (image.source == "FILE" and image.packed_file is None and not image.is_dirty
             and source.lower().endswith(FILE_TYPES) and os.path.isfile(source)):
         return source
-    if not image.has_data and image.type != "RENDER_RESULT":
-        raise ViewportInputError(f"The image {image.name} has no pixels", "render or load it first")
     path = _new_input_path("image")
     settings = context.scene.render.image_settings
     with _temporarily(settings, file_format="PNG", color_mode="RGBA"):
         try:
             image.save_render(path, scene=context.scene)
         except RuntimeError as exc:
-            raise ViewportInputError(f"Can't save the image {image.name}: {exc}", "render or load it first") from None
+            raise ViewportInputError(f"Can't save the image {image.name}: {blender_message(exc)}", "render or load it first") from None
     return path
+
+
+def blender_message(error: Exception) -> str:
+    """What an operator or image error says, without the "Error:" Blender puts before it."""
+    return str(error).strip().removeprefix("Error:").strip()
 
 
 def shown_in_image_editor(context: bpy.types.Context) -> bpy.types.Image | None:

@@ -636,6 +636,13 @@ def scenario_viewport_input(config: dict) -> dict:
     assert bpy.ops.hy3d.use_editor_image() == {"FINISHED"}
     facts["loaded_path"] = inputs.image_path
     facts["picture"] = picture
+    gone = bpy.data.images.new("Gone", 4, 4)
+    gone.source, gone.filepath = "FILE", os.path.join(config["workdir"], "gone.exr")
+    inputs.editor_image = gone
+    try:
+        facts["gone"] = sorted(bpy.ops.hy3d.use_editor_image())
+    except RuntimeError as exc:
+        facts["gone"] = str(exc)
     inputs.editor_image = None
     try:
         facts["nothing_shown"] = sorted(bpy.ops.hy3d.use_editor_image())

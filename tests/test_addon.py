@@ -543,6 +543,7 @@ def test_camera_view_and_image_editor_input_and_generating_into_a_box(addon_zip,
     assert facts["painted"]["size"] == [20, 12] and Path(facts["painted"]["path"]).is_relative_to(tmp_path)
     assert facts["loaded_path"] == facts["picture"]
     assert "no Image Editor shows one" in facts["nothing_shown"]
+    assert "Can't save the image Gone" in facts["gone"] and "render or load it first" in facts["gone"]
     assert "no active camera" in facts["no_camera"]
 
 
