@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import bpy
 
-from . import importer, properties, recipe
+from . import arrange, importer, properties, recipe
 from .downloads import DownloadTask
 from .environment import EnvironmentTask
 from .session import HistoryEntry, Phase, Session
@@ -105,9 +105,12 @@ def place_result(entry: HistoryEntry) -> Outcome:
     return Outcome("result", result_summary(entry))
 
 
-def build_result(context: bpy.types.Context, entry: HistoryEntry) -> bpy.types.Object:
-    """The result's object at the 3D cursor, carrying how it was made (``recipe``) into the .blend."""
+def build_result(context: bpy.types.Context, entry: HistoryEntry, at_cursor: bool = False) -> bpy.types.Object:
+    """The result's object, placed as its request asks (or at the 3D cursor), carrying how it was made
+    (``recipe``) into the .blend."""
     obj = importer.build_object(context, entry.mesh, OBJECT_NAME)
+    if not at_cursor:
+        arrange.place(context, obj, entry.mesh, entry.request.placement)
     server = (session.welcome or {}).get("server", {}) if session is not None else {}
     obj[recipe.PROPERTY] = recipe.to_properties(entry.request, entry.result.get("seed"), server.get("version", ""))
     entry.object_name = obj.name

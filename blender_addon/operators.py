@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import replace
+
 import bpy
 from bpy.props import BoolProperty, IntProperty, StringProperty
 
-from . import app, properties, recipe
+from . import app, properties, recipe, viewport_input
 from .errors import AddonError
+from .placement import Placement
 from .preferences import connection_settings, download_request, environment_dir, setup_request
 from .session import Phase
 
@@ -112,7 +116,7 @@ class HY3D_OT_free_gpu_memory(AsksTheBackend, bpy.types.Operator):
 
 
 class HY3D_OT_generate(StartsWork, bpy.types.Operator):
-    """Generate a mesh from the image or the prompt; it appears at the 3D cursor"""
+    """Generate a mesh from the image or the prompt; it appears at the 3D cursor (or in the active box with Into Selected)"""
 
     bl_idname = "hy3d.generate"
     bl_label = "Generate"
@@ -131,7 +135,8 @@ class HY3D_OT_generate(StartsWork, bpy.types.Operator):
         return not problem
 
     def start(self, context):
-        app.session.submit(context.window_manager.hy3d.request())
+        inputs = context.window_manager.hy3d
+        app.session.submit(replace(inputs.request(), placement=viewport_input.placement_for(context, inputs)))
 
 
 class HY3D_OT_cancel(CancelsWork, bpy.types.Operator):
@@ -202,6 +207,50 @@ class HY3D_OT_variations(UsesActiveRecipe, bpy.types.Operator):
         app.session.submit_all(recipe.with_new_seeds(request, context.window_manager.hy3d.variations))
 
 
+class HY3D_OT_preview_variations(StartsWork, bpy.types.Operator):
+    """Quick previews of the panel's inputs with N new seeds (the model's preview settings: fewer steps, a coarser grid), side by side in a new collection; one queued job each"""
+
+    bl_idname = "hy3d.preview_variations"
+    bl_label = "Preview Variations"
+
+    @staticmethod
+    def work():
+        return app.session
+
+    @classmethod
+    def poll(cls, context):
+        if app.session is None or app.session.phase is not Phase.READY:
+            return False
+        problem = context.window_manager.hy3d.problem(previews=True)
+        if problem:
+            cls.poll_message_set(problem)
+        return not problem
+
+    def start(self, context):
+        inputs = context.window_manager.hy3d
+        row = viewport_input.placement_for(context, inputs, "row", batch=uuid.uuid4().hex,
+                                           start=tuple(context.scene.cursor.location))
+        seeds = recipe.with_new_seeds(inputs.request(), inputs.variations)
+        app.session.submit_all([replace(recipe.as_preview(request, inputs.pipeline_info()), placement=row) for request in seeds])
+
+
+class HY3D_OT_refine(UsesActiveRecipe, bpy.types.Operator):
+    """Make the active preview again at full quality with the same seed and inputs; the result goes in front of it"""
+
+    bl_idname = "hy3d.refine"
+    bl_label = "Refine"
+
+    @classmethod
+    def poll(cls, context):
+        if not super().poll(context):
+            return False
+        stored = context.active_object[recipe.PROPERTY]
+        return hasattr(stored, "get") and stored.get("quality") == "preview"
+
+    def start(self, context, request):
+        app.session.submit_all([replace(recipe.refined(request), placement=Placement("beside", target=context.active_object.name))])
+
+
 class HY3D_OT_load_settings(UsesActiveRecipe, bpy.types.Operator):
     """Put the model, input and parameters the active object was made with into the panel"""
 
@@ -213,6 +262,43 @@ class HY3D_OT_load_settings(UsesActiveRecipe, bpy.types.Operator):
             raise AddonError(f"The model {request.pipeline} is not in the backend's list",
                              "start the backend that has it (or add its weights) and try again")
         properties.load_request(context.window_manager.hy3d, request)
+
+
+class TakesAPicture:
+    """Mixin for an operator that makes the input picture from the scene (``picture`` returns its path) and puts it in the panel."""
+
+    def execute(self, context):
+        inputs = context.window_manager.hy3d
+        try:
+            path = self.picture(context, inputs)
+        except AddonError as exc:
+            self.report({"ERROR"}, exc.report_text())
+            return {"CANCELLED"}
+        inputs.source, inputs.image_path = "IMAGE", path
+        self.report({"INFO"}, f"Input picture: {path}")
+        return {"FINISHED"}
+
+
+class HY3D_OT_use_camera_view(TakesAPicture, bpy.types.Operator):
+    """Render the scene's active camera at the render resolution on a transparent background and use it as the input picture; results made from it face that camera"""
+
+    bl_idname = "hy3d.use_camera_view"
+    bl_label = "Use Camera View"
+
+    def picture(self, context, inputs):
+        path, view = viewport_input.render_camera_view(context, "BLENDER_WORKBENCH" if inputs.camera_render == "WORKBENCH" else "")
+        inputs.camera_picture, inputs.camera_view = path, view
+        return path
+
+
+class HY3D_OT_use_editor_image(TakesAPicture, bpy.types.Operator):
+    """Use the chosen image, or the one an open Image Editor shows, as the input picture"""
+
+    bl_idname = "hy3d.use_editor_image"
+    bl_label = "Use Image"
+
+    def picture(self, context, inputs):
+        return viewport_input.editor_image_file(context, inputs.editor_image)
 
 
 class HY3D_OT_import_result(bpy.types.Operator):
@@ -232,7 +318,7 @@ class HY3D_OT_import_result(bpy.types.Operator):
         if self.index >= len(app.session.history):
             self.report({"ERROR"}, "That result is no longer in the history")
             return {"CANCELLED"}
-        app.build_result(context, app.session.history[self.index])
+        app.build_result(context, app.session.history[self.index], at_cursor=True)
         return {"FINISHED"}
 
 
@@ -310,6 +396,6 @@ class HY3D_OT_cancel_download(CancelsWork, bpy.types.Operator):
 
 
 classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_refresh_models, HY3D_OT_free_gpu_memory, HY3D_OT_generate, HY3D_OT_cancel,
-           HY3D_OT_drop_queued, HY3D_OT_regenerate, HY3D_OT_variations, HY3D_OT_load_settings,
-           HY3D_OT_import_result, HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env,
+           HY3D_OT_drop_queued, HY3D_OT_regenerate, HY3D_OT_variations, HY3D_OT_preview_variations, HY3D_OT_refine,
+           HY3D_OT_load_settings, HY3D_OT_use_camera_view, HY3D_OT_use_editor_image, HY3D_OT_import_result, HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env,
            HY3D_OT_download_weights, HY3D_OT_cancel_download)

@@ -83,6 +83,22 @@ class HY3D_PT_made_with(bpy.types.Panel):
         draw_made_with(self.layout, context, context.active_object)
 
 
+class HY3D_PT_scene_input(bpy.types.Panel):
+    bl_label = "From the Scene"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Hunyuan3D"
+    bl_parent_id = "HY3D_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}  # noqa: RUF012 (Blender wants a set)
+
+    @classmethod
+    def poll(cls, context):
+        return app.session is not None and app.session.phase is Phase.READY
+
+    def draw(self, context):
+        draw_scene_input(self.layout, context.window_manager.hy3d)
+
+
 class HY3D_PT_history(bpy.types.Panel):
     bl_label = "History"
     bl_space_type = "VIEW_3D"
@@ -108,6 +124,18 @@ def draw_params(layout, inputs, advanced: bool) -> None:
     for param in inputs.params:
         if param.advanced == advanced:
             col.prop(param, param.value_field, text=param.name.replace("_", " ").title())
+
+
+def draw_scene_input(layout, inputs) -> None:
+    """Input pictures taken from the scene (for models that take a picture), and Into Selected."""
+    if "image" in (inputs.pipeline_info() or {}).get("inputs", []):
+        row = layout.row(align=True)
+        row.operator("hy3d.use_camera_view", icon="CAMERA_DATA")
+        row.prop(inputs, "camera_render", text="")
+        row = layout.row(align=True)
+        row.prop(inputs, "editor_image", text="")
+        row.operator("hy3d.use_editor_image", icon="IMAGE_DATA")
+    layout.prop(inputs, "into_selected")
 
 
 def draw_connection(layout, context, session) -> None:
@@ -183,6 +211,7 @@ def draw_job(layout, context, session) -> None:
         row = layout.row()
         row.scale_y = 1.8
         row.operator("hy3d.generate", icon="MESH_MONKEY")
+        draw_previews(layout, context)
         problem = context.window_manager.hy3d.problem()
         if problem:
             draw_wrapped(layout, context, problem, icon="ERROR")
@@ -190,17 +219,29 @@ def draw_job(layout, context, session) -> None:
         return
     layout.progress(factor=job.fraction(), type="BAR", text=progress_text(job))
     layout.operator("hy3d.cancel", icon="CANCEL")
+    draw_previews(layout, context)
     for index, request in enumerate(session.pending):
         row = layout.row()
         row.label(text=f"Queued: {request.label()}", icon="SORTTIME")
         row.operator("hy3d.drop_queued", text="", icon="X").index = index
 
 
+def draw_previews(layout, context) -> None:
+    """Preview Variations with its count (the same N as Variations)."""
+    row = layout.row(align=True)
+    row.prop(context.window_manager.hy3d, "variations", text="")
+    row.operator("hy3d.preview_variations", icon="IMGDISPLAY")
+
+
 def draw_made_with(layout, context, obj) -> None:
     """How the active object was made, and what can be done with those settings."""
     stored = obj[recipe.PROPERTY]
-    model, seed = (stored.get("model", "?"), stored.get("seed")) if hasattr(stored, "get") else ("damaged settings", None)
-    draw_wrapped(layout, context, f"{obj.name}: {model}{f', seed {seed}' if seed is not None else ''}", icon="INFO")
+    model, seed, quality = ((stored.get("model", "?"), stored.get("seed"), stored.get("quality", "full"))
+                            if hasattr(stored, "get") else ("damaged settings", None, "full"))
+    made = f"{obj.name}: {model}{f', seed {seed}' if seed is not None else ''}{f' ({quality})' if quality != 'full' else ''}"
+    draw_wrapped(layout, context, made, icon="INFO")
+    if quality == "preview":
+        layout.operator("hy3d.refine", icon="SHADERFX")
     row = layout.row(align=True)
     row.operator("hy3d.regenerate", icon="FILE_REFRESH")
     row.operator("hy3d.load_settings", icon="IMPORT")
@@ -222,4 +263,4 @@ def draw_outcome(layout, context, outcome) -> None:
         draw_wrapped(box, context, line, icon="RIGHTARROW_THIN")
 
 
-classes = (HY3D_PT_main, HY3D_PT_made_with, HY3D_PT_advanced, HY3D_PT_history)
+classes = (HY3D_PT_main, HY3D_PT_made_with, HY3D_PT_scene_input, HY3D_PT_advanced, HY3D_PT_history)

@@ -12,9 +12,18 @@ import os
 from typing import Any
 
 import bpy
-from bpy.props import BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    FloatVectorProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
 
-from . import app
+from . import app, viewport_input
 from .session import GenerationRequest
 
 NO_PIPELINE = "NONE"
@@ -96,16 +105,30 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
     views: CollectionProperty(type=HY3D_ViewPath)
     show_advanced: BoolProperty(name="Advanced")
     variations: IntProperty(name="Variations", default=3, min=1, max=16,
-                            description="How many new seeds Variations tries, one queued job each")
+                            description="How many new seeds Variations and Preview Variations try, one queued job each")
+    into_selected: BoolProperty(name="Into Selected",
+                                description="Scale and place the result to fit the active box (a mesh) or empty: "
+                                            "the largest uniform fit, centred, resting on its bottom")
+    camera_render: EnumProperty(name="Render With", items=(
+        ("WORKBENCH", "Workbench", "Quick: the scene as the Solid viewport shows it"),
+        ("SCENE", "Scene's Engine", "The scene's own render engine and settings (slower)")))
+    editor_image: PointerProperty(type=bpy.types.Image, name="Picture",
+                                  description="The image Use Image sends; empty: the one an open Image Editor shows")
+    camera_picture: StringProperty(options={"HIDDEN"})  # the camera view last rendered: while it is the image, results face that camera
+    camera_view: FloatVectorProperty(size=3, options={"HIDDEN"})  # that camera's view direction (world)
 
     def pipeline_info(self) -> dict[str, Any] | None:
         session = app.session
         return next((p for p in (session.pipelines() if session else []) if p["name"] == self.pipeline), None)
 
-    def problem(self) -> str:
-        """Why Generate can't run with these inputs, in a few words ("" when it can)."""
+    def problem(self, previews: bool = False) -> str:
+        """Why Generate (or, with ``previews``, Preview Variations, which ignores Into Selected) can't run with
+        these inputs, in a few words ("" when it can)."""
         if self.pipeline_info() is None:
             return "Choose a model first"
+        into_problem = viewport_input.target_problem(bpy.context, self.into_selected and not previews)
+        if into_problem:
+            return into_problem
         if self.source == "TEXT":
             return "" if self.prompt.strip() else "Type a prompt first"
         if not self.image_path:
@@ -150,7 +173,9 @@ def sync_params(inputs: HY3D_GenerationInputs) -> None:
 def snapshot(inputs: HY3D_GenerationInputs) -> dict[str, Any]:
     """The inputs as plain data, to outlive the window manager they are stored on."""
     return {"pipeline": inputs.pipeline, "source": inputs.source, "image_path": inputs.image_path, "prompt": inputs.prompt,
-            "params": {p.name: (p.kind, p.value) for p in inputs.params}, "views": {v.name: v.path for v in inputs.views}}
+            "params": {p.name: (p.kind, p.value) for p in inputs.params}, "views": {v.name: v.path for v in inputs.views},
+            "viewport": {"into_selected": inputs.into_selected, "camera_render": inputs.camera_render,
+                         "camera_picture": inputs.camera_picture, "camera_view": tuple(inputs.camera_view)}}
 
 
 def load_request(inputs: HY3D_GenerationInputs, request: GenerationRequest) -> None:
@@ -163,6 +188,8 @@ def load_request(inputs: HY3D_GenerationInputs, request: GenerationRequest) -> N
 def restore(inputs: HY3D_GenerationInputs, kept: dict[str, Any]) -> None:
     """Put kept inputs back, with the parameter fields rebuilt for the chosen model and the values the user set."""
     inputs.image_path, inputs.prompt, inputs.source = kept["image_path"], kept["prompt"], kept["source"]
+    for name, value in kept.get("viewport", {}).items():
+        setattr(inputs, name, value)
     if any(item[0] == kept["pipeline"] for item in _pipeline_items(inputs, None)):
         inputs.pipeline = kept["pipeline"]  # its update rebuilds the fields
     sync_params(inputs)

@@ -21,6 +21,7 @@ from . import meshdata
 from .backend import protocol
 from .connection import Connected, Connection, ConnectionSettings, Lost, Received
 from .errors import AddonError
+from .placement import Placement
 from .tasks import Outcome
 
 UNRESPONSIVE_S = 5.0
@@ -45,6 +46,9 @@ class GenerationRequest:
     text: str | None = None
     image_path: str | None = None
     views: dict[str, str] = field(default_factory=dict)  # more pictures by input name (multiview models' left, back, right)
+    quality: str = "full"  # "full", "preview" (the pipeline's preview values) or "refined" (a preview made again at full quality)
+    full_params: dict[str, Any] | None = None  # a preview's parameters at full quality: what Refine sends
+    placement: Placement | None = None  # where the result goes; None: at the 3D cursor
 
     def label(self) -> str:
         source = os.path.basename(self.image_path) if self.image_path else f'"{(self.text or "")[:40]}"'

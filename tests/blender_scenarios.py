@@ -21,6 +21,7 @@ import types
 import zlib
 
 import bpy
+import mathutils
 
 PACKAGE = "bl_ext.user_default.hunyuan3d_blender"
 RESULT_PREFIX = "SCENARIO-RESULT "
@@ -457,12 +458,6 @@ def scenario_settings_travel(config: dict) -> dict:
     bpy.ops.wm.read_homefile()
     bpy.ops.wm.open_mainfile(filepath=saved)
 
-    def make_active(obj) -> None:
-        for other in bpy.context.selected_objects:
-            other.select_set(False)
-        obj.select_set(True)
-        bpy.context.view_layer.objects.active = obj
-
     def run_queue(operator, **options) -> list:
         before = set(bpy.data.objects.keys())
         assert operator(**options) == {"FINISHED"}
@@ -501,6 +496,173 @@ def scenario_settings_travel(config: dict) -> dict:
     facts["loaded"] = {"pipeline": inputs.pipeline, "source": inputs.source, "image_path": inputs.image_path,
                        "params": {p.name: p.value for p in inputs.params}}
     facts["image"] = image
+    return facts
+
+
+def make_active(obj) -> None:
+    for other in bpy.context.selected_objects:
+        other.select_set(False)
+    obj.select_set(True)
+    bpy.context.view_layer.objects.active = obj
+
+
+def world_vertices(obj) -> list:
+    """The object's vertices in world space, as lists."""
+    bpy.context.view_layer.update()
+    return [list(obj.matrix_world @ v.co) for v in obj.data.vertices]
+
+
+def scenario_previews(config: dict) -> dict:
+    """Preview Variations: quick jobs side by side in a collection; Refine makes one at full quality with its seed."""
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    recipe = addon_module("recipe")
+    panels = addon_module("panels")
+    image = os.path.join(config["workdir"], "input.png")
+    write_png(image)
+    set_inputs("IMAGE", image, steps=20, step_delay=0.02, subdivisions=2, radius=0.6, seed=5)
+    bpy.context.scene.cursor.location = (1.0, 2.0, 0.5)
+    bpy.context.window_manager.hy3d.variations = 3
+    facts = {"panel": drawn(lambda layout: panels.draw_job(layout, bpy.context, app.session))}
+    before = set(bpy.data.objects.keys())
+    assert bpy.ops.hy3d.preview_variations() == {"FINISHED"}
+    facts["queued"] = [len(app.session.pending), app.session.job is not None]
+    facts["sent"] = [dict(app.session.job.request.params)]
+    pump_until(lambda: app.session.job is None and not app.session.pending and not app.session.arrived)
+    made = sorted((bpy.data.objects[n] for n in set(bpy.data.objects.keys()) - before), key=lambda o: o.location.x)
+    infos = {entry.object_name: entry.result["info"]["seed_color"] for entry in app.session.history}
+    facts["previews"] = [{"name": obj.name, "vertices": len(obj.data.vertices), "location": list(obj.location),
+                          "collections": [c.name for c in obj.users_collection], "stored": obj[recipe.PROPERTY].to_dict(),
+                          "x_range": [min(v[0] for v in world_vertices(obj)), max(v[0] for v in world_vertices(obj))],
+                          "seed_color": infos[obj.name]} for obj in made]
+    chosen = made[1]
+    make_active(chosen)
+    facts["panel_preview"] = drawn(lambda layout: panels.draw_made_with(layout, bpy.context, chosen))
+    before = set(bpy.data.objects.keys())
+    assert bpy.ops.hy3d.refine() == {"FINISHED"}
+    pump_until(lambda: app.session.job is None and not app.session.arrived)
+    (refined,) = [bpy.data.objects[n] for n in set(bpy.data.objects.keys()) - before]
+    facts["refined"] = {"vertices": len(refined.data.vertices), "stored": refined[recipe.PROPERTY].to_dict(),
+                        "seed_color": app.session.history[0].result["info"]["seed_color"],
+                        "max_y": max(v[1] for v in world_vertices(refined)), "chosen_min_y": min(v[1] for v in world_vertices(chosen)),
+                        "x": refined.location.x, "chosen_x": chosen.location.x,
+                        "collections": [c.name for c in refined.users_collection]}
+    make_active(refined)
+    facts["refine_on_refined"] = bpy.ops.hy3d.refine.poll()
+
+    # Each preview is its own job: cancelling the running one leaves the other to arrive.
+    bpy.context.window_manager.hy3d.variations = 2
+    before = set(bpy.data.objects.keys())
+    assert bpy.ops.hy3d.preview_variations() == {"FINISHED"}
+    assert bpy.ops.hy3d.cancel() == {"FINISHED"}
+    pump_until(lambda: app.session.job is None and not app.session.pending and not app.session.arrived)
+    second = [bpy.data.objects[n] for n in set(bpy.data.objects.keys()) - before]
+    facts["second_batch"] = {"objects": len(second), "collections": [c.name for obj in second for c in obj.users_collection]}
+    return facts
+
+
+def png_size(path: str) -> list:
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", path
+    return list(struct.unpack(">II", head[16:24]))
+
+
+def scenario_viewport_input(config: dict) -> dict:
+    """Camera view and Image Editor pictures as input; results fitted into the active box or empty, facing the camera."""
+    import numpy as np
+
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    panels = addon_module("panels")
+    inputs = bpy.context.window_manager.hy3d
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 64, 40, 50
+    camera = bpy.data.objects["Camera"]
+    camera.location = (6.0, -6.0, 2.0)
+    direction = -np.array(camera.location)
+    camera.rotation_euler = mathutils.Vector(direction.tolist()).to_track_quat("-Z", "Y").to_euler()
+    set_inputs("IMAGE", "", pipeline="test-views")
+    facts = {"panel": drawn(lambda layout: panels.draw_scene_input(layout, inputs))}
+    engine_before = scene.render.engine
+    assert bpy.ops.hy3d.use_camera_view() == {"FINISHED"}
+    facts["camera_picture"] = {"path": inputs.image_path, "size": png_size(inputs.image_path), "source": inputs.source,
+                               "engine_after": scene.render.engine, "engine_before": engine_before,
+                               "transparent_after": scene.render.film_transparent}
+    generate_and_wait()
+    facts["sent_size"] = app.session.history[0].result["info"]["sizes"]["image"]
+    scene.render.engine, scene.cycles.samples, scene.cycles.device = "CYCLES", 1, "CPU"
+    inputs.camera_render = "SCENE"
+    assert bpy.ops.hy3d.use_camera_view() == {"FINISHED"}
+    facts["scene_engine"] = {"size": png_size(inputs.image_path), "engine_after": scene.render.engine}
+
+    def box_facts(box, obj) -> dict:
+        """The result's vertices in the box's frame (world units along the box's axes) against the box's bounds there."""
+        matrix = np.array(box.matrix_world)
+        scales = np.linalg.norm(matrix[:3, :3], axis=0)
+        rotation = matrix[:3, :3] / scales
+        local = (np.array(world_vertices(obj)) - matrix[:3, 3]) @ rotation
+        low, high = addon_module("arrange").box_bounds(box)
+        front = np.array(obj.matrix_world.to_3x3().normalized()) @ np.array([0.0, -1.0, 0.0])
+        return {"result": [local.min(axis=0).tolist(), local.max(axis=0).tolist()],
+                "box": [(low * scales).tolist(), (high * scales).tolist()], "front": front.tolist()}
+
+    # Into a turned, unevenly scaled box, from the camera's picture: the front faces the camera.
+    set_inputs("IMAGE", inputs.image_path, pipeline="test-shape", steps=1, subdivisions=2, radius=0.5, seed=3)
+    bpy.ops.mesh.primitive_cube_add(location=(3.0, 1.0, 0.5), rotation=(0.0, 0.0, 0.4), scale=(1.5, 0.6, 0.9))
+    box = bpy.context.active_object
+    inputs.into_selected = True
+    generate_and_wait()
+    result = bpy.context.view_layer.objects.active
+    facts["into_box"] = box_facts(box, result)
+    facts["camera_facing"] = (-direction[:2] / np.linalg.norm(direction[:2])).tolist()
+
+    # With the result active, Into Selected has nothing to fit into: Generate says so.
+    facts["into_result"] = {"poll": bpy.ops.hy3d.generate.poll(), "problem": inputs.problem(),
+                            "previews_poll": bpy.ops.hy3d.preview_variations.poll()}
+
+    # Into an empty, from a picture that is not the camera's: the front stays at the empty's -Y.
+    picture = os.path.join(config["workdir"], "front.png")
+    write_png(picture, 6, 5)
+    bpy.ops.object.empty_add(type="CUBE", location=(-2.0, 0.0, 0.0))
+    empty = bpy.context.active_object
+    empty.empty_display_size, empty.scale = 0.5, (2.0, 2.0, 3.0)
+    set_inputs("IMAGE", picture, pipeline="test-shape", steps=1, subdivisions=2, radius=0.5, seed=3)
+    generate_and_wait()
+    facts["into_empty"] = box_facts(empty, bpy.context.view_layer.objects.active)
+
+    # Images Blender holds: a painted one is saved as a PNG; a loaded PNG file is sent as it is.
+    inputs.into_selected = False
+    painted = bpy.data.images.new("Painted", 20, 12, alpha=True)
+    painted.pixels.foreach_set([0.5] * (20 * 12 * 4))
+    inputs.editor_image = painted
+    assert bpy.ops.hy3d.use_editor_image() == {"FINISHED"}
+    facts["painted"] = {"path": inputs.image_path, "size": png_size(inputs.image_path)}
+    inputs.editor_image = bpy.data.images.load(picture)
+    assert bpy.ops.hy3d.use_editor_image() == {"FINISHED"}
+    facts["loaded_path"] = inputs.image_path
+    facts["picture"] = picture
+    gone = bpy.data.images.new("Gone", 4, 4)
+    gone.source, gone.filepath = "FILE", os.path.join(config["workdir"], "gone.exr")
+    inputs.editor_image = gone
+    try:
+        facts["gone"] = sorted(bpy.ops.hy3d.use_editor_image())
+    except RuntimeError as exc:
+        facts["gone"] = str(exc)
+    inputs.editor_image = None
+    try:
+        facts["nothing_shown"] = sorted(bpy.ops.hy3d.use_editor_image())
+    except RuntimeError as exc:
+        facts["nothing_shown"] = str(exc)
+    scene.camera = None
+    try:
+        facts["no_camera"] = sorted(bpy.ops.hy3d.use_camera_view())
+    except RuntimeError as exc:
+        facts["no_camera"] = str(exc)
     return facts
 
 

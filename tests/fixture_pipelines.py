@@ -60,9 +60,9 @@ class TestShapePipeline(Pipeline):
     inputs = ("image", "text")
     requires_one_of = ("image", "text")
     params = (
-        Param("steps", int, 5, "steps of the shape stage", minimum=1, maximum=10000),
+        Param("steps", int, 5, "steps of the shape stage", minimum=1, maximum=10000, preview=1),
         Param("step_delay", float, 0.01, "seconds per step", minimum=0.0, maximum=10.0),
-        Param("subdivisions", int, 2, "icosphere subdivisions", minimum=0, maximum=7),
+        Param("subdivisions", int, 2, "icosphere subdivisions", minimum=0, maximum=7, preview=1),
         Param("radius", float, 0.5, "sphere radius", minimum=0.01, maximum=10.0),
         Param("fail_at_step", int, -1, "raise a job error at this step (-1: never)", minimum=-1, advanced=True),
         Param("crash_at_step", int, -1, "end the backend process at this step, as a crash would (-1: never)", minimum=-1,

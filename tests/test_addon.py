@@ -472,3 +472,140 @@ def test_the_same_zip_installs_as_a_legacy_add_on(addon_zip, tmp_path):
     facts = run_scenario("legacy", addon_zip, tmp_path)
     assert facts["install"] == ["FINISHED"] and facts["enabled"] and facts["generate_operator"]
     assert Path(facts["protocol_file"]).parent.parent.name == "hunyuan3d_blender"
+
+
+def test_preview_variations_are_quick_side_by_side_and_refine_keeps_the_seed(addon_zip, tmp_path):
+    facts = run_scenario("previews", addon_zip, tmp_path)
+    assert "[hy3d.preview_variations]" in facts["panel"] and "[variations=3]" in facts["panel"]
+    assert facts["queued"] == [2, True]  # one job per seed: one sent, two waiting
+    # The test pipeline declares steps and subdivisions cheap for a preview (its catalogue's "preview" values).
+    assert facts["sent"][0]["steps"] == 1 and facts["sent"][0]["subdivisions"] == 1
+    previews = facts["previews"]
+    seeds = [p["stored"]["seed"] for p in previews]
+    assert len(previews) == len(set(seeds)) == 3
+    for preview in previews:
+        stored = preview["stored"]
+        assert stored["quality"] == "preview" and preview["vertices"] == 42  # subdivisions 1
+        params = json.loads(stored["params"])
+        assert (params["steps"], params["subdivisions"], params["seed"]) == (1, 1, stored["seed"])
+        full = json.loads(stored["full_params"])
+        assert (full["steps"], full["subdivisions"], full["seed"]) == (20, 2, stored["seed"])
+        assert full["radius"] == pytest.approx(0.6)
+    # Side by side along +X from the 3D cursor, in one new collection, none overlapping.
+    assert {tuple(p["collections"]) for p in previews} == {("Hunyuan3D Previews",)}
+    assert previews[0]["location"] == pytest.approx([1.0, 2.0, 0.5])
+    assert all(p["location"][1:] == pytest.approx([2.0, 0.5]) for p in previews)
+    for left, right in zip(previews, previews[1:]):
+        assert right["x_range"][0] > left["x_range"][1]
+
+    chosen = previews[1]
+    assert "[hy3d.refine]" in facts["panel_preview"] and any("(preview)" in line for line in facts["panel_preview"])
+    refined = facts["refined"]
+    stored = refined["stored"]
+    assert stored["quality"] == "refined" and "full_params" not in stored
+    assert stored["seed"] == chosen["stored"]["seed"] and refined["seed_color"] == chosen["seed_color"]
+    params = json.loads(stored["params"])
+    assert (params["steps"], params["subdivisions"], params["seed"]) == (20, 2, chosen["stored"]["seed"])
+    assert refined["vertices"] == 162
+    # In front of the preview (towards -Y), not in the previews' collection.
+    assert refined["max_y"] < refined["chosen_min_y"] and refined["x"] == pytest.approx(refined["chosen_x"])
+    assert refined["collections"] == ["Collection"]
+    assert facts["refine_on_refined"] is False
+
+    second = facts["second_batch"]
+    assert second["objects"] == 1 and second["collections"] == ["Hunyuan3D Previews.001"]
+
+
+def test_camera_view_and_image_editor_input_and_generating_into_a_box(addon_zip, tmp_path):
+    facts = run_scenario("viewport_input", addon_zip, tmp_path)
+    assert {"[hy3d.use_camera_view]", "[hy3d.use_editor_image]", "[into_selected=False]"} <= set(facts["panel"])
+    camera = facts["camera_picture"]
+    assert camera["size"] == [32, 20]  # 64 x 40 at 50 %
+    assert camera["source"] == "IMAGE" and Path(camera["path"]).is_relative_to(tmp_path)
+    assert camera["engine_after"] == camera["engine_before"] and camera["transparent_after"] is False
+    assert facts["sent_size"] == [32, 20]  # the job's input picture has the camera's render resolution
+    assert facts["scene_engine"] == {"size": [32, 20], "engine_after": "CYCLES"}
+
+    def assert_fits(fit):
+        (low, high), (box_low, box_high) = np.array(fit["result"]), np.array(fit["box"])
+        room, size = box_high - box_low, high - low
+        assert np.all(size <= room * 1.01)
+        assert np.max(size / room) == pytest.approx(1.0, rel=0.01)  # the largest uniform fit
+        assert (low + high)[:2] / 2 == pytest.approx((box_low + box_high)[:2] / 2, abs=0.01 * room.max())  # centred
+        assert low[2] == pytest.approx(box_low[2], abs=0.01 * room[2])  # resting on the bottom
+
+    assert_fits(facts["into_box"])
+    front = np.array(facts["into_box"]["front"])
+    assert front[2] == pytest.approx(0.0, abs=1e-6)
+    assert front[:2] == pytest.approx(facts["camera_facing"], abs=1e-5)  # the front faces the camera
+    assert facts["into_result"]["poll"] is False and "Into Selected is on" in facts["into_result"]["problem"]
+    assert facts["into_result"]["previews_poll"] is True  # previews go in their row, whatever is selected
+    assert_fits(facts["into_empty"])
+    assert facts["into_empty"]["front"] == pytest.approx([0.0, -1.0, 0.0], abs=1e-6)
+
+    assert facts["painted"]["size"] == [20, 12] and Path(facts["painted"]["path"]).is_relative_to(tmp_path)
+    assert facts["loaded_path"] == facts["picture"]
+    assert "no Image Editor shows one" in facts["nothing_shown"]
+    assert "Can't save the image Gone" in facts["gone"] and "render or load it first" in facts["gone"]
+    assert "no active camera" in facts["no_camera"]
+
+
+def test_preview_and_refine_requests_and_their_recipes(addon_package):
+    recipe = importlib.import_module("addon_under_test.recipe")
+    session = importlib.import_module("addon_under_test.session")
+    pipeline = {"name": "nano", "params": [{"name": "seed", "type": "int", "default": 0},
+                                           {"name": "resolution", "type": "int", "default": 128, "preview": 64}]}
+    request = session.GenerationRequest("nano", {"seed": 9, "resolution": 256}, image_path="/p/chair.png")
+    preview = recipe.as_preview(request, pipeline)
+    assert preview.params == {"seed": 9, "resolution": 64} and preview.quality == "preview"
+    assert preview.full_params == {"seed": 9, "resolution": 256}
+    stored = recipe.to_properties(preview, 9, "0.1.0")
+    assert stored["quality"] == "preview" and json.loads(stored["full_params"]) == {"resolution": 256, "seed": 9}
+    assert recipe.from_properties(stored) == preview  # Regenerate makes the same preview; it stays refinable
+    refined = recipe.refined(recipe.from_properties(stored))
+    assert refined.params == {"seed": 9, "resolution": 256} and refined.quality == "refined" and refined.full_params is None
+    assert recipe.from_properties(recipe.to_properties(refined, 9, "0.1.0")) == refined
+    with pytest.raises(recipe.RecipeError, match="not a preview"):
+        recipe.refined(refined)
+    with pytest.raises(recipe.RecipeError, match="no quicker preview") as error:
+        recipe.as_preview(request, {"name": "nano", "params": [{"name": "seed", "type": "int", "default": 0}]})
+    assert "Variations" in error.value.hint
+    for damaged in ({**stored, "quality": "draft"}, {**stored, "quality": "full"}, {k: v for k, v in stored.items() if k != "full_params"}):
+        with pytest.raises(recipe.RecipeError, match="quality"):
+            recipe.from_properties(damaged)
+
+
+def test_fit_into_box_is_the_largest_centred_fit_resting_on_the_bottom_facing_as_asked(addon_package):
+    placement = importlib.import_module("addon_under_test.placement")
+    rng = np.random.default_rng(4)
+    points = rng.normal(size=(500, 3)) * [0.3, 0.8, 0.5] + [2.0, -1.0, 0.4]
+    for _ in range(20):
+        angles = rng.uniform(-np.pi, np.pi, 3)
+        rx, ry, rz = (np.array(m) for m in (
+            [[1, 0, 0], [0, np.cos(angles[0]), -np.sin(angles[0])], [0, np.sin(angles[0]), np.cos(angles[0])]],
+            [[np.cos(angles[1]), 0, np.sin(angles[1])], [0, 1, 0], [-np.sin(angles[1]), 0, np.cos(angles[1])]],
+            placement.rotation_z(angles[2])))
+        rotation, scales = rx @ ry @ rz, rng.uniform(0.2, 3.0, 3)
+        box = np.eye(4)
+        box[:3, :3], box[:3, 3] = rotation * scales, rng.uniform(-5, 5, 3)
+        box_min, box_max = -rng.uniform(0.5, 1.5, 3), rng.uniform(0.5, 1.5, 3)
+        direction = rng.normal(size=2)
+        facing = tuple(direction / np.linalg.norm(direction))
+        matrix = placement.fit_into_box(points, box, box_min, box_max, facing)
+        world = points @ matrix[:3, :3].T + matrix[:3, 3]
+        in_box = (world - box[:3, 3]) @ rotation  # along the box's axes, in world units
+        low, high = in_box.min(axis=0), in_box.max(axis=0)
+        room_low, room_high = box_min * scales, box_max * scales
+        assert np.all(low >= room_low - 1e-9) and np.all(high <= room_high + 1e-9)
+        assert np.max((high - low) / (room_high - room_low)) == pytest.approx(1.0)
+        assert (low + high)[:2] == pytest.approx((room_low + room_high)[:2]) and low[2] == pytest.approx(room_low[2])
+        scale = np.linalg.norm(matrix[:3, :3], axis=0)
+        assert scale == pytest.approx(np.full(3, scale[0]))  # uniform
+        front_in_box = rotation.T @ (matrix[:3, :3] @ [0.0, -1.0, 0.0]) / scale[0]
+        wanted = rotation.T @ [facing[0], facing[1], 0.0]
+        assert front_in_box[2] == pytest.approx(0.0, abs=1e-9)  # turned about the box's up axis only
+        assert front_in_box[:2] / np.hypot(*front_in_box[:2]) == pytest.approx(wanted[:2] / np.hypot(*wanted[:2]))
+    with pytest.raises(ValueError, match="scale of 0"):
+        placement.fit_into_box(points, np.diag([1.0, 0.0, 1.0, 1.0]), -np.ones(3), np.ones(3))
+    assert placement.facing_away_from((0.0, 0.0, -1.0)) is None
+    assert placement.facing_away_from((0.0, 2.0, -1.0)) == pytest.approx((0.0, -1.0))

@@ -80,6 +80,24 @@ def test_welcome_says_who_serves_and_lists_the_default_pipeline_first(shared_bac
         assert {"ready", "where", "missing", "download"} <= set(pipeline["weights"])
 
 
+def test_preview_values_are_valid_values_of_their_parameters(shared_backend):
+    spec_says("A parameter's `preview` is the value that makes a quick preview of the same seed and inputs")
+    pipelines = Client(shared_backend.port).hello(shared_backend.token)["pipelines"]
+    kinds = {"int": int, "float": float, "str": str, "bool": bool}
+    previewed = set()
+    for pipeline in pipelines:
+        for param in pipeline["params"]:
+            if "preview" in param:
+                previewed.add(pipeline["name"])
+                value = param["preview"]
+                assert type(value) is kinds[param["type"]], (pipeline["name"], param)
+                assert param.get("minimum", value) <= value <= param.get("maximum", value), (pipeline["name"], param)
+                assert value in param.get("choices", [value])
+                assert param["name"] != "seed"  # a preview keeps its seed: Refine makes the same object
+    models = {p["name"] for p in pipelines if p["name"].startswith(("hunyuan3d-", "nano"))}
+    assert models and models <= previewed  # every shipped model has a quicker preview
+
+
 @pytest.mark.parametrize("hello", [
     {"op": "hello", "protocol": PROTOCOL_VERSION},
     {"op": "hello", "protocol": PROTOCOL_VERSION, "token": 12345},

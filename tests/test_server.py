@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from conftest import BackendProcess, Client, backend_env
 
+from backend.errors import BackendError
+from backend.pipelines.base import Param
 from backend.protocol import PROTOCOL_VERSION, Buffer, ConnectionClosed, ErrorCode
 
 
@@ -37,6 +39,11 @@ def test_welcome_lists_server_devices_and_pipelines(backend):
     shape = next(p for p in welcome["pipelines"] if p["name"] == "test-shape")
     assert {"steps", "seed", "max_faces"} <= {p["name"] for p in shape["params"]}
     assert shape["weights"]["ready"] is True
+
+
+def test_a_preview_value_outside_its_parameter_fails_where_it_is_declared():
+    with pytest.raises(BackendError, match="'steps' = 0 is outside"):
+        Param("steps", int, 50, "denoising steps", minimum=1, maximum=200, preview=0)
 
 
 def test_job_streams_progress_and_returns_mesh_as_raw_arrays(backend):

@@ -32,6 +32,9 @@ class Param:
         minimum/maximum: inclusive bounds for numbers.
         choices: allowed values for strings.
         advanced: shown collapsed in the add-on.
+        preview: the value for a quick preview (fewest steps, a coarse grid), which the add-on's
+            Preview Variations sends and Refine puts back to the full value; None where a
+            preview runs it as a full job does (a seed, a value that changes the input picture).
     """
 
     name: str
@@ -42,6 +45,11 @@ class Param:
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
     advanced: bool = False
+    preview: Any = None
+
+    def __post_init__(self) -> None:
+        if self.preview is not None:
+            self.coerce(self.preview)  # a catalogue mistake shows at import, not in the artist's preview
 
     def coerce(self, value: Any) -> Any:
         kind = self.kind
@@ -74,6 +82,8 @@ class Param:
                 out[key] = list(getattr(self, key)) if key == "choices" else getattr(self, key)
         if self.advanced:
             out["advanced"] = True
+        if self.preview is not None:
+            out["preview"] = self.preview
         return out
 
 

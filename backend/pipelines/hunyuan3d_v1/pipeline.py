@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
     from .multiview import MultiviewModel
 
-STEPS = Param("steps", int, 50, "denoising steps of the multiview model (50 upstream; fewer is faster, rougher)", minimum=1, maximum=200)
+PREVIEW_STEPS = 10  # a quick look at the shape a seed gives; the denoiser's later steps add detail
+STEPS = Param("steps", int, 50, "denoising steps of the multiview model (50 upstream; fewer is faster, rougher)", minimum=1, maximum=200,
+              preview=PREVIEW_STEPS)
 REMOVE_BACKGROUND = Param("remove_background", bool, True,
                           "cut the object out of its background first (a picture's own transparency is kept)")
 BACKGROUND_METHOD = Param(

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 RESOLUTION = Param(
     "resolution", int, 384, "samples per axis of the grid the surface is extracted from (384 upstream; lower is faster, coarser)",
-    minimum=32, maximum=1024, advanced=True,
+    minimum=32, maximum=1024, advanced=True, preview=128,
 )
 MESH_FINISH = Param(
     "mesh_finish", str, "clean",

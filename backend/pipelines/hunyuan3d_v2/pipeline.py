@@ -27,7 +27,7 @@ from ...protocol import ErrorCode
 from ...weights import HUNYUAN3D_2_MODELS, HUNYUAN_DIT, WeightFolder, check_folder, check_folders, require_folders
 from .. import register
 from ..base import SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput, WeightsReport
-from ..hunyuan3d_v1.pipeline import BACKGROUND_METHOD, REMOVE_BACKGROUND, TEXT_IMAGE_SIZE, TEXT_STEPS
+from ..hunyuan3d_v1.pipeline import BACKGROUND_METHOD, PREVIEW_STEPS, REMOVE_BACKGROUND, TEXT_IMAGE_SIZE, TEXT_STEPS
 from .config import CONFIG_FILE, VIEW_NAMES, WEIGHTS_FILE, read_config
 
 if TYPE_CHECKING:
@@ -46,18 +46,20 @@ CHUNK_SIZE = Param("chunk_size", int, 8000, "grid points per decoder call; lower
                    minimum=1000, maximum=1_000_000, advanced=True)
 MAX_FACES = Param("max_faces", int, 40000, "decimate the mesh to at most this many triangles (40000 upstream)",
                   minimum=100, maximum=5_000_000)
+PREVIEW_OCTREE_RESOLUTION = 128  # a preview's grid: an eighth of the default's decoder queries or fewer
 # The extra views of the multiview model; its front view is the ``image`` input.
 EXTRA_VIEWS = tuple(name for name in VIEW_NAMES if name != "front")
 
 
 def _steps(default: int, maximum: int) -> Param:
-    return Param("steps", int, default, f"denoising steps ({default} upstream; fewer is faster, rougher)", minimum=1, maximum=maximum)
+    return Param("steps", int, default, f"denoising steps ({default} upstream; fewer is faster, rougher)", minimum=1, maximum=maximum,
+                 preview=PREVIEW_STEPS if default > PREVIEW_STEPS else None)
 
 
 def _octree(default: int) -> Param:
     return Param("octree_resolution", int, default,
                  f"cells per axis of the grid the surface is extracted from ({default} upstream; 256 is quicker, coarser)",
-                 minimum=16, maximum=1024, advanced=True)
+                 minimum=16, maximum=1024, advanced=True, preview=PREVIEW_OCTREE_RESOLUTION)
 
 
 def _decoder(default: str) -> Param:

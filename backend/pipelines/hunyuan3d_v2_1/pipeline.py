@@ -14,9 +14,17 @@ from typing import TYPE_CHECKING, Any
 from ...weights import HUNYUAN3D_2_1_DIT, WeightFolder
 from .. import register
 from ..base import SEED, Param
-from ..hunyuan3d_v1.pipeline import BACKGROUND_METHOD, REMOVE_BACKGROUND, TEXT_IMAGE_SIZE, TEXT_STEPS
+from ..hunyuan3d_v1.pipeline import BACKGROUND_METHOD, PREVIEW_STEPS, REMOVE_BACKGROUND, TEXT_IMAGE_SIZE, TEXT_STEPS
 from ..hunyuan3d_v2.config import parse_config, read_config
-from ..hunyuan3d_v2.pipeline import CHUNK_SIZE, DECODERS, GUIDANCE, MAX_FACES, PRECISION, Hunyuan3D2Pipeline
+from ..hunyuan3d_v2.pipeline import (
+    CHUNK_SIZE,
+    DECODERS,
+    GUIDANCE,
+    MAX_FACES,
+    PRECISION,
+    PREVIEW_OCTREE_RESOLUTION,
+    Hunyuan3D2Pipeline,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +76,8 @@ class Hunyuan3D21Pipeline(Hunyuan3D2Pipeline):
     description = "Hunyuan3D-2.1: a picture to a shape (3.3 B DiT with mixture-of-experts blocks, the newest)"
     params = (
         SEED,
-        Param("steps", int, 50, "denoising steps (50 upstream, 30 in its web demo; fewer is faster, rougher)", minimum=2, maximum=200),
+        Param("steps", int, 50, "denoising steps (50 upstream, 30 in its web demo; fewer is faster, rougher)", minimum=2, maximum=200,
+              preview=PREVIEW_STEPS),
         GUIDANCE,
         MAX_FACES,
         REMOVE_BACKGROUND,
@@ -77,7 +86,7 @@ class Hunyuan3D21Pipeline(Hunyuan3D2Pipeline):
         TEXT_IMAGE_SIZE,
         Param("octree_resolution", int, 384,
               "cells per axis of the grid the surface is extracted from (384 upstream; 256 is quicker, coarser)",
-              minimum=16, maximum=1024, advanced=True),
+              minimum=16, maximum=1024, advanced=True, preview=PREVIEW_OCTREE_RESOLUTION),
         Param("volume_decoder", str, "plain",
               "how the grid is decoded: flashvdm (coarse to fine with adaptive attention, with this model's own VAE), "
               "hierarchical (coarse to fine) or plain (every point) (plain upstream)", choices=DECODERS, advanced=True),

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 RESOLUTION = Param("resolution", int, 128, "samples per axis of the grid the surface is extracted from (higher is finer and slower)",
-                   minimum=32, maximum=512, advanced=True)
+                   minimum=32, maximum=512, advanced=True, preview=64)
 COMPONENT = "nano"
 # Trained and calibrated in float32; the model is small, so half precision would save little.
 PRECISION = "float32"
