@@ -122,6 +122,13 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
         return GenerationRequest(self.pipeline, params, text=self.prompt)
 
 
+    def plan_request(self) -> GenerationRequest | None:
+        """The request to plan while nothing can be generated yet too (no picture chosen); None without a model or a prompt."""
+        if self.pipeline_info() is None or self.source == "TEXT" and not self.prompt.strip():
+            return None
+        return self.request()
+
+
 def sync_params(inputs: HY3D_GenerationInputs) -> None:
     """Rebuild the parameter and extra view fields for the chosen pipeline, keeping what it shares with the last one."""
     info = inputs.pipeline_info()
