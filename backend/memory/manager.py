@@ -446,7 +446,8 @@ class MemoryManager:
         if self.budget_bytes is not None:
             return self.budget_bytes - activation
         free, _total = self._free_memory()
-        held = sum(self._compute_bytes(c) for c in self._components.values() if c.ready)
+        # A list first: a plan reads this from a client's thread while the worker may register components.
+        held = sum(self._compute_bytes(c) for c in list(self._components.values()) if c.ready)
         return free + held - self.reserve_bytes - activation
 
     def _compute_bytes(self, component: Component) -> int:
