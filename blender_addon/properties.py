@@ -121,9 +121,9 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
                                      views={v.name: bpy.path.abspath(v.path) for v in self.views if v.path})
         return GenerationRequest(self.pipeline, params, text=self.prompt)
 
-
     def plan_request(self) -> GenerationRequest | None:
-        """The request to plan while nothing can be generated yet too (no picture chosen); None without a model or a prompt."""
+        """What to plan: the request Generate would send (a picture not chosen yet still names its input);
+        None without a model, or without a prompt for a text input."""
         if self.pipeline_info() is None or self.source == "TEXT" and not self.prompt.strip():
             return None
         return self.request()
