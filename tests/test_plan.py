@@ -4,7 +4,8 @@ The model is a Hunyuan3D-2mini-fast of a few hundred MB of random float16 weight
 layout (``config.yaml`` and one combined ``model.fp16.safetensors``), written with the random
 weights writer of benchmarks/h2_random_weights.py and loaded by the backend's real loading code,
 so its float32 copies dominate the job's host memory and the comparison with the plan means
-something.
+something. The plan and the job go through a real backend process (``serve``), whose memory is
+a backend's alone.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import BackendProcess
 from PIL import Image
 
 from backend.errors import BackendError
-from backend.jobs import Job, JobEngine
+from backend.jobs import JobEngine
 from backend.pipelines.base import JobRequest
+from backend.protocol import Buffer
 from backend.runtime import Runtime
-from backend.timings import TimingRecords
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -83,43 +85,39 @@ def picture() -> bytes:
     return buffer.getvalue()
 
 
-def run_job(engine: JobEngine, params: dict) -> tuple[dict, list[dict]]:
-    request = engine.pipeline(MODEL).validate(JobRequest(MODEL, params, images={"image": picture()}))
-    events: list[dict] = []
-    engine.execute(Job(id="j", request=request, owner=None, sink=lambda header, _buffers: events.append(header)))
-    return events[-1], events
-
-
 def test_the_plan_of_a_cpu_job_predicts_its_peak_host_memory_and_then_its_time(tmp_path):
     weights = write_weights(tmp_path / "weights")
     assert 250e6 < (next(weights.glob("*/model.fp16.safetensors"))).stat().st_size < 500e6
-    engine = JobEngine(Runtime.create(device="cpu"), output_dir=None, weights_dir=str(weights),
-                       timings=TimingRecords(tmp_path / "state" / "timings.json"))
+    # A backend process of its own, so the host memory it starts with is a backend's, not a test run's.
+    (tmp_path / "home").mkdir()
+    backend = BackendProcess(tmp_path / "home", "--weights", str(weights), "--device", "cpu")
+    try:
+        client = backend.client()
+        plan = client.request({"op": "plan", "pipeline": MODEL, "params": JOB, "inputs": ["image"]}).header
+        assert (plan["op"], plan["mode"], plan["device"], plan["accelerator"]) == ("plan", "cpu", "cpu", None), plan
+        weights_bytes = sum(c["compute_bytes"] for c in plan["components"])
+        assert [c["placement"] for c in plan["components"]] == ["unloaded"] * 3
+        assert weights_bytes > 0.5 * plan["host"]["peak_bytes"]  # the float32 weights dominate the job's memory
+        assert plan["time"] is None and "has not run on cpu yet" in plan["time_unknown"]
 
-    plan = engine.plan(JobRequest(MODEL, JOB, images={"image": None}))
-    assert (plan["mode"], plan["device"], plan["accelerator"]) == ("cpu", "cpu", None)
-    weights_bytes = sum(c["compute_bytes"] for c in plan["components"])
-    assert [c["placement"] for c in plan["components"]] == ["unloaded"] * 3
-    assert weights_bytes > 0.5 * plan["host"]["peak_bytes"]  # the float32 weights dominate the job's memory
-    assert plan["time"] is None and "has not run on cpu yet" in plan["time_unknown"]
+        accepted = client.request({"op": "submit", "pipeline": MODEL, "params": JOB}, [Buffer.from_bytes("image", picture())])
+        result, events = client.until_done(accepted.header["job"])
+        assert result.op == "result", result.header
+        measured = max(e.header["memory_stats"]["peak_host_rss_bytes"] for e in events if "memory_stats" in e.header)
+        predicted = plan["host"]["peak_bytes"]
+        print(f"host peak: planned {predicted / 1e9:.3f} GB, measured {measured / 1e9:.3f} GB ({measured / predicted - 1:+.1%})")
+        assert abs(measured - predicted) <= 0.25 * predicted
 
-    result, events = run_job(engine, JOB)
-    assert result["op"] == "result", result
-    measured = max(e["memory_stats"]["peak_host_rss_bytes"] for e in events if "memory_stats" in e)
-    predicted = plan["host"]["peak_bytes"]
-    print(f"host peak: planned {predicted / 1e9:.3f} GB, measured {measured / 1e9:.3f} GB ({measured / predicted - 1:+.1%})")
-    assert abs(measured - predicted) <= 0.25 * predicted
-
-    # The job's stage timings are on disk now: a new engine (a restarted backend) plans with them,
-    # the sampling stage scaled by the steps.
-    restarted = JobEngine(engine.runtime, output_dir=None, weights_dir=str(weights), timings=TimingRecords(tmp_path / "state" / "timings.json"))
-    again = restarted.plan(JobRequest(MODEL, {**JOB, "steps": 4}, images={"image": None}))
-    expected = again["time"]
-    assert again["time_unknown"] is None and expected["scaled"] == {"sampling": "steps 2 -> 4"}
-    assert expected["stages"]["sampling"] == pytest.approx(2 * result["timings"]["sampling"], rel=0.01)
-    assert expected["seconds"] == pytest.approx(result["timings"]["total"] + result["timings"]["sampling"], rel=0.01)
-    # The components stay ready in RAM after a CPU job, so the plan counts them as held.
-    assert [c["placement"] for c in again["components"]] == ["ready"] * 3
+        # The job's stage timings are recorded now: the plan has a time, the sampling stage scaled by the steps.
+        again = client.request({"op": "plan", "pipeline": MODEL, "params": {**JOB, "steps": 4}, "inputs": ["image"]}).header
+        expected, timings = again["time"], result.header["timings"]
+        assert again["time_unknown"] is None and expected["scaled"] == {"sampling": "steps 2 -> 4"}
+        assert expected["stages"]["sampling"] == pytest.approx(2 * timings["sampling"], abs=0.002)
+        assert expected["seconds"] == pytest.approx(timings["total"] + timings["sampling"], abs=0.02)
+        # The components stay ready in RAM after a CPU job, so the plan counts them as held.
+        assert [c["placement"] for c in again["components"]] == ["ready"] * 3
+    finally:
+        backend.stop()
 
 
 def test_a_plan_gets_the_errors_a_job_gets(tmp_path):
