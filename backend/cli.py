@@ -1,4 +1,4 @@
-"""Command line: ``python -m backend serve | generate | doctor | setup-env``.
+"""Command line: ``python -m backend serve | generate | plan | doctor | download | setup-env``.
 
 Only the standard library is imported at module level, so ``--help`` answers at once; torch
 and the model code load inside the commands that need them.
@@ -64,24 +64,36 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest total of raw buffers one message may carry (default 1 GiB)")
     add_runtime_options(serve)
 
+    def add_job_options(p: argparse.ArgumentParser) -> None:
+        source = p.add_mutually_exclusive_group()
+        source.add_argument("--image", type=Path, metavar="PATH", help="input picture (PNG or JPEG)")
+        source.add_argument("--text", metavar="PROMPT", help="describe the object instead of giving a picture")
+        p.add_argument("--views", type=Path, metavar="PATH", help="a 3x2 grid of six views (reconstruction-only models)")
+        p.add_argument("--view", dest="named_views", action="append", default=[], metavar="NAME=PATH",
+                       help="another picture of the object for multiview models (hunyuan3d-2mv): left, back or right; "
+                            "the front is --image; repeatable")
+        p.add_argument("--model", default="auto", help="pipeline to run; auto picks the best one whose weights are present")
+        p.add_argument("--steps", type=int, help="denoising steps (models that denoise)")
+        p.add_argument("--seed", type=int, help="random seed")
+        p.add_argument("--max-faces", type=int, help="decimate to at most this many triangles")
+        p.add_argument("--set", dest="extra", action="append", default=[], metavar="NAME=VALUE",
+                       help="any other pipeline parameter (see `doctor --json` for the list); repeatable")
+        add_runtime_options(p)
+
     generate = commands.add_parser("generate", help="make one mesh from an image or a prompt, in this process",
                                    description="Run one job here with a progress bar and write the mesh.")
-    source = generate.add_mutually_exclusive_group()
-    source.add_argument("--image", type=Path, metavar="PATH", help="input picture (PNG or JPEG)")
-    source.add_argument("--text", metavar="PROMPT", help="describe the object instead of giving a picture")
-    generate.add_argument("--views", type=Path, metavar="PATH", help="a 3x2 grid of six views (reconstruction-only models)")
-    generate.add_argument("--view", dest="named_views", action="append", default=[], metavar="NAME=PATH",
-                          help="another picture of the object for multiview models (hunyuan3d-2mv): left, back or right; "
-                               "the front is --image; repeatable")
-    generate.add_argument("--model", default="auto", help="pipeline to run; auto picks the best one whose weights are present")
-    generate.add_argument("--steps", type=int, help="denoising steps (models that denoise)")
-    generate.add_argument("--seed", type=int, help="random seed")
-    generate.add_argument("--max-faces", type=int, help="decimate to at most this many triangles")
-    generate.add_argument("--set", dest="extra", action="append", default=[], metavar="NAME=VALUE",
-                          help="any other pipeline parameter (see `doctor --json` for the list); repeatable")
+    add_job_options(generate)
     generate.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
                           help="mesh file to write: .glb, .obj or .ply")
-    add_runtime_options(generate)
+
+    plan = commands.add_parser("plan", help="say what a job would take here before running it: memory mode, peak memory, time",
+                               description="Plan a job without running it: the memory mode --memory auto would pick, the "
+                                           "device, the expected peak accelerator and host memory beside what is free, and, "
+                                           "once the model has run on this machine, the expected time (scaled from the "
+                                           "recorded stage timings of earlier jobs). Takes generate's options; pictures are "
+                                           "named, not read.")
+    add_job_options(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as one JSON object (the protocol's plan reply)")
 
     doctor = commands.add_parser("doctor", help="show devices, precision, memory plan and which model weights were found",
                                  description="Check this machine: devices, the precision each computes in, the memory mode "
@@ -115,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for module in getattr(args, "pipelines_from", []):
             pipelines.load_plugin(module)
-        return {"serve": cmd_serve, "generate": cmd_generate, "doctor": cmd_doctor, "download": cmd_download}[args.command](args)
+        commands = {"serve": cmd_serve, "generate": cmd_generate, "plan": cmd_plan, "doctor": cmd_doctor, "download": cmd_download}
+        return commands[args.command](args)
     except BackendError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:
@@ -159,6 +172,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .jobs import JobEngine
     from .paths import default_output_dir, load_or_create_token
     from .server import Server
+    from .timings import TimingRecords, default_timings_file
 
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     if not loopback and args.token_file is None:
@@ -171,7 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise BackendError(ErrorCode.BAD_PARAMETER, f"--keep-alive {args.keep_alive:g}: minutes cannot be negative",
                                hint="give 0 to keep the GPU memory until the backend exits")
         engine = JobEngine(runtime, output_dir=args.output_dir or default_output_dir(), weights_dir=args.weights,
-                           max_queue=args.max_queue, keep_alive_s=args.keep_alive * 60)
+                           max_queue=args.max_queue, keep_alive_s=args.keep_alive * 60, timings=TimingRecords(default_timings_file()))
         identity = {"devices": runtime.describe_devices(), "pipelines": _pipeline_catalogue(args.weights)}
         server = Server(engine, token, identity, host=args.host, port=args.port, max_buffer_bytes=args.max_buffer_bytes,
                         catalogue=lambda: _pipeline_catalogue(args.weights))
@@ -198,25 +212,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .mesh import Mesh
     from .mesh.export import FORMATS, save
     from .pipelines.base import JobRequest
+    from .timings import TimingRecords, default_timings_file
 
     if args.output.suffix.lower() not in FORMATS:
         raise BackendError(ErrorCode.BAD_PARAMETER, f"{args.output.name}: unknown mesh format", hint="end the name with .glb, .obj or .ply")
-    images = {}
-    named = []
-    for item in args.named_views:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise BackendError(ErrorCode.BAD_PARAMETER, f"--view {item!r}: expected NAME=PATH", hint="e.g. --view back=back.png")
-        named.append((name, Path(path)))
-    for name, path in (("image", args.image), ("views", args.views), *named):
-        if path is not None:
-            if not path.is_file():
-                raise BackendError(ErrorCode.BAD_INPUT, f"{path}: no such file", hint=f"check the path given for {name}")
-            images[name] = path.read_bytes()
+    images = {name: path.read_bytes() for name, path in _pictures(args).items()}
     model = pipelines.choose(args.model, args.weights, given=set(images) | ({"text"} if args.text else set()))
     params = _collect_params(args, pipelines.get(model))
     runtime = _runtime(args)
-    engine = JobEngine(runtime, output_dir=None, weights_dir=args.weights)
+    engine = JobEngine(runtime, output_dir=None, weights_dir=args.weights, timings=TimingRecords(default_timings_file()))
     request = engine.pipeline(model).validate(JobRequest(model, params, args.text, images))
     progress = TerminalProgress(sys.stderr)
     outcome: dict[str, Any] = {}
@@ -251,6 +255,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in header["timings"].items())
     print(f"wrote {args.output} ({mesh.vertex_count} vertices, {mesh.face_count} faces; {timings})", file=sys.stderr)
     return 0
+
+
+def _pictures(args: argparse.Namespace) -> dict[str, Path]:
+    """The job's pictures by input name (--image, --views, each --view NAME=PATH), each checked to exist."""
+    named = []
+    for item in args.named_views:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise BackendError(ErrorCode.BAD_PARAMETER, f"--view {item!r}: expected NAME=PATH", hint="e.g. --view back=back.png")
+        named.append((name, Path(path)))
+    pictures = {}
+    for name, path in (("image", args.image), ("views", args.views), *named):
+        if path is not None:
+            if not path.is_file():
+                raise BackendError(ErrorCode.BAD_INPUT, f"{path}: no such file", hint=f"check the path given for {name}")
+            pictures[name] = path
+    return pictures
 
 
 def _collect_params(args: argparse.Namespace, pipeline_cls) -> dict[str, Any]:
@@ -315,6 +336,52 @@ class TerminalProgress:
     def finish(self) -> None:
         self._line_break()
         self.stage = None
+
+
+# -- plan -------------------------------------------------------------------------------------
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from . import pipelines
+    from .jobs import JobEngine
+    from .pipelines.base import JobRequest
+    from .timings import TimingRecords, default_timings_file
+
+    pictures = _pictures(args)
+    model = pipelines.choose(args.model, args.weights, given=set(pictures) | ({"text"} if args.text else set()))
+    params = _collect_params(args, pipelines.get(model))
+    engine = JobEngine(_runtime(args), output_dir=None, weights_dir=args.weights, timings=TimingRecords(default_timings_file()))
+    plan = engine.plan(JobRequest(model, params, args.text, dict.fromkeys(pictures)))
+    if args.json:
+        print(json.dumps(plan, indent=2))
+        return 0
+    print("\n".join(plan_lines(plan)))
+    return 0
+
+
+def plan_lines(plan: dict[str, Any]) -> list[str]:
+    """The plan for people: model and device, memory mode and why, peak memory beside what is free, time."""
+    host, accelerator = plan["host"], plan["accelerator"]
+    lines = [f"model: {plan['pipeline']} on {plan['device']}", f"memory: {plan['mode']} mode ({plan['why']})"]
+    if accelerator is not None:
+        lines.append(f"accelerator memory: ~{_gb(accelerator['peak_bytes'])} peak, {_gb(accelerator['free_bytes'])} free "
+                     f"of {_gb(accelerator['total_bytes'])}")
+    lines.append(f"host memory: ~{_gb(host['peak_bytes'])} peak (the backend holds {_gb(host['rss_bytes'])} now), "
+                 f"{_gb(host['available_bytes'])} available of {_gb(host['total_bytes'])}")
+    for component in plan["components"]:
+        lines.append(f"  {component['name']:<36} {_gb(component['compute_bytes'])} weights + {_gb(component['activation_bytes'])} "
+                     f"working memory ({component['placement']})")
+    expected = plan["time"]
+    if expected:
+        seconds = expected["seconds"]
+        lines.append(f"time: about {seconds:.1f} s ({expected['basis']})" if seconds < 10 else f"time: about {seconds:.0f} s ({expected['basis']})")
+    else:
+        lines.append(f"time: unknown ({plan['time_unknown']})")
+    return lines
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"
 
 
 def _gib(n: int | None) -> str:

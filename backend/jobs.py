@@ -24,6 +24,7 @@ from .errors import BackendError, JobCancelled
 from .mesh.export import atomic_write, encode_glb
 from .pipelines.base import JobContext, JobRequest, Pipeline, PipelineOutput
 from .protocol import Buffer, ErrorCode, error_header
+from .timings import TimingRecords
 
 Sink = Callable[[dict[str, Any], list[Buffer]], None]
 DEFAULT_MAX_QUEUE = 32
@@ -59,11 +60,13 @@ class JobEngine:
         max_queue: queued jobs beyond this are refused with ``busy``.
         keep_alive_s: after this long without a job the worker releases accelerator memory
             (weights stay in host RAM); 0 never does.
+        timings: where finished jobs' stage timings are recorded and plans read them; None keeps none.
     """
 
     def __init__(self, runtime: Any, output_dir: Path | None, weights_dir: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
-                 keep_alive_s: float = DEFAULT_KEEP_ALIVE_S):
+                 keep_alive_s: float = DEFAULT_KEEP_ALIVE_S, timings: TimingRecords | None = None):
         self.runtime = runtime
+        self.timings = timings
         self.output_dir = output_dir
         self.weights_dir = weights_dir
         self.max_queue = max_queue
@@ -104,6 +107,15 @@ class JobEngine:
                   "params": request.params}, [])
             self._lock.notify_all()
         return job
+
+    def plan(self, request: JobRequest) -> dict[str, Any]:
+        """What a job of ``request`` would take here and now (see backend/planning.py); queues nothing."""
+        from .planning import plan_job
+
+        if self.runtime is None or self.runtime.memory is None:
+            raise BackendError(ErrorCode.INTERNAL, "this backend has no memory manager to plan with",
+                               hint="plans need the runtime that `serve` and `generate` create")
+        return plan_job(self.pipeline(request.pipeline), request, self.runtime.memory, self.timings)
 
     def cancel(self, job_id: str, owner: Any = None) -> bool:
         """Cancel a queued or running job. Returns False when there is no such job (of this owner)."""
@@ -247,6 +259,8 @@ class JobEngine:
             timings["total"] = time.monotonic() - started
             closing = self._result(job, output, timings)
             job.state = "done"
+            if self.timings is not None and self.runtime is not None:
+                self.timings.record(job.request.pipeline, self.runtime.device, self.runtime.status()["mode"], job.request.params, timings)
         except JobCancelled:
             job.state = "cancelled"
             closing = {"op": "cancelled", "job": job.id, "stage": job.stage or None}, []

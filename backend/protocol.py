@@ -281,11 +281,12 @@ def _expected_nbytes(dtype: str, shape: Iterable[int]) -> int:
 # Message schemas
 
 # Field type checks for each client op: name -> (accepted types, required).
-_STR, _INT, _DICT = (str,), (int,), (dict,)
+_STR, _INT, _DICT, _LIST = (str,), (int,), (dict,), (list,)
 CLIENT_OPS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "hello": {"protocol": (_INT, True), "token": (_STR, True), "client": (_STR, False)},
     "ping": {},
     "submit": {"pipeline": (_STR, True), "params": (_DICT, False), "text": (_STR, False)},
+    "plan": {"pipeline": (_STR, True), "params": (_DICT, False), "text": (_STR, False), "inputs": (_LIST, False)},
     "cancel": {"job": (_STR, True)},
     "status": {},
     "pipelines": {},
@@ -294,7 +295,8 @@ CLIENT_OPS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 }
 COMMON_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {"op": (_STR, True), "ref": (_STR + _INT, False)}
 
-SERVER_EVENTS = ("welcome", "pong", "accepted", "progress", "result", "cancelled", "error", "status", "pipelines", "released", "bye")
+SERVER_EVENTS = ("welcome", "pong", "accepted", "progress", "result", "cancelled", "error", "status", "pipelines", "released", "plan",
+                 "bye")
 
 
 def validate_request(header: dict[str, Any]) -> str:

@@ -142,6 +142,8 @@ class ClientSession:
                 self.server.engine.request_release(lambda freed: self._released(freed, ref))
             elif op == "submit":
                 self._submit(header, message, ref)
+            elif op == "plan":
+                self.send({"op": "plan", **self.server.engine.plan(_plan_request(header)), **ref})
             elif op == "cancel":
                 if not self.server.engine.cancel(header["job"], owner=self):
                     raise BackendError(ErrorCode.UNKNOWN_JOB, f"no queued or running job {header['job']!r} of yours")
@@ -211,6 +213,16 @@ class ClientSession:
             self.send(event, buffers)
 
         self.server.engine.submit(request, owner=self, sink=sink)
+
+
+def _plan_request(header: dict[str, Any]) -> JobRequest:
+    """A ``plan`` names the pictures the job will take (``inputs``) instead of sending them."""
+    inputs = header.get("inputs", [])
+    if not all(isinstance(name, str) and name for name in inputs):
+        raise BackendError(ErrorCode.BAD_MESSAGE, "plan: 'inputs' must be a list of input names, e.g. [\"image\"]",
+                           hint="name the pictures the job will send (the pipeline's inputs); a prompt goes in 'text'")
+    return JobRequest(pipeline=header["pipeline"], params=header.get("params", {}), text=header.get("text"),
+                      images=dict.fromkeys(inputs))
 
 
 class Server:

@@ -81,6 +81,11 @@ def pump() -> None:
         _synced_welcome = session.welcome
         for wm in bpy.data.window_managers:
             properties.sync_params(wm.hy3d)
+    if session.phase is Phase.READY:
+        plan_before = session.plan
+        window_manager = next(iter(bpy.data.window_managers), None)
+        session.want_plan(window_manager.hy3d.plan_request() if window_manager is not None else None)
+        changed = changed or session.plan is not plan_before
     if changed:
         _redraw()
 

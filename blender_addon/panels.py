@@ -10,7 +10,7 @@ from . import app, recipe
 from .backend.licences import EXCLUDED_TERRITORIES
 from .downloads import missing_weights, unagreed_licences
 from .session import Phase
-from .status_text import progress_text
+from .status_text import plan_fits, plan_summary, progress_text
 
 CHARACTER_WIDTH_PX = 7  # about one character of the default UI font, to wrap long labels
 OUTCOME_ICONS = {"result": "CHECKMARK", "done": "CHECKMARK", "ready": "CHECKMARK", "removed": "TRASH", "cancelled": "CANCEL"}
@@ -215,6 +215,7 @@ def draw_job(layout, context, session) -> None:
         problem = context.window_manager.hy3d.problem()
         if problem:
             draw_wrapped(layout, context, problem, icon="ERROR")
+        draw_plan(layout, context, session)
         layout.operator("hy3d.free_gpu_memory", icon="MEMORY")
         return
     layout.progress(factor=job.fraction(), type="BAR", text=progress_text(job))
@@ -231,6 +232,14 @@ def draw_previews(layout, context) -> None:
     row = layout.row(align=True)
     row.prop(context.window_manager.hy3d, "variations", text="")
     row.operator("hy3d.preview_variations", icon="IMGDISPLAY")
+
+
+def draw_plan(layout, context, session) -> None:
+    """What the job would take (memory mode, peak memory beside what is free, time), as the backend planned it."""
+    if session.plan is not None:
+        draw_wrapped(layout, context, plan_summary(session.plan), icon="INFO" if plan_fits(session.plan) else "ERROR")
+    elif session.plan_error:
+        draw_wrapped(layout, context, f"No plan: {session.plan_error}", icon="INFO")
 
 
 def draw_made_with(layout, context, obj) -> None:

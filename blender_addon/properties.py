@@ -144,6 +144,13 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
                                      views={v.name: bpy.path.abspath(v.path) for v in self.views if v.path})
         return GenerationRequest(self.pipeline, params, text=self.prompt)
 
+    def plan_request(self) -> GenerationRequest | None:
+        """What to plan: the request Generate would send (a picture not chosen yet still names its input);
+        None without a model, or without a prompt for a text input."""
+        if self.pipeline_info() is None or self.source == "TEXT" and not self.prompt.strip():
+            return None
+        return self.request()
+
 
 def sync_params(inputs: HY3D_GenerationInputs) -> None:
     """Rebuild the parameter and extra view fields for the chosen pipeline, keeping what it shares with the last one."""

@@ -4,12 +4,15 @@
 threads queued (``connection.py``) to the state the panel draws, and keeps each finished
 mesh in ``history`` and in ``arrived`` for ``app.pump`` to put in the scene. Requests given
 to ``submit_all`` while a job runs wait in ``pending`` and are sent one by one as each job ends.
+``want_plan`` asks the backend for the plan of what the panel would generate, once the inputs
+have stopped changing for ``PLAN_DEBOUNCE_S``, and again after each job (its timings change it).
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import json
 import os
 import queue
 import time
@@ -26,6 +29,7 @@ from .tasks import Outcome
 
 UNRESPONSIVE_S = 5.0
 HISTORY_LENGTH = 5
+PLAN_DEBOUNCE_S = 0.4
 
 
 class Phase(Enum):
@@ -49,6 +53,10 @@ class GenerationRequest:
     quality: str = "full"  # "full", "preview" (the pipeline's preview values) or "refined" (a preview made again at full quality)
     full_params: dict[str, Any] | None = None  # a preview's parameters at full quality: what Refine sends
     placement: Placement | None = None  # where the result goes; None: at the 3D cursor
+
+    def picture_names(self) -> list[str]:
+        """The inputs this request sends pictures for (``image`` and any named views); none for a prompt."""
+        return ["image", *self.views] if self.image_path is not None else []
 
     def label(self) -> str:
         source = os.path.basename(self.image_path) if self.image_path else f'"{(self.text or "")[:40]}"'
@@ -101,6 +109,12 @@ class Session:
         self.arrived: list[HistoryEntry] = []  # results not yet in the scene
         self.pending: collections.deque[GenerationRequest] = collections.deque()  # to send when the job ends
         self.unresponsive = False
+        self.plan: dict[str, Any] | None = None  # the backend's answer to the latest plan asked for
+        self.plan_error: str = ""
+        self._plan_wanted: tuple[Any, dict[str, Any]] | None = None  # (what it depends on, the plan op to send)
+        self._plan_due = 0.0
+        self._plan_sent: Any = None  # what the plan in flight or shown depends on
+        self._plan_ref = ""
         self._connection: Connection | None = None
         self._closed: list[Connection] = []  # their reaper threads may still be finishing
         self._numbers = itertools.count(1)
@@ -129,6 +143,7 @@ class Session:
         """(Re)connect: drops any current connection (and stops a backend we started)."""
         self._drop_connection()
         self.phase, self.problem, self.welcome, self.status, self.unresponsive = Phase.STARTING, None, None, None, False
+        self.plan, self.plan_error, self._plan_sent = None, "", None
         self._connection = Connection(next(self._numbers), settings, self.events, after=tuple(self.closing()))
         self._connection.start()
 
@@ -195,6 +210,31 @@ class Session:
         self._connection.send({"op": "release", "ref": "release"})
         return True
 
+    def want_plan(self, request: GenerationRequest | None) -> None:
+        """The inputs the panel would generate from now; their plan is asked for once they stay unchanged a moment.
+
+        The plan depends on the model, the parameters and which pictures or prompt the job takes,
+        not on what they show, so typing a prompt or picking another picture asks nothing new.
+        """
+        if request is None:
+            self._plan_wanted, self._plan_sent, self.plan, self.plan_error = None, None, None, ""
+            return
+        key = (request.pipeline, json.dumps(request.params, sort_keys=True), request.text is not None, tuple(request.picture_names()))
+        if self._plan_wanted is not None and self._plan_wanted[0] == key:
+            return
+        header: dict[str, Any] = {"op": "plan", "pipeline": request.pipeline, "params": request.params,
+                                  "inputs": request.picture_names()}
+        if request.text is not None:
+            header["text"] = request.text
+        self._plan_wanted, self._plan_due = (key, header), time.monotonic() + PLAN_DEBOUNCE_S
+
+    def _send_plan_when_due(self) -> None:
+        wanted = self._plan_wanted
+        if wanted is None or wanted[0] == self._plan_sent or self.phase is not Phase.READY or time.monotonic() < self._plan_due:
+            return
+        self._plan_sent, self._plan_ref = wanted[0], f"plan-{next(self._refs)}"
+        self._connection.send({**wanted[1], "ref": self._plan_ref})
+
     def close(self) -> None:
         """End everything: threads, socket, and the backend if we started it (without waiting for them)."""
         self._drop_connection()
@@ -222,6 +262,7 @@ class Session:
         a progress step; the job's state always ends at the last one applied.
         """
         changed = self._watch_health()
+        self._send_plan_when_due()
         deadline = time.perf_counter() + budget_s
         while time.perf_counter() < deadline:
             try:
@@ -279,6 +320,10 @@ class Session:
             return False
         if op == "pipelines" and self.welcome is not None:
             self.welcome = {**self.welcome, "pipelines": header.get("pipelines", [])}
+            self._plan_sent = None  # weights may have arrived: plan again
+            return False
+        if op in ("plan", "error") and header.get("ref") == self._plan_ref:
+            self.plan, self.plan_error = (header, "") if op == "plan" else (None, header.get("message", "no plan"))
             return False
         if job is None:
             return False
@@ -302,12 +347,14 @@ class Session:
             self.history.appendleft(entry)
             self.arrived.append(entry)
             self.job = None
+            self._plan_sent = None  # the job's timings are recorded now: plan again
             self._submit_next()
             return True
         return False
 
     def _finish_job(self, outcome: Outcome) -> None:
         self.job, self.last = None, outcome
+        self._plan_sent = None
         self._submit_next()
 
     def _submit_next(self) -> None:

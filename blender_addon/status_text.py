@@ -44,3 +44,32 @@ def device_summary(status_or_welcome: dict[str, Any]) -> list[str]:
     if memory.get("mode"):
         lines.append(f"memory mode: {memory['mode']}")
     return lines
+
+
+def plan_summary(plan: dict[str, Any]) -> str:
+    """The backend's plan in one line: "stage mode, ~3.1 GB of 7.2 GB free, about 40 s" (on the CPU, of RAM)."""
+    accelerator, host = plan.get("accelerator"), plan["host"]
+    if accelerator:
+        text = f"{plan['mode']} mode, ~{_gb(accelerator['peak_bytes'])} of {_gb(accelerator['free_bytes'])} free"
+    else:
+        text = f"{plan['mode']}, ~{_gb(host['peak_bytes'])} of {_gb(host['available_bytes'])} RAM"
+    expected = plan.get("time")
+    return text + (f", about {_duration(expected['seconds'])}" if expected else ", time known after its first run")
+
+
+def plan_fits(plan: dict[str, Any]) -> bool:
+    """Whether the planned peak fits in what is free (accelerator memory, or RAM on the CPU)."""
+    accelerator = plan.get("accelerator")
+    if accelerator:
+        return accelerator["peak_bytes"] <= accelerator["free_bytes"]
+    return plan["host"]["peak_bytes"] <= plan["host"]["available_bytes"] + plan["host"].get("rss_bytes", 0)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n < 10e9 else f"{n / 1e9:.0f} GB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"

@@ -868,6 +868,44 @@ def scenario_download_weights(config: dict) -> dict:
     return facts
 
 
+def scenario_plan(config: dict) -> dict:
+    """The plan under Generate: asked for once the inputs settle, through the connection's threads, and again after a job."""
+    install(config)
+    configure(config)
+    connect()
+    app, panels = addon_module("app"), addon_module("panels")
+    sent: list[dict] = []
+    connection = app.session._connection
+    send = connection.send
+    connection.send = lambda header, buffers=None: (sent.append(header), send(header, buffers))[1]
+    plans_sent = lambda: [h for h in sent if h["op"] == "plan"]  # noqa: E731
+    set_inputs("TEXT", steps=4, step_delay=0.05)
+    pump_until(lambda: app.session.plan is not None)
+    facts = {"first": app.session.plan, "first_panel": drawn(lambda layout: panels.draw_job(layout, bpy.context, app.session)),
+             "first_sent": plans_sent()}
+    inputs = bpy.context.window_manager.hy3d
+    for steps in (5, 6, 7, 8):  # changed faster than the debounce: one plan, for the last value
+        inputs.params["steps"].set(steps)
+        app.pump()
+    facts["sent_while_changing"] = len(plans_sent()) - len(facts["first_sent"])
+    pump_until(lambda: app.session.plan["params"]["steps"] == 8)
+    facts["sent_after_settling"] = [h["params"]["steps"] for h in plans_sent()[len(facts["first_sent"]):]]
+    inputs.prompt = "another prompt"  # the plan does not depend on what the prompt says
+    for _ in range(3):
+        app.pump()
+        time.sleep(0.2)
+    facts["sent_after_prompt"] = len(plans_sent())
+    inputs.params["steps"].set(4)
+    generate_and_wait()
+    pump_until(lambda: app.session.plan is not None and app.session.plan["time"] is not None)
+    facts["after_job"] = app.session.plan
+    facts["after_job_panel"] = drawn(lambda layout: panels.draw_job(layout, bpy.context, app.session))
+    inputs.params["steps"].set(8)
+    pump_until(lambda: app.session.plan["params"]["steps"] == 8)
+    facts["scaled"] = app.session.plan["time"]
+    return facts
+
+
 class RecordingLayout:
     """Stands in for a UILayout (panels can't draw in background mode): records what would be shown."""
 

@@ -59,6 +59,7 @@ class TestShapePipeline(Pipeline):
     stages = ("prepare", "shape")
     inputs = ("image", "text")
     requires_one_of = ("image", "text")
+    scales_with = {"shape": "steps"}
     params = (
         Param("steps", int, 5, "steps of the shape stage", minimum=1, maximum=10000, preview=1),
         Param("step_delay", float, 0.01, "seconds per step", minimum=0.0, maximum=10.0),

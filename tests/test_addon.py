@@ -175,6 +175,24 @@ def test_quitting_mid_job_ends_the_backend_cleanly(addon_zip, tmp_path):
     assert_left_to_end_cleanly(facts)
 
 
+def test_the_plan_under_generate_follows_the_inputs_and_learns_the_time_from_a_job(addon_zip, tmp_path):
+    facts = run_scenario("plan", addon_zip, tmp_path)
+    first = facts["first"]
+    assert (first["pipeline"], first["params"]["steps"], first["mode"], first["accelerator"], first["time"]) == ("test-shape", 4, "cpu", None, None)
+    assert facts["first_sent"] == [{"op": "plan", "pipeline": "test-shape", "params": facts["first_sent"][0]["params"], "inputs": [],
+                                    "text": "a small round stone", "ref": facts["first_sent"][0]["ref"]}]
+    line = next(line for line in facts["first_panel"] if line.startswith("cpu, ~"))
+    assert facts["first_panel"].index(line) == facts["first_panel"].index("[hy3d.generate]") + 1  # right under the button
+    assert "RAM,timeknownafteritsfirstrun" in "".join(facts["first_panel"]).replace(" ", "")  # the panel wraps long lines
+    assert facts["sent_while_changing"] == 0 and facts["sent_after_settling"] == [8]
+    assert facts["sent_after_prompt"] == 2  # a new prompt asks nothing new
+    after = facts["after_job"]
+    assert after["params"]["steps"] == 4 and after["time"]["scaled"] == {}
+    assert ",about" in "".join(facts["after_job_panel"]).replace(" ", "")
+    scaled = facts["scaled"]
+    assert scaled["scaled"] == {"shape": "steps 4 -> 8"} and scaled["stages"]["shape"] == pytest.approx(2 * after["time"]["stages"]["shape"], abs=0.002)
+
+
 def test_generate_without_a_usable_image_is_greyed_out_with_the_reason(addon_zip, tmp_path):
     facts = run_scenario("missing_image", addon_zip, tmp_path)
     for label, reason in (("empty", "Choose an image first"), ("missing", f"Image not found: {tmp_path / 'no-such.png'}")):

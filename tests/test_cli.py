@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import trimesh
-from conftest import backend_env
+from conftest import REPO, backend_env
 
 
 def run_cli(tmp_path, *args, timeout=120, extra_env=None):
@@ -122,10 +122,26 @@ def test_an_interactive_yes_is_remembered_and_nano_needs_no_agreement(tmp_path, 
     require_agreement("nano", False, ask=None, say=shown.append)
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["generate"], ["doctor"], ["download"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["generate"], ["plan"], ["doctor"], ["download"]])
 def test_every_command_has_help(tmp_path, command):
     proc = run_cli(tmp_path, *command, "--help")
     assert proc.returncode == 0 and "usage: python -m backend" in proc.stdout
+
+
+def test_plan_prints_the_figures_then_the_time_once_generate_has_run(tmp_path):
+    image = tmp_path / "in.png"
+    image.write_bytes((REPO / "examples" / "snowman.png").read_bytes())
+    before = run_cli(tmp_path, "plan", "--model", "nano", "--image", str(image), "--set", "resolution=48")
+    assert before.returncode == 0, before.stderr
+    lines = before.stdout.splitlines()
+    assert lines[0] == "model: nano on cpu" and lines[1].startswith("memory: cpu mode (")
+    assert lines[2].startswith("host memory: ~") and "available of" in lines[2]
+    assert lines[-1] == "time: unknown (nano has not run on cpu yet; the first job's time is recorded for the next plans)"
+    made = run_cli(tmp_path, "generate", "--model", "nano", "--image", str(image), "--set", "resolution=48", "-o", str(tmp_path / "out.glb"))
+    assert made.returncode == 0, made.stderr
+    after = run_cli(tmp_path, "plan", "--model", "nano", "--image", str(image), "--set", "resolution=96", "--json")
+    plan = json.loads(after.stdout)
+    assert plan["params"]["resolution"] == 96 and plan["time"]["scaled"] == {"mesh": "resolution 48 -> 96 (time ~ resolution^2.5)"}
 
 
 def test_model_auto_picks_nano_for_a_picture_when_no_hunyuan3d_weights_are_present(tmp_path):

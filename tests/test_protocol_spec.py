@@ -195,7 +195,7 @@ def test_a_second_hello_is_bad_message_and_the_connection_stays(shared_backend):
 
 
 def test_direct_replies_echo_ref(shared_backend):
-    spec_says("the direct reply to it (`welcome`, `pong`, `status`, `pipelines`, `released`, `accepted`, `bye`, or an `error` "
+    spec_says("the direct reply to it (`welcome`, `pong`, `status`, `pipelines`, `plan`, `released`, `accepted`, `bye`, or an `error` "
               "about that message, login errors included) echoes it.")
     client = Client(shared_backend.port)
     client.send({"op": "hello", "protocol": PROTOCOL_VERSION, "token": shared_backend.token, "ref": 41})
@@ -203,6 +203,7 @@ def test_direct_replies_echo_ref(shared_backend):
     assert welcome["op"] == "welcome" and welcome["ref"] == 41
     for ref, header, op in (("p", {"op": "ping"}, "pong"), (2, {"op": "status"}, "status"),
                             ("w", {"op": "pipelines"}, "pipelines"), ("r", {"op": "release"}, "released"), ("u", {"op": "fly"}, "error"),
+                            ("l", {"op": "plan", "pipeline": "test-shape", "text": "x"}, "plan"),
                             ("c", {"op": "cancel", "job": "j-none"}, "error"),
                             ("s", {"op": "submit", "pipeline": "test-shape", "text": "x", "params": {"steps": 1}}, "accepted")):
         client.send({**header, "ref": ref})
@@ -274,6 +275,52 @@ def test_cancel_and_errors_as_the_tables_say(shared_backend):
     error = client.until_done(failing)[0].header
     assert error["op"] == "error" and error["job"] == failing and error["code"] == ErrorCode.JOB_FAILED
     assert error["message"] and error["hint"] and error["stage"] == "shape"
+
+
+# -- plans ------------------------------------------------------------------------------------
+
+
+def plan(client: Client, **header) -> dict:
+    return client.request({"op": "plan", "pipeline": "test-shape", "text": "a ball", **header}).header
+
+
+def test_a_plan_is_answered_beside_a_running_job_and_its_time_comes_from_recorded_jobs(tmp_path):
+    spec_says("It is validated as a `submit` is (the same `unknown_pipeline`, `bad_parameter`, `bad_input`, `weights_missing` and "
+              "`weights_corrupt` errors) and answered at once, even while another job runs.")
+    spec_says("| `time` | null until the pipeline has run on this device in this memory mode;")
+    spec_says("each stage the pipeline declares proportional to a parameter (denoising stages to `steps`) is scaled by the ratio of "
+              "the two values.")
+    spec_says("so plans keep their times across restarts.")
+    backend = BackendProcess(tmp_path)
+    try:
+        client = backend.client()
+        first = plan(client, params={"steps": 4})
+        assert first["op"] == "plan" and first["params"]["steps"] == 4 and first["params"]["subdivisions"] == 2
+        assert (first["device"], first["mode"], first["accelerator"], first["components"]) == ("cpu", "cpu", None, [])
+        assert first["host"]["peak_bytes"] >= first["host"]["rss_bytes"] > 0 and first["host"]["available_bytes"] > 0
+        assert first["time"] is None and "has not run on cpu yet" in first["time_unknown"]
+        result, _ = client.until_done(submit(client, steps=4, step_delay=0.05))
+        running = submit(client, steps=400, step_delay=0.05)
+        while client.read().op != "progress":
+            pass
+        asked = time.monotonic()
+        second = plan(client, params={"steps": 8, "step_delay": 0.05})
+        assert time.monotonic() - asked < 5 and client.request({"op": "status"}).header["running"]["job"] == running
+        assert second["time_unknown"] is None and second["time"]["scaled"] == {"shape": "steps 4 -> 8"}
+        assert second["time"]["stages"]["shape"] == pytest.approx(2 * result.header["timings"]["shape"], rel=0.01)
+        for header, code in (({"pipeline": "no-such"}, ErrorCode.UNKNOWN_PIPELINE), ({"params": {"steps": 0}}, ErrorCode.BAD_PARAMETER),
+                             ({"text": ""}, ErrorCode.BAD_INPUT), ({"inputs": "image"}, ErrorCode.BAD_MESSAGE),
+                             ({"inputs": [3]}, ErrorCode.BAD_MESSAGE)):
+            assert plan(client, **header)["code"] == code, header
+        client.send({"op": "cancel", "job": running})
+        assert client.until_done(running)[0].op == "cancelled"
+    finally:
+        backend.stop()
+    restarted = BackendProcess(tmp_path)
+    try:
+        assert plan(restarted.client(), params={"steps": 4})["time"]["seconds"] == pytest.approx(result.header["timings"]["total"], abs=0.01)
+    finally:
+        restarted.stop()
 
 
 # -- shutting down ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,6 +40,7 @@ _STEP_DOWN = {"resident": "stage", "cpu": "stage", "stage": "stream"}
 _RESERVE_BYTES = 1 << 30
 _MIN_ACTIVATION_BYTES = 256 << 20
 _STATS_KEPT = 64
+_ASSUMED_BLOCKS = 8  # stream mode's plan for a component not loaded yet, whose block list is unknown
 
 
 class MemoryManager:
@@ -130,15 +132,19 @@ class MemoryManager:
         if existing is not None:
             log.info("component %s now loads from %s; unloading the weights from %s", name, ", ".join(resolved), ", ".join(existing.files))
             existing.unload()
+        self._components[name] = self._new_component(name, loader, precision, resolved, prefix, blocks, size_bytes)
+        self._join_job(name)
+        self._publish()
+
+    def _new_component(self, name: str, loader: Callable[[], nn.Module], precision: str, resolved: tuple[str, ...], prefix: str,
+                       blocks: Callable[[nn.Module], list[nn.Module]] | None, size_bytes: int | None) -> Component:
         choice = self.policy.choose(dtype_name(precision))
         storage = None
         if resolved:
             stored, storage = stored_size_and_dtype(resolved, prefix)
             size_bytes = stored if size_bytes is None else size_bytes
-        self._components[name] = Component(name, loader, dtype_name(precision), resolved, blocks, size_bytes, storage,
-                                           compute_dtype=choice.dtype, precision_why=choice.reason)
-        self._join_job(name)
-        self._publish()
+        return Component(name, loader, dtype_name(precision), resolved, blocks, size_bytes, storage,
+                         compute_dtype=choice.dtype, precision_why=choice.reason)
 
     def _join_job(self, name: str) -> None:
         if name not in self._job:
@@ -346,7 +352,64 @@ class MemoryManager:
 
     def preview(self, names: list[str]) -> dict[str, Any]:
         """The mode ``auto`` would pick for a job of ``names`` on this machine now, with the numbers behind it."""
-        components = [self._component(name) for name in names]
+        return self._preview([self._component(name) for name in names])
+
+    def plan(self, declared: Declarations) -> dict[str, Any]:
+        """What a job of the ``declared`` components would take on this machine now: the mode ``auto``
+        would pick (as ``preview`` says), the peak accelerator and host memory expected, and what is free.
+
+        Reads only (components not registered yet are sized from their files' headers, nothing
+        loads), so it is safe beside a running job. Each component is taken for one stage with the
+        activation ``run_stage`` assumes by default.
+        """
+        import psutil
+
+        components = []
+        for entry in declared.entries:
+            existing = self._components.get(entry.name)
+            if existing is not None and existing.files == entry.files:
+                components.append(existing)
+            else:
+                components.append(self._new_component(entry.name, entry.loader, entry.precision, entry.files, entry.prefix,
+                                                      entry.blocks, entry.size_bytes))
+        out = self._preview(components)
+        if "mode" not in out:  # no components: nothing for ``auto`` to decide
+            out["mode"], out["why"] = self._plan_preview()
+        mode = out["mode"]
+        compute = {c.name: self._compute_bytes(c) for c in components}
+        activation = {c.name: self._default_activation([c]) for c in components}
+        largest_activation = max(activation.values(), default=0)
+        rss = current_rss()
+        if self.device.type == "cpu":
+            # float32 copies are made for what is not ready yet; ready ones are already in the RSS.
+            host_peak = rss + sum(compute[c.name] for c in components if not c.ready) + largest_activation
+            device_peak = None
+        else:
+            unloaded = [c.storage_bytes for c in components if not c.loaded]
+            # Parked copies stay in host RAM in stage and stream modes; resident mode reads one file at a time.
+            host_peak = rss + (sum(unloaded) if mode in ("stage", "stream") else max(unloaded, default=0))
+            if mode == "resident":
+                device_peak = sum(compute.values()) + largest_activation
+            elif mode == "stream":
+                device_peak = max((activation[c.name] + 2 * compute[c.name] // max(len(c.block_slots), _ASSUMED_BLOCKS)
+                                   for c in components), default=0)
+            else:
+                device_peak = max((activation[c.name] + compute[c.name] for c in components), default=0)
+        memory = psutil.virtual_memory()
+        out["device"] = str(self.device)
+        out["host"] = {"peak_bytes": host_peak, "available_bytes": memory.available, "total_bytes": memory.total,
+                       "rss_bytes": rss}
+        if self.device.type == "cpu":
+            out["accelerator"] = None
+        else:
+            free, total = self._free_memory()
+            out["accelerator"] = {"peak_bytes": device_peak, "free_bytes": free, "total_bytes": total}
+        out["components"] = [{"name": c.name, "compute_bytes": compute[c.name], "activation_bytes": activation[c.name],
+                              "placement": c.placement if self._components.get(c.name) is c else "unloaded"}
+                             for c in components]
+        return out
+
+    def _preview(self, components: list[Component]) -> dict[str, Any]:
         compute = sum(self._compute_bytes(c) for c in components)
         largest = max(components, key=self._compute_bytes, default=None)
         out: dict[str, Any] = {"job_compute_bytes": compute}
@@ -383,11 +446,14 @@ class MemoryManager:
         if self.budget_bytes is not None:
             return self.budget_bytes - activation
         free, _total = self._free_memory()
-        held = sum(self._compute_bytes(c) for c in self._components.values() if c.ready)
+        # A list first: a plan reads this from a client's thread while the worker may register components.
+        held = sum(self._compute_bytes(c) for c in list(self._components.values()) if c.ready)
         return free + held - self.reserve_bytes - activation
 
     def _compute_bytes(self, component: Component) -> int:
-        return component.compute_bytes(self.compute_dtype(component.name).itemsize)
+        import torch
+
+        return component.compute_bytes(getattr(torch, component.compute_dtype).itemsize)
 
     def _default_activation(self, components: list[Component]) -> int:
         return max(_MIN_ACTIVATION_BYTES, sum(self._compute_bytes(c) for c in components) // 4)
@@ -565,3 +631,28 @@ def _is_out_of_memory(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+@dataclass(frozen=True)
+class Declaration:
+    name: str
+    loader: Callable[[], Any]
+    precision: str
+    files: tuple[str, ...]
+    prefix: str
+    blocks: Callable[[Any], list[Any]] | None
+    size_bytes: int | None
+
+
+class Declarations:
+    """Stands in for the manager while a pipeline declares a job's components for a plan
+    (``Pipeline.register_components``): records each ``register``, loads and changes nothing."""
+
+    def __init__(self) -> None:
+        self.entries: list[Declaration] = []
+
+    def register(self, name: str, loader: Callable[[], Any], *, precision: str = FLOAT16, files: Sequence[str | os.PathLike[str]] = (),
+                 prefix: str = "", blocks: Callable[[Any], list[Any]] | None = None, size_bytes: int | None = None) -> None:
+        resolved = tuple(str(Path(f).resolve()) for f in files)
+        self.entries = [e for e in self.entries if e.name != name]
+        self.entries.append(Declaration(name, loader, dtype_name(precision), resolved, prefix, blocks, size_bytes))

@@ -93,12 +93,13 @@ MAX_FACES = Param("max_faces", int, 120000, "decimate the mesh to at most this m
 
 @dataclass
 class JobRequest:
-    """What a job asks for, after validation. ``images`` holds encoded PNG/JPEG bytes by input name."""
+    """What a job asks for, after validation. ``images`` holds encoded PNG/JPEG bytes by input name
+    (``None`` in a plan's request, which names its pictures without sending them)."""
 
     pipeline: str
     params: dict[str, Any]
     text: str | None = None
-    images: dict[str, bytes] = field(default_factory=dict)
+    images: dict[str, bytes | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -167,6 +168,9 @@ class Pipeline:
     params: ClassVar[tuple[Param, ...]] = ()
     inputs: ClassVar[tuple[str, ...]] = ("image",)  # any of "image", "text", or named extra images
     requires_one_of: ClassVar[tuple[str, ...]] = ("image",)
+    # Stages whose time is proportional to a parameter, or to a power of it (``{"sampling": "steps", "mesh": ("resolution", 3)}``):
+    # plans scale recorded timings by it.
+    scales_with: ClassVar[dict[str, str | tuple[str, float]]] = {}
 
     def __init__(self, weights_dir: str | None = None):
         self.weights_dir = weights_dir
@@ -207,7 +211,8 @@ class Pipeline:
         if extra:
             raise BackendError(ErrorCode.BAD_INPUT, f"{self.name} does not take {', '.join(extra)}", hint="inputs: " + ", ".join(self.inputs))
         for name, data in request.images.items():
-            open_image(data, name)
+            if data is not None:  # a plan names the pictures a job will take without sending them
+                open_image(data, name)
         if not given & set(self.requires_one_of):
             raise BackendError(
                 ErrorCode.BAD_INPUT,

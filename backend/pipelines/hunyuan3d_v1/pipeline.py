@@ -56,6 +56,7 @@ class Hunyuan3D1Pipeline(Pipeline):
     stages = ("text_to_image", "background", "condition", "multiview", "decode", "encode", "triplane", "mesh")
     inputs = ("image", "text")
     requires_one_of = ("image", "text")
+    scales_with = {"multiview": "steps", "text_to_image": "text_steps"}
     multiview_folder: ClassVar[WeightFolder]
     component_prefix: ClassVar[str]
 

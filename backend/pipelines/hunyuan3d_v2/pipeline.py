@@ -75,6 +75,7 @@ class Hunyuan3D2Pipeline(Pipeline):
     stages = ("text_to_image", "background", "condition", "sampling", "decoding", "mesh")
     inputs = ("image", "text")
     requires_one_of = ("image", "text")
+    scales_with = {"sampling": "steps", "text_to_image": "text_steps"}
     multiview: ClassVar[bool] = False
 
     @property

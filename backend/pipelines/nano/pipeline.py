@@ -114,6 +114,7 @@ class NanoPipeline(Pipeline):
     name = "nano"
     description = "Nano: a small picture-to-3D model trained on simple procedural shapes; a few seconds on any CPU, offline"
     stages = ("prepare", "encode", "mesh")
+    scales_with = {"mesh": ("resolution", 2.5)}  # coarse to fine: between the band's square and the grid's cube
     params = (SEED, MAX_FACES, RESOLUTION)
     inputs = ("image",)
     requires_one_of = ("image",)
