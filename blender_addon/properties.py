@@ -15,6 +15,7 @@ import bpy
 from bpy.props import BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import app
+from .finishing import HY3D_FinishingInputs
 from .session import GenerationRequest
 
 NO_PIPELINE = "NONE"
@@ -95,6 +96,7 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
     params: CollectionProperty(type=HY3D_ParamValue)
     views: CollectionProperty(type=HY3D_ViewPath)
     show_advanced: BoolProperty(name="Advanced")
+    finishing: bpy.props.PointerProperty(type=HY3D_FinishingInputs)
     variations: IntProperty(name="Variations", default=3, min=1, max=16,
                             description="How many new seeds Variations tries, one queued job each")
 
@@ -115,11 +117,12 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
         return next((p for p in problems if p), "")
 
     def request(self) -> GenerationRequest:
-        params = {p.name: p.value for p in self.params}
+        finishing = self.finishing.options()
+        params = finishing.backend_params({p.name: p.value for p in self.params})
         if self.source == "IMAGE":
             return GenerationRequest(self.pipeline, params, image_path=bpy.path.abspath(self.image_path),
-                                     views={v.name: bpy.path.abspath(v.path) for v in self.views if v.path})
-        return GenerationRequest(self.pipeline, params, text=self.prompt)
+                                     views={v.name: bpy.path.abspath(v.path) for v in self.views if v.path}, finishing=finishing)
+        return GenerationRequest(self.pipeline, params, text=self.prompt, finishing=finishing)
 
 
 def sync_params(inputs: HY3D_GenerationInputs) -> None:
@@ -150,19 +153,22 @@ def sync_params(inputs: HY3D_GenerationInputs) -> None:
 def snapshot(inputs: HY3D_GenerationInputs) -> dict[str, Any]:
     """The inputs as plain data, to outlive the window manager they are stored on."""
     return {"pipeline": inputs.pipeline, "source": inputs.source, "image_path": inputs.image_path, "prompt": inputs.prompt,
-            "params": {p.name: (p.kind, p.value) for p in inputs.params}, "views": {v.name: v.path for v in inputs.views}}
+            "params": {p.name: (p.kind, p.value) for p in inputs.params}, "views": {v.name: v.path for v in inputs.views},
+            "finishing": inputs.finishing.options()}
 
 
 def load_request(inputs: HY3D_GenerationInputs, request: GenerationRequest) -> None:
     """Put a request's model, input and parameter values in the fields (Load Settings)."""
     restore(inputs, {"pipeline": request.pipeline, "source": "IMAGE" if request.image_path else "TEXT",
                      "image_path": request.image_path or "", "prompt": request.text or "", "views": request.views,
-                     "params": {name: (type(value).__name__, value) for name, value in request.params.items()}})
+                     "params": {name: (type(value).__name__, value) for name, value in request.params.items()},
+                     "finishing": request.finishing})
 
 
 def restore(inputs: HY3D_GenerationInputs, kept: dict[str, Any]) -> None:
     """Put kept inputs back, with the parameter fields rebuilt for the chosen model and the values the user set."""
     inputs.image_path, inputs.prompt, inputs.source = kept["image_path"], kept["prompt"], kept["source"]
+    inputs.finishing.load(kept["finishing"])
     if any(item[0] == kept["pipeline"] for item in _pipeline_items(inputs, None)):
         inputs.pipeline = kept["pipeline"]  # its update rebuilds the fields
     sync_params(inputs)
@@ -174,7 +180,7 @@ def restore(inputs: HY3D_GenerationInputs, kept: dict[str, Any]) -> None:
             param.set(old[1])
 
 
-classes = (HY3D_ParamValue, HY3D_ViewPath, HY3D_GenerationInputs)
+classes = (HY3D_ParamValue, HY3D_ViewPath, HY3D_FinishingInputs, HY3D_GenerationInputs)
 
 
 def register() -> None:

@@ -4,7 +4,7 @@ The object's ``hunyuan3d`` property holds the model, the seed the backend used, 
 or the input picture's path (the path, not the picture: a .blend stays small and the
 picture is read again when the object is regenerated), a multiview model's other pictures'
 paths by view name (as JSON), every parameter (as JSON, so their
-types survive) and the backend's version.
+types survive), the finishing done in Blender (as JSON, when there was some) and the backend's version.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from .errors import AddonError
+from .finishing_options import FinishingOptions
 from .session import GenerationRequest
 
 PROPERTY = "hunyuan3d"
@@ -41,6 +42,8 @@ def to_properties(request: GenerationRequest, seed: int | None, backend_version:
         stored["views"] = json.dumps(request.views, sort_keys=True)
     if request.text is not None:
         stored["prompt"] = request.text
+    if request.finishing.active:
+        stored["finishing"] = request.finishing.to_json()
     return stored
 
 
@@ -58,9 +61,11 @@ def from_properties(stored: Mapping[str, Any]) -> GenerationRequest:
     if not isinstance(views, dict) or not all(isinstance(path, str) for path in views.values()):
         raise RecipeError("This object's Hunyuan3D views are not a JSON object of picture paths",
                           "generate it again from the panel's inputs")
+    finishing = FinishingOptions.from_json(stored["finishing"]) if "finishing" in stored else FinishingOptions()
     image_path = stored.get("image_path") or None
     text = None if image_path else str(stored.get("prompt", ""))
-    return GenerationRequest(model, params, text=text, image_path=image_path, views=views if image_path else {})
+    return GenerationRequest(model, params, text=text, image_path=image_path, views=views if image_path else {},
+                             finishing=finishing)
 
 
 def with_new_seeds(request: GenerationRequest, count: int, rng: random.Random | None = None) -> list[GenerationRequest]:

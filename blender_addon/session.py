@@ -21,6 +21,7 @@ from . import meshdata
 from .backend import protocol
 from .connection import Connected, Connection, ConnectionSettings, Lost, Received
 from .errors import AddonError
+from .finishing_options import FinishingOptions
 from .tasks import Outcome
 
 UNRESPONSIVE_S = 5.0
@@ -45,6 +46,7 @@ class GenerationRequest:
     text: str | None = None
     image_path: str | None = None
     views: dict[str, str] = field(default_factory=dict)  # more pictures by input name (multiview models' left, back, right)
+    finishing: FinishingOptions = field(default_factory=FinishingOptions)  # done in Blender after the import
 
     def label(self) -> str:
         source = os.path.basename(self.image_path) if self.image_path else f'"{(self.text or "")[:40]}"'
