@@ -747,6 +747,8 @@ def scenario_finishing(config: dict) -> dict:
         return facts
 
     set_inputs("TEXT", subdivisions=4, radius=0.6, steps=1)  # 5120 triangles; the test model takes max_faces
+    settings.load(addon_module("finishing_options").FinishingOptions(quads="VOXEL", lods=3))
+    options_panel = drawn(lambda layout: panels.HY3D_PT_finishing.draw(types.SimpleNamespace(layout=layout), bpy.context))
     facts = {"budget_backend": finishing(scale=(2.0, 2.0, 0.5), face_budget=3000, lods=3,
                                          origin_bottom=True, apply_scale=True)}
     obj = bpy.data.objects[facts["budget_backend"]["object"]["name"]]
@@ -775,6 +777,7 @@ def scenario_finishing(config: dict) -> dict:
 
     facts["refused"] = finishing(scale=(3.0, 3.0, 3.0), before_steps=flip_one_face, quads="QUADRIFLOW",
                                  apply_scale=True, lods=2)
+    facts["options_panel"] = options_panel
     return facts
 
 

@@ -505,6 +505,8 @@ def test_finishing_runs_a_step_per_tick_and_gives_the_asked_faces_origin_scale_a
     assert json.loads(backend["stored"]["finishing"]) == {"face_budget": 3000, "quads": "NONE", "voxel_size": pytest.approx(0.02),
                                                           "lods": 3, "origin_bottom": True, "apply_scale": True}
     assert facts["loaded"] == [3000, 3, True, True, 3000]
+    assert facts["options_panel"] == ["[face_budget=0]", "[quads=VOXEL]", "[voxel_size=0.019999999552965164]", "[lods=3]",
+                                      "[origin_bottom=False]", "[apply_scale=False]"]
 
     # A model without max_faces: Blender's Decimate modifier meets the budget (80 -> 40 triangles, within 2).
     blender = facts["budget_blender"]
