@@ -50,8 +50,8 @@ class HY3D_FinishingInputs(bpy.types.PropertyGroup):
     quads: EnumProperty(name="Quads", items=(
         ("NONE", "None", "Keep the triangles"),
         ("QUADRIFLOW", "QuadriFlow", "Blender's QuadriFlow remesh to quads, aiming at the face budget (or half the "
-                                     "triangles). It blocks Blender while it runs: about 2 s for 1,280 triangles, "
-                                     "minutes for 40,000 (docs/benchmarks.md). Needs a manifold mesh"),
+                                     "triangles). It blocks Blender while it runs: about 2.5 minutes for 40,000 "
+                                     "triangles on 2 CPU cores (docs/benchmarks.md). Needs a manifold mesh"),
         ("VOXEL", "Voxel", "Voxel remesh to even quads of Voxel Size; takes any mesh, closes holes"),
     ))
     voxel_size: FloatProperty(name="Voxel Size", default=0.02, min=0.0001, soft_max=1.0, precision=4, subtype="DISTANCE",

@@ -87,8 +87,8 @@ class FinishingOptions:
                 raise ValueError(f"expected a JSON object with keys among {', '.join(known)}")
             return cls(**{name: {"int": int, "float": float, "bool": bool, "str": str}[known[name]](value)
                           for name, value in stored.items()})
-        except (TypeError, ValueError) as exc:
-            raise FinishingError(f"This object's finishing settings are damaged ({exc})",
+        except (TypeError, ValueError, FinishingError) as exc:
+            raise FinishingError(f"This object's finishing settings are damaged ({getattr(exc, 'message', exc)})",
                                  "set Finishing in the panel and generate again") from None
 
 

@@ -535,3 +535,33 @@ def test_finishing_runs_a_step_per_tick_and_gives_the_asked_faces_origin_scale_a
     assert kind == "error" and "failed at QuadriFlow remesh" in message and "manifold" in message and "Voxel" in hint
     assert refused["matrix"] == refused["matrix_before"] and refused["world"] == refused["world_before"]
     assert refused["object"] == refused["imported"] and refused["lods"] is None and refused["orphan_meshes"] == []
+
+
+def test_finishing_options_check_their_values_travel_in_the_recipe_and_hand_the_budget_to_max_faces(addon_package):
+    options = importlib.import_module("addon_under_test.finishing_options")
+    recipe = importlib.import_module("addon_under_test.recipe")
+    session = importlib.import_module("addon_under_test.session")
+    finishing = options.FinishingOptions(face_budget=3000, quads="VOXEL", voxel_size=0.05, lods=2, origin_bottom=True, apply_scale=True)
+    assert finishing.step_names() == ["apply scale", "decimate", "voxel remesh", "origin", "LOD 1 of 2", "LOD 2 of 2"]
+    assert options.FinishingOptions(face_budget=3000, quads="QUADRIFLOW").step_names() == ["QuadriFlow remesh"]
+    assert not options.FinishingOptions(voxel_size=0.5).active and finishing.active
+
+    # The budget goes to a model's own max_faces (never raising it); QuadriFlow keeps the model's full mesh.
+    assert finishing.backend_params({"seed": 1, "max_faces": 120000}) == {"seed": 1, "max_faces": 3000}
+    assert finishing.backend_params({"max_faces": 2000}) == {"max_faces": 2000}
+    assert finishing.backend_params({"seed": 1}) == {"seed": 1}
+    assert options.FinishingOptions(face_budget=3000, quads="QUADRIFLOW").backend_params({"max_faces": 9000}) == {"max_faces": 9000}
+
+    request = session.GenerationRequest("nano", {"seed": 0}, image_path="/p/mug.png", finishing=finishing)
+    stored = recipe.to_properties(request, 0, "0.1.0")
+    assert recipe.from_properties(stored) == request
+    assert "finishing" not in recipe.to_properties(session.GenerationRequest("nano", {"seed": 0}, image_path="/p/mug.png"), 0, "")
+
+    for values, why in (({"face_budget": -5}, "face budget"), ({"quads": "TRIS"}, "Unknown quad remesh"),
+                        ({"voxel_size": 0.0}, "voxel size"), ({"lods": 9}, "LODs must be 0 to 8")):
+        with pytest.raises(options.FinishingError, match=why):
+            options.FinishingOptions(**values)
+    for text in ("{not json", "[1]", '{"lods": 2, "colour": "red"}', '{"lods": 99}'):
+        with pytest.raises(options.FinishingError, match="damaged") as error:
+            recipe.from_properties({**stored, "finishing": text})
+        assert "Finishing" in error.value.hint
