@@ -2,8 +2,9 @@
 
 A persistent ``bpy.app.timers`` timer calls ``pump``; tests (where timers never fire) call
 it directly. Each call applies a couple of milliseconds' worth of events, puts a mesh that
-arrived in the scene or else does one step of finishing the last one (``finishing``), refreshes the parameter fields when a new model list arrives and
-redraws the sidebar when something visible changed. After a download the backend is asked
+arrived in the scene or else does one step of finishing a result (``finishing``), refreshes
+the parameter fields when a new model list arrives and redraws the sidebar when something
+visible changed. After a download the backend is asked
 to look at its weights again, which brings the new model list.
 
 The sidebar's inputs live on the window manager, which File > New and File > Open replace:

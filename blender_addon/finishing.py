@@ -50,7 +50,7 @@ class HY3D_FinishingInputs(bpy.types.PropertyGroup):
     quads: EnumProperty(name="Quads", items=(
         ("NONE", "None", "Keep the triangles"),
         ("QUADRIFLOW", "QuadriFlow", "Blender's QuadriFlow remesh to quads, aiming at the face budget (or half the "
-                                     "triangles). It blocks Blender while it runs: about 2.5 minutes for 40,000 "
+                                     "triangles). It blocks Blender while it runs: 1 to 2.5 minutes for 40,000 "
                                      "triangles on 2 CPU cores (docs/benchmarks.md). Needs a manifold mesh"),
         ("VOXEL", "Voxel", "Voxel remesh to even quads of Voxel Size; takes any mesh, closes holes"),
     ))
@@ -110,7 +110,8 @@ class Finisher:
         return f"Finishing: {run.steps[run.done]}" if run else ""
 
     def start(self, obj: bpy.types.Object, options: FinishingOptions) -> None:
-        """Queue the object's finishing; nothing happens before the next ``step``."""
+        """Queue the object's finishing; nothing happens before the next ``step``. A new result hides the last outcome."""
+        self.last = None
         if options.active:
             self.runs.append(FinishingRun(obj.name, options, options.step_names()))
 
