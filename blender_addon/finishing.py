@@ -238,22 +238,31 @@ def origin_to_bottom_centre(context, obj, run: FinishingRun) -> None:
 
 
 def make_lod(context, obj, run: FinishingRun) -> None:
-    """A copy with half the triangles of the one before (a quad result's copies are triangulated)."""
+    """A copy with half the triangles of the one before, decimated from it (a quad result's copies are triangulated).
+
+    Each copy is hidden once the next one is made from it: Blender does not evaluate hidden objects.
+    """
     if not run.lod_faces:
         run.lod_faces.append(triangle_count(obj.data))
         collection = bpy.data.collections.new(f"{obj.name} LODs")
         (obj.users_collection[0] if obj.users_collection else context.scene.collection).children.link(collection)
         run.lod_collection = collection.name
     level = len(run.lod_faces)
-    ratio = 0.5**level
-    lod = bpy.data.objects.new(f"{obj.name}_LOD{level}", evaluated_with_modifier(context, obj, "DECIMATE", ratio=ratio,
+    source = bpy.data.objects[run.lod_objects[-1]] if run.lod_objects else obj
+    lod = bpy.data.objects.new(f"{obj.name}_LOD{level}", evaluated_with_modifier(context, source, "DECIMATE", ratio=0.5,
                                                                                  use_collapse_triangulate=True))
     lod.matrix_world = obj.matrix_world
     bpy.data.collections[run.lod_collection].objects.link(lod)
     run.lod_objects.append(lod.name)
     run.lod_faces.append(len(lod.data.polygons))
+    for done in (source, lod) if level == run.options.lods else (source,):
+        if done is not obj:
+            hide_in_viewport(done)
+
+
+def hide_in_viewport(obj) -> None:
     try:
-        lod.hide_set(True)
+        obj.hide_set(True)
     except RuntimeError:
         pass  # not in the view layer (the result's collection is excluded from it): already out of sight
 
