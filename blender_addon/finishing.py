@@ -141,6 +141,17 @@ class Finisher:
             if bpy.ops.ed.undo_push.poll():
                 bpy.ops.ed.undo_push(message="Hunyuan3D finishing")
 
+    def cancel(self) -> None:
+        """Stop finishing: the object being finished is put back as it was before, the queued ones are left as imported."""
+        if not self.runs:
+            return
+        run = self.runs[0]
+        obj = bpy.data.objects.get(run.object_name)
+        if obj is not None:
+            self._roll_back(obj, run)
+        while self.runs:
+            self._end(self.runs[0], Outcome("cancelled", f"Finishing {run.object_name} cancelled; it is left as it was"))
+
     def close(self) -> None:
         """Drop the queue (the add-on is disabled); objects keep whatever steps were done."""
         while self.runs:

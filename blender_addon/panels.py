@@ -240,7 +240,9 @@ def draw_finishing(layout, context) -> None:
     if finisher is None:
         return
     if finisher.running:
-        layout.progress(factor=finisher.fraction, type="BAR", text=finisher.message)
+        row = layout.row()
+        row.progress(factor=finisher.fraction, type="BAR", text=finisher.message)
+        row.operator("hy3d.cancel_finishing", text="", icon="CANCEL")
     else:
         draw_outcome(layout, context, finisher.last)
 

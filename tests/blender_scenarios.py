@@ -707,8 +707,11 @@ def scenario_finishing(config: dict) -> dict:
     recipe = addon_module("recipe")
     settings = bpy.context.window_manager.hy3d.finishing
 
-    def finishing(scale=None, before_steps=None, **options) -> dict:
-        """Generate with these finishing options; ``scale`` is set on the object between its import and the first step."""
+    def finishing(scale=None, before_steps=None, cancel_after: int | None = None, **options) -> dict:
+        """Generate with these finishing options; ``scale`` is set on the object between its import and the first step.
+
+        With ``cancel_after``, the panel's Cancel is pressed after that many steps.
+        """
         settings.load(addon_module("finishing_options").FinishingOptions(**options))
         generate_and_wait()
         obj = bpy.context.view_layer.objects.active
@@ -727,6 +730,12 @@ def scenario_finishing(config: dict) -> dict:
             facts["progress"].append(shown[0] if app.finisher.running else "")
 
         record()
+        for _ in range(cancel_after or 0):
+            app.pump()
+            record()
+        if cancel_after is not None:
+            facts["cancel_button"] = "[hy3d.cancel_finishing]" in drawn(lambda layout: panels.draw_finishing(layout, bpy.context))
+            facts["cancel"] = sorted(bpy.ops.hy3d.cancel_finishing())
         pump_until(lambda: not app.finisher.running, on_pump=record)
         bpy.context.view_layer.update()
         obj = bpy.data.objects[imported["name"]]
@@ -777,6 +786,8 @@ def scenario_finishing(config: dict) -> dict:
 
     facts["refused"] = finishing(scale=(3.0, 3.0, 3.0), before_steps=flip_one_face, quads="QUADRIFLOW",
                                  apply_scale=True, lods=2)
+    set_inputs("TEXT", subdivisions=3, radius=0.6, steps=1)
+    facts["cancelled"] = finishing(scale=(2.0, 2.0, 2.0), cancel_after=2, apply_scale=True, lods=3)
     facts["options_panel"] = options_panel
     return facts
 

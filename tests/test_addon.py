@@ -535,6 +535,15 @@ def test_finishing_runs_a_step_per_tick_and_gives_the_asked_faces_origin_scale_a
     assert refused["matrix"] == refused["matrix_before"] and refused["world"] == refused["world_before"]
     assert refused["object"] == refused["imported"] and refused["lods"] is None and refused["orphan_meshes"] == []
 
+    # Cancel after two steps (scale applied, one LOD made): put back as it was, its LOD copy removed.
+    cancelled = facts["cancelled"]
+    assert cancelled["cancel_button"] and cancelled["cancel"] == ["FINISHED"]
+    assert cancelled["progress"][:3] == ["[progress] Finishing: apply scale", "[progress] Finishing: LOD 1 of 3",
+                                         "[progress] Finishing: LOD 2 of 3"]
+    assert cancelled["outcome"][0] == "cancelled" and "left as it was" in cancelled["outcome"][1]
+    assert cancelled["matrix"] == cancelled["matrix_before"] and cancelled["object"] == cancelled["imported"]
+    assert cancelled["lods"] is None and cancelled["orphan_meshes"] == []
+
 
 def test_finishing_options_check_their_values_travel_in_the_recipe_and_hand_the_budget_to_max_faces(addon_package):
     options = importlib.import_module("addon_under_test.finishing_options")
