@@ -6,9 +6,9 @@ LOD copies) then runs as separate steps, one per ``Finisher.step`` call, so Blen
 between them and the panel shows which step is running. Decimation and LODs apply a Decimate
 modifier through ``Mesh.new_from_object``; the remeshes are Blender's own operators.
 
-A step that fails puts the object back as it was when finishing began (mesh and transform)
-and removes the LOD copies made so far; the panel shows the error. Only the finished state is pushed to
-the undo stack, so Ctrl+Z takes back the whole finishing at once.
+A step that fails, or Cancel, puts the object back as it was when finishing began (mesh and
+transform) and removes the LOD copies made so far; the panel shows why. Only the finished
+state is pushed to the undo stack, so Ctrl+Z takes back the whole finishing at once.
 
 Objects and meshes are looked up by name at every step: a reference kept across ticks could
 outlive an undo or a file load.
@@ -46,7 +46,8 @@ class HY3D_FinishingInputs(bpy.types.PropertyGroup):
     face_budget: IntProperty(
         name="Face Budget", default=0, min=0, soft_max=1_000_000,
         description="Decimate the result to at most this many faces (0: keep them all). A model with a Max Faces "
-                    "parameter decimates in the backend instead, so a smaller mesh is sent")
+                    "parameter decimates in the backend instead, so a smaller mesh is sent (not with QuadriFlow, "
+                    "which aims at the budget itself)")
     quads: EnumProperty(name="Quads", items=(
         ("NONE", "None", "Keep the triangles"),
         ("QUADRIFLOW", "QuadriFlow", "Blender's QuadriFlow remesh to quads, aiming at the face budget (or half the "
@@ -55,9 +56,10 @@ class HY3D_FinishingInputs(bpy.types.PropertyGroup):
         ("VOXEL", "Voxel", "Voxel remesh to even quads of Voxel Size; takes any mesh, closes holes"),
     ))
     voxel_size: FloatProperty(name="Voxel Size", default=0.02, min=0.0001, soft_max=1.0, precision=4, subtype="DISTANCE",
-                              description="Edge length of the voxel remesh's quads, in scene units")
+                              description="Edge length of the voxel remesh's quads, in the object's units "
+                                          "(scene units when Apply Scale is on)")
     lods: IntProperty(name="LODs", default=0, min=0, max=MAX_LODS,
-                      description="How many decimated copies to make, each with half the faces of the one before, "
+                      description="How many decimated copies to make, each with half the triangles of the one before, "
                                   "in a collection named after the result (hidden in the viewport)")
     origin_bottom: BoolProperty(name="Origin at Bottom Centre",
                                 description="Move the object's origin to the bottom centre of its bounding box; "
@@ -251,7 +253,7 @@ def origin_to_bottom_centre(context, obj, run: FinishingRun) -> None:
 def make_lod(context, obj, run: FinishingRun) -> None:
     """A copy with half the triangles of the one before, decimated from it (a quad result's copies are triangulated).
 
-    Each copy is hidden once the next one is made from it: Blender does not evaluate hidden objects.
+    Each copy is hidden only once the next one is made from it, as the viewport may leave a hidden object unevaluated.
     """
     if not run.lod_faces:
         run.lod_faces.append(triangle_count(obj.data))
