@@ -2,8 +2,9 @@
 
 A persistent ``bpy.app.timers`` timer calls ``pump``; tests (where timers never fire) call
 it directly. Each call applies a couple of milliseconds' worth of events, puts a mesh that
-arrived in the scene, refreshes the parameter fields when a new model list arrives and
-redraws the sidebar when something visible changed. After a download the backend is asked
+arrived in the scene or else does one step of finishing a result (``finishing``), refreshes
+the parameter fields when a new model list arrives and redraws the sidebar when something
+visible changed. After a download the backend is asked
 to look at its weights again, which brings the new model list.
 
 The sidebar's inputs live on the window manager, which File > New and File > Open replace:
@@ -19,6 +20,7 @@ import bpy
 from . import arrange, importer, properties, recipe
 from .downloads import DownloadTask
 from .environment import EnvironmentTask
+from .finishing import Finisher
 from .session import HistoryEntry, Phase, Session
 from .status_text import result_summary
 from .tasks import Outcome
@@ -30,15 +32,17 @@ OBJECT_NAME = "Hunyuan3D"
 session: Session | None = None
 environment: EnvironmentTask | None = None
 downloads: DownloadTask | None = None
+finisher: Finisher | None = None
 _synced_welcome: dict | None = None
 _kept_inputs: dict | None = None
 
 
 def start() -> None:
-    global session, environment, downloads
+    global session, environment, downloads, finisher
     session = Session()
     environment = EnvironmentTask()
     downloads = DownloadTask()
+    finisher = Finisher()
     bpy.app.timers.register(_tick, first_interval=IDLE_INTERVAL_S, persistent=True)
     bpy.app.handlers.render_pre.append(release_before_render)
     bpy.app.handlers.load_pre.append(_keep_inputs)
@@ -47,7 +51,7 @@ def start() -> None:
 
 def stop() -> None:
     """Stop the timer and the handlers; close the session and any setup or download, without waiting for them."""
-    global session, environment, downloads, _synced_welcome, _kept_inputs
+    global session, environment, downloads, finisher, _synced_welcome, _kept_inputs
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
     for handlers, handler in ((bpy.app.handlers.load_pre, _keep_inputs), (bpy.app.handlers.load_post, _restore_inputs),
@@ -60,7 +64,9 @@ def stop() -> None:
         environment.close()
     if downloads is not None:
         downloads.close()
-    session, environment, downloads, _synced_welcome, _kept_inputs = None, None, None, None, None
+    if finisher is not None:
+        finisher.close()
+    session, environment, downloads, finisher, _synced_welcome, _kept_inputs = None, None, None, None, None, None
 
 
 def pump() -> None:
@@ -68,8 +74,13 @@ def pump() -> None:
     if session is None:
         return
     changed = session.pump()
-    for entry in session.take_arrived():
+    arrived = session.take_arrived()
+    for entry in arrived:
         session.last = place_result(entry)
+    if not arrived and finisher.running:  # one operation per tick: an import or a finishing step
+        with _in_window():
+            finisher.step(bpy.context)
+        changed = True
     if environment is not None:
         changed = environment.pump() or changed
     if downloads is not None:
@@ -97,9 +108,7 @@ def release_before_render(*_args) -> None:
         session.release_memory()
 def place_result(entry: HistoryEntry) -> Outcome:
     """Put a mesh that arrived at the 3D cursor, as one undo step; the History keeps it if that fails."""
-    # A timer runs without a window; the selection, the active collection and the undo stack belong to one.
-    window = bpy.context.window or next(iter(bpy.context.window_manager.windows), None)
-    with bpy.context.temp_override(window=window):
+    with _in_window():
         try:
             build_result(bpy.context, entry)
         except (RuntimeError, MemoryError, ValueError) as exc:  # raising here would stop Blender's timer for good
@@ -112,14 +121,25 @@ def place_result(entry: HistoryEntry) -> Outcome:
 
 def build_result(context: bpy.types.Context, entry: HistoryEntry, at_cursor: bool = False) -> bpy.types.Object:
     """The result's object, placed as its request asks (or at the 3D cursor), carrying how it was made
-    (``recipe``) into the .blend."""
+    (``recipe``) into the .blend.
+
+    The finishing its request asks for starts on the next ticks.
+    """
     obj = importer.build_object(context, entry.mesh, OBJECT_NAME)
     if not at_cursor:
         arrange.place(context, obj, entry.mesh, entry.request.placement)
     server = (session.welcome or {}).get("server", {}) if session is not None else {}
     obj[recipe.PROPERTY] = recipe.to_properties(entry.request, entry.result.get("seed"), server.get("version", ""))
     entry.object_name = obj.name
+    if finisher is not None:
+        finisher.start(obj, entry.request.finishing)
     return obj
+
+
+def _in_window():
+    """A context with a window: a timer runs without one, and the selection, the active collection and the undo
+    stack belong to one."""
+    return bpy.context.temp_override(window=bpy.context.window or next(iter(bpy.context.window_manager.windows), None))
 
 
 def _use_downloaded_weights() -> None:
@@ -148,7 +168,7 @@ def _restore_inputs(*_args) -> None:
 def _tick() -> float:
     pump()
     busy = (session is not None and session.busy or environment is not None and environment.running
-            or downloads is not None and downloads.running)
+            or downloads is not None and downloads.running or finisher is not None and finisher.running)
     return BUSY_INTERVAL_S if busy else IDLE_INTERVAL_S
 
 

@@ -150,6 +150,17 @@ class HY3D_OT_cancel(CancelsWork, bpy.types.Operator):
         return app.session
 
 
+class HY3D_OT_cancel_finishing(CancelsWork, bpy.types.Operator):
+    """Stop finishing: the object being finished is put back as it was, results waiting to be finished are left as imported"""
+
+    bl_idname = "hy3d.cancel_finishing"
+    bl_label = "Cancel"
+
+    @staticmethod
+    def work():
+        return app.finisher
+
+
 class HY3D_OT_drop_queued(bpy.types.Operator):
     """Take this job off the queue before it starts"""
 
@@ -396,6 +407,7 @@ class HY3D_OT_cancel_download(CancelsWork, bpy.types.Operator):
 
 
 classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_refresh_models, HY3D_OT_free_gpu_memory, HY3D_OT_generate, HY3D_OT_cancel,
-           HY3D_OT_drop_queued, HY3D_OT_regenerate, HY3D_OT_variations, HY3D_OT_preview_variations, HY3D_OT_refine,
-           HY3D_OT_load_settings, HY3D_OT_use_camera_view, HY3D_OT_use_editor_image, HY3D_OT_import_result, HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env,
+           HY3D_OT_cancel_finishing, HY3D_OT_drop_queued, HY3D_OT_regenerate, HY3D_OT_variations, HY3D_OT_preview_variations,
+           HY3D_OT_refine, HY3D_OT_load_settings, HY3D_OT_use_camera_view, HY3D_OT_use_editor_image, HY3D_OT_import_result,
+           HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env,
            HY3D_OT_download_weights, HY3D_OT_cancel_download)

@@ -49,6 +49,7 @@ class HY3D_PT_main(bpy.types.Panel):
         draw_params(layout, inputs, advanced=False)
         draw_job(layout, context, session)
         draw_outcome(layout, context, session.last)
+        draw_finishing(layout, context)
 
 
 class HY3D_PT_advanced(bpy.types.Panel):
@@ -65,6 +66,30 @@ class HY3D_PT_advanced(bpy.types.Panel):
 
     def draw(self, context):
         draw_params(self.layout, context.window_manager.hy3d, advanced=True)
+
+
+class HY3D_PT_finishing(bpy.types.Panel):
+    bl_label = "Finishing"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Hunyuan3D"
+    bl_parent_id = "HY3D_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}  # noqa: RUF012 (Blender wants a set)
+
+    @classmethod
+    def poll(cls, context):
+        return app.session is not None and app.session.phase is Phase.READY
+
+    def draw(self, context):
+        settings = context.window_manager.hy3d.finishing
+        col = self.layout.column()
+        col.prop(settings, "face_budget")
+        col.prop(settings, "quads")
+        if settings.quads == "VOXEL":
+            col.prop(settings, "voxel_size")
+        col.prop(settings, "lods")
+        col.prop(settings, "origin_bottom")
+        col.prop(settings, "apply_scale")
 
 
 class HY3D_PT_made_with(bpy.types.Panel):
@@ -259,6 +284,19 @@ def draw_made_with(layout, context, obj) -> None:
     row.operator("hy3d.variations", icon="DUPLICATE")
 
 
+def draw_finishing(layout, context) -> None:
+    """The finishing step running now ("Finishing: LOD 2 of 3"), or how the last finishing ended."""
+    finisher = app.finisher
+    if finisher is None:
+        return
+    if finisher.running:
+        row = layout.row()
+        row.progress(factor=finisher.fraction, type="BAR", text=finisher.message)
+        row.operator("hy3d.cancel_finishing", text="", icon="CANCEL")
+    else:
+        draw_outcome(layout, context, finisher.last)
+
+
 def draw_outcome(layout, context, outcome) -> None:
     """A job's or the connection's outcome: message, hint, and any quoted lines (the end of a log)."""
     if outcome is None:
@@ -272,4 +310,4 @@ def draw_outcome(layout, context, outcome) -> None:
         draw_wrapped(box, context, line, icon="RIGHTARROW_THIN")
 
 
-classes = (HY3D_PT_main, HY3D_PT_made_with, HY3D_PT_scene_input, HY3D_PT_advanced, HY3D_PT_history)
+classes = (HY3D_PT_main, HY3D_PT_made_with, HY3D_PT_scene_input, HY3D_PT_advanced, HY3D_PT_finishing, HY3D_PT_history)

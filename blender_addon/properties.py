@@ -24,6 +24,7 @@ from bpy.props import (
 )
 
 from . import app, viewport_input
+from .finishing import HY3D_FinishingInputs
 from .session import GenerationRequest
 
 NO_PIPELINE = "NONE"
@@ -104,6 +105,7 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
     params: CollectionProperty(type=HY3D_ParamValue)
     views: CollectionProperty(type=HY3D_ViewPath)
     show_advanced: BoolProperty(name="Advanced")
+    finishing: bpy.props.PointerProperty(type=HY3D_FinishingInputs)
     variations: IntProperty(name="Variations", default=3, min=1, max=16,
                             description="How many new seeds Variations and Preview Variations try, one queued job each")
     into_selected: BoolProperty(name="Into Selected",
@@ -138,11 +140,12 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
         return next((p for p in problems if p), "")
 
     def request(self) -> GenerationRequest:
-        params = {p.name: p.value for p in self.params}
+        finishing = self.finishing.options()
+        params = finishing.backend_params({p.name: p.value for p in self.params})
         if self.source == "IMAGE":
             return GenerationRequest(self.pipeline, params, image_path=bpy.path.abspath(self.image_path),
-                                     views={v.name: bpy.path.abspath(v.path) for v in self.views if v.path})
-        return GenerationRequest(self.pipeline, params, text=self.prompt)
+                                     views={v.name: bpy.path.abspath(v.path) for v in self.views if v.path}, finishing=finishing)
+        return GenerationRequest(self.pipeline, params, text=self.prompt, finishing=finishing)
 
     def plan_request(self) -> GenerationRequest | None:
         """What to plan: the request Generate would send (a picture not chosen yet still names its input);
@@ -182,14 +185,16 @@ def snapshot(inputs: HY3D_GenerationInputs) -> dict[str, Any]:
     return {"pipeline": inputs.pipeline, "source": inputs.source, "image_path": inputs.image_path, "prompt": inputs.prompt,
             "params": {p.name: (p.kind, p.value) for p in inputs.params}, "views": {v.name: v.path for v in inputs.views},
             "viewport": {"into_selected": inputs.into_selected, "camera_render": inputs.camera_render,
-                         "camera_picture": inputs.camera_picture, "camera_view": tuple(inputs.camera_view)}}
+                         "camera_picture": inputs.camera_picture, "camera_view": tuple(inputs.camera_view)},
+            "finishing": inputs.finishing.options()}
 
 
 def load_request(inputs: HY3D_GenerationInputs, request: GenerationRequest) -> None:
     """Put a request's model, input and parameter values in the fields (Load Settings)."""
     restore(inputs, {"pipeline": request.pipeline, "source": "IMAGE" if request.image_path else "TEXT",
                      "image_path": request.image_path or "", "prompt": request.text or "", "views": request.views,
-                     "params": {name: (type(value).__name__, value) for name, value in request.params.items()}})
+                     "params": {name: (type(value).__name__, value) for name, value in request.params.items()},
+                     "finishing": request.finishing})
 
 
 def restore(inputs: HY3D_GenerationInputs, kept: dict[str, Any]) -> None:
@@ -197,6 +202,7 @@ def restore(inputs: HY3D_GenerationInputs, kept: dict[str, Any]) -> None:
     inputs.image_path, inputs.prompt, inputs.source = kept["image_path"], kept["prompt"], kept["source"]
     for name, value in kept.get("viewport", {}).items():
         setattr(inputs, name, value)
+    inputs.finishing.load(kept["finishing"])
     if any(item[0] == kept["pipeline"] for item in _pipeline_items(inputs, None)):
         inputs.pipeline = kept["pipeline"]  # its update rebuilds the fields
     sync_params(inputs)
@@ -208,7 +214,7 @@ def restore(inputs: HY3D_GenerationInputs, kept: dict[str, Any]) -> None:
             param.set(old[1])
 
 
-classes = (HY3D_ParamValue, HY3D_ViewPath, HY3D_GenerationInputs)
+classes = (HY3D_ParamValue, HY3D_ViewPath, HY3D_FinishingInputs, HY3D_GenerationInputs)
 
 
 def register() -> None:

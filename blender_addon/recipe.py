@@ -4,8 +4,9 @@ The object's ``hunyuan3d`` property holds the model, the seed the backend used, 
 or the input picture's path (the path, not the picture: a .blend stays small and the
 picture is read again when the object is regenerated), a multiview model's other pictures'
 paths by view name (as JSON), every parameter (as JSON, so their
-types survive), the backend's version and the quality: "full", "preview" (made with the
-pipeline's preview values; ``full_params`` keeps the full ones, for Refine) or "refined".
+types survive), the finishing done in Blender (as JSON, when there was some), the backend's
+version and the quality: "full", "preview" (made with the pipeline's preview values;
+``full_params`` keeps the full ones, for Refine) or "refined".
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from .errors import AddonError
+from .finishing_options import FinishingOptions
 from .session import GenerationRequest
 
 QUALITIES = ("full", "preview", "refined")
@@ -46,6 +48,8 @@ def to_properties(request: GenerationRequest, seed: int | None, backend_version:
         stored["views"] = json.dumps(request.views, sort_keys=True)
     if request.text is not None:
         stored["prompt"] = request.text
+    if request.finishing.active:
+        stored["finishing"] = request.finishing.to_json()
     return stored
 
 
@@ -68,10 +72,11 @@ def from_properties(stored: Mapping[str, Any]) -> GenerationRequest:
     if quality not in QUALITIES or (quality == "preview") != isinstance(full_params, dict):
         raise RecipeError(f"This object's Hunyuan3D quality ({quality}) does not match its stored parameters",
                           "generate it again from the panel's inputs")
+    finishing = FinishingOptions.from_json(stored["finishing"]) if "finishing" in stored else FinishingOptions()
     image_path = stored.get("image_path") or None
     text = None if image_path else str(stored.get("prompt", ""))
     return GenerationRequest(model, params, text=text, image_path=image_path, views=views if image_path else {},
-                             quality=quality, full_params=full_params)
+                             quality=quality, full_params=full_params, finishing=finishing)
 
 
 def with_new_seeds(request: GenerationRequest, count: int, rng: random.Random | None = None) -> list[GenerationRequest]:

@@ -24,6 +24,7 @@ from . import meshdata
 from .backend import protocol
 from .connection import Connected, Connection, ConnectionSettings, Lost, Received
 from .errors import AddonError
+from .finishing_options import FinishingOptions
 from .placement import Placement
 from .tasks import Outcome
 
@@ -53,6 +54,7 @@ class GenerationRequest:
     quality: str = "full"  # "full", "preview" (the pipeline's preview values) or "refined" (a preview made again at full quality)
     full_params: dict[str, Any] | None = None  # a preview's parameters at full quality: what Refine sends
     placement: Placement | None = None  # where the result goes; None: at the 3D cursor
+    finishing: FinishingOptions = field(default_factory=FinishingOptions)  # done in Blender after the import
 
     def picture_names(self) -> list[str]:
         """The inputs this request sends pictures for (``image`` and any named views); none for a prompt."""

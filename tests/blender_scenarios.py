@@ -906,6 +906,122 @@ def scenario_plan(config: dict) -> dict:
     return facts
 
 
+def scenario_finishing(config: dict) -> dict:
+    """Finishing after the import, one step per pump: scale, face budget, LODs, origin, voxel and QuadriFlow quads."""
+    install(config)
+    configure(config)
+    connect()
+    app = addon_module("app")
+    panels = addon_module("panels")
+    recipe = addon_module("recipe")
+    settings = bpy.context.window_manager.hy3d.finishing
+
+    def finishing(scale=None, before_steps=None, cancel_after: int | None = None, **options) -> dict:
+        """Generate with these finishing options; ``scale`` is set on the object between its import and the first step.
+
+        With ``cancel_after``, the panel's Cancel is pressed after that many steps.
+        """
+        settings.load(addon_module("finishing_options").FinishingOptions(**options))
+        generate_and_wait()
+        obj = bpy.context.view_layer.objects.active
+        assert app.finisher.running and app.finisher.runs[0].done == 0  # the import's tick did no finishing step
+        imported = mesh_facts(obj)
+        if scale is not None:
+            obj.scale = scale
+        if before_steps is not None:
+            before_steps(obj)
+        bpy.context.view_layer.update()
+        facts = {"imported": imported, "dimensions_before": list(obj.dimensions), "world_before": bounds(obj, world=True),
+                 "matrix_before": [list(row) for row in obj.matrix_world], "progress": []}
+
+        def record() -> None:  # after each pump: the step the next pump does
+            shown = drawn(lambda layout: panels.draw_finishing(layout, bpy.context))
+            facts["progress"].append(shown[0] if app.finisher.running else "")
+
+        record()
+        for _ in range(cancel_after or 0):
+            app.pump()
+            record()
+        if cancel_after is not None:
+            facts["cancel_button"] = "[hy3d.cancel_finishing]" in drawn(lambda layout: panels.draw_finishing(layout, bpy.context))
+            facts["cancel"] = sorted(bpy.ops.hy3d.cancel_finishing())
+        pump_until(lambda: not app.finisher.running, on_pump=record)
+        bpy.context.view_layer.update()
+        obj = bpy.data.objects[imported["name"]]
+        lods = bpy.data.collections.get(f"{obj.name} LODs")
+        facts.update({
+            "object": mesh_facts(obj), "scale": list(obj.scale), "dimensions": list(obj.dimensions),
+            "world": bounds(obj, world=True), "local": bounds(obj, world=False), "matrix": [list(row) for row in obj.matrix_world],
+            "corners": sorted({p.loop_total for p in obj.data.polygons}), "materials": [m.name for m in obj.data.materials],
+            "colors": list(obj.data.color_attributes.keys()), "outcome": [app.finisher.last.kind, app.finisher.last.message,
+                                                                         app.finisher.last.hint],
+            "panel": drawn(lambda layout: panels.draw_finishing(layout, bpy.context)),
+            "lods": [{"name": lod.name, "faces": len(lod.data.polygons), "hidden": lod.hide_get(),
+                      "matrix": [list(row) for row in lod.matrix_world], "colors": list(lod.data.color_attributes.keys())}
+                     for lod in sorted(lods.objects, key=lambda o: o.name)] if lods else None,
+            "lod_collection_parent": next((c.name for c in (bpy.context.scene.collection, *bpy.data.collections)
+                                           if lods is not None and lods.name in c.children), None),
+            "stored": obj[recipe.PROPERTY].to_dict(), "orphan_meshes": sorted(m.name for m in bpy.data.meshes if m.users == 0)})
+        return facts
+
+    set_inputs("TEXT", subdivisions=4, radius=0.6, steps=1)  # 5120 triangles; the test model takes max_faces
+    settings.load(addon_module("finishing_options").FinishingOptions(quads="VOXEL", lods=3))
+    options_panel = drawn(lambda layout: panels.HY3D_PT_finishing.draw(types.SimpleNamespace(layout=layout), bpy.context))
+    facts = {"budget_backend": finishing(scale=(2.0, 2.0, 0.5), face_budget=3000, lods=3,
+                                         origin_bottom=True, apply_scale=True)}
+    obj = bpy.data.objects[facts["budget_backend"]["object"]["name"]]
+    bpy.context.view_layer.objects.active = obj
+    set_inputs("TEXT", subdivisions=1, steps=1)
+    settings.load(addon_module("finishing_options").FinishingOptions())
+    assert bpy.ops.hy3d.load_settings() == {"FINISHED"}
+    facts["loaded"] = [settings.face_budget, settings.lods, settings.origin_bottom, settings.apply_scale,
+                       bpy.context.window_manager.hy3d.params["max_faces"].value]
+
+    write_png(os.path.join(config["workdir"], "input.png"))
+    set_inputs("IMAGE", os.path.join(config["workdir"], "input.png"), pipeline="test-views")  # 80 triangles, no max_faces
+    facts["budget_blender"] = finishing(face_budget=40, lods=2)
+    set_inputs("TEXT", subdivisions=3, radius=0.6, steps=1)
+    facts["voxel"] = finishing(quads="VOXEL", voxel_size=0.05, lods=1)
+    set_inputs("TEXT", subdivisions=2, radius=0.6, steps=1)
+
+    def shorten_one_edge(obj) -> None:  # as marching cubes does: ends under 1e-4 apart, which QuadriFlow refuses
+        first, second = obj.data.edges[0].vertices
+        obj.data.vertices[second].co = obj.data.vertices[first].co + mathutils.Vector((5e-5, 0.0, 0.0))
+
+    facts["quadriflow"] = finishing(before_steps=shorten_one_edge, quads="QUADRIFLOW", origin_bottom=True)
+
+    def flip_one_face(obj) -> None:  # QuadriFlow wants face normals that agree
+        obj.data.polygons[0].flip()
+
+    facts["refused"] = finishing(scale=(3.0, 3.0, 3.0), before_steps=flip_one_face, quads="QUADRIFLOW",
+                                 apply_scale=True, lods=2)
+    set_inputs("TEXT", subdivisions=3, radius=0.6, steps=1)
+    facts["cancelled"] = finishing(scale=(2.0, 2.0, 2.0), cancel_after=2, apply_scale=True, lods=3)
+    facts["options_panel"] = options_panel
+    return facts
+
+
+def mesh_facts(obj) -> dict:
+    mesh = obj.data
+    positions = [0.0] * (3 * len(mesh.vertices))
+    mesh.attributes["position"].data.foreach_get("vector", positions)
+    return {"name": obj.name, "vertices": len(mesh.vertices), "faces": len(mesh.polygons), "positions": positions,
+            "invalid": mesh.validate(), "smooth": all(p.use_smooth for p in mesh.polygons)}
+
+
+def bounds(obj, world: bool) -> list[list[float]]:
+    """The lowest and highest corner of the object's vertices, in its own or in world coordinates."""
+    import numpy as np
+
+    positions = np.empty(3 * len(obj.data.vertices), dtype=np.float64)
+    obj.data.attributes["position"].data.foreach_get("vector", positions)
+    positions = positions.reshape(-1, 3)
+    if world:
+        matrix = np.array(obj.matrix_world)
+        positions = positions @ matrix[:3, :3].T + matrix[:3, 3]
+    return [positions.min(axis=0).tolist(), positions.max(axis=0).tolist()]
+
+
 class RecordingLayout:
     """Stands in for a UILayout (panels can't draw in background mode): records what would be shown."""
 

@@ -1,7 +1,7 @@
 """A small pipeline for tests, registered through the same plug-in path real families use.
 
 Load it in a backend process with ``--pipelines-from fixture_pipelines`` (this folder on
-PYTHONPATH). It produces a coloured icosphere through the real job machinery: parameters,
+PYTHONPATH). It produces a coloured icosphere (decimated to ``max_faces`` as the real models do) through the real job machinery: parameters,
 progress per step, cancellation between steps, results, errors.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 from backend import pipelines
 from backend.errors import BackendError
 from backend.images import decode_image, encode_png
-from backend.mesh import Mesh
+from backend.mesh import Mesh, cleanup
 from backend.pipelines.base import MAX_FACES, SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput
 from backend.protocol import ErrorCode
 
@@ -87,7 +87,7 @@ class TestShapePipeline(Pipeline):
                 os._exit(CRASH_EXIT_CODE)
             time.sleep(p["step_delay"])
             ctx.progress("shape", step + 1, p["steps"], message=f"step {step + 1}")
-        positions, faces = icosphere(p["subdivisions"], p["radius"])
+        positions, faces = cleanup.decimate(*icosphere(p["subdivisions"], p["radius"]), p["max_faces"])
         rng = np.random.default_rng(p["seed"])
         base = rng.random(3)
         colors = np.clip(base + 0.3 * positions / p["radius"], 0, 1)

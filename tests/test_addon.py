@@ -627,3 +627,105 @@ def test_fit_into_box_is_the_largest_centred_fit_resting_on_the_bottom_facing_as
         placement.fit_into_box(points, np.diag([1.0, 0.0, 1.0, 1.0]), -np.ones(3), np.ones(3))
     assert placement.facing_away_from((0.0, 0.0, -1.0)) is None
     assert placement.facing_away_from((0.0, 2.0, -1.0)) == pytest.approx((0.0, -1.0))
+def test_finishing_runs_a_step_per_tick_and_gives_the_asked_faces_origin_scale_and_quads(addon_zip, tmp_path):
+    facts = run_scenario("finishing", addon_zip, tmp_path)
+
+    # Face budget 3000 on a model with max_faces: the backend decimates (fast-simplification stops at or just
+    # below its target), so Blender has nothing left to decimate. Each LOD halves the faces of the one before;
+    # Blender's collapse decimation removes two triangles per edge it collapses, so a copy lands within 2 of half.
+    backend = facts["budget_backend"]
+    assert json.loads(backend["stored"]["params"])["max_faces"] == 3000
+    assert 0.98 * 3000 <= backend["imported"]["faces"] <= 3000 and backend["object"]["faces"] == backend["imported"]["faces"]
+    faces = backend["object"]["faces"]
+    assert [lod["name"] for lod in backend["lods"]] == ["Hunyuan3D_LOD1", "Hunyuan3D_LOD2", "Hunyuan3D_LOD3"]
+    for before, lod in zip([faces] + [lod["faces"] for lod in backend["lods"]], backend["lods"]):
+        assert abs(lod["faces"] - before / 2) <= 2 and lod["hidden"] and lod["colors"] == ["Color"]
+        assert lod["matrix"] == backend["matrix"]  # in the same place as the result
+    assert backend["lod_collection_parent"] == "Collection"
+    counts = [faces] + [lod["faces"] for lod in backend["lods"]]
+    assert backend["outcome"][0] == "done" and f"LODs {'/'.join(map(str, counts))} faces" in backend["outcome"][1]
+    assert any(f"LODs {'/'.join(map(str, counts))}" in line for line in backend["panel"])
+    # One operation per pump, each shown in the panel while it is next; the import's pump did none.
+    assert backend["progress"] == ["[progress] Finishing: apply scale", "[progress] Finishing: decimate",
+                                   "[progress] Finishing: origin", "[progress] Finishing: LOD 1 of 3",
+                                   "[progress] Finishing: LOD 2 of 3", "[progress] Finishing: LOD 3 of 3", ""]
+    # Applied scale: scale 1, the same size; origin at the bottom centre; the mesh stays where it was.
+    assert backend["scale"] == [1.0, 1.0, 1.0]
+    assert backend["dimensions"] == pytest.approx(backend["dimensions_before"], abs=1e-5)
+    assert backend["dimensions_before"] == pytest.approx([2.4, 2.4, 0.6], rel=0.01)  # radius 0.6 at scale (2, 2, 0.5)
+    low, high = np.array(backend["local"])
+    assert abs(low[2]) <= 1e-5 and np.allclose((low[:2] + high[:2]) / 2, 0, atol=1e-5)
+    assert np.allclose(backend["world"], backend["world_before"], atol=1e-5)
+    assert not backend["object"]["invalid"] and backend["object"]["smooth"] and backend["orphan_meshes"] == []
+    # The options are kept on the object; Load Settings puts them back in the panel.
+    assert json.loads(backend["stored"]["finishing"]) == {"face_budget": 3000, "quads": "NONE", "voxel_size": pytest.approx(0.02),
+                                                          "lods": 3, "origin_bottom": True, "apply_scale": True}
+    assert facts["loaded"] == [3000, 3, True, True, 3000]
+    assert facts["options_panel"] == ["[face_budget=0]", "[quads=VOXEL]", "[voxel_size=0.019999999552965164]", "[lods=3]",
+                                      "[origin_bottom=False]", "[apply_scale=False]"]
+
+    # A model without max_faces: Blender's Decimate modifier meets the budget (80 -> 40 triangles, within 2).
+    blender = facts["budget_blender"]
+    assert blender["imported"]["faces"] == 80 and abs(blender["object"]["faces"] - 40) <= 2
+    assert [lod["faces"] for lod in blender["lods"]] == [20, 10]
+    assert "finishing" in blender["stored"] and json.loads(blender["stored"]["params"]) == {"seed": 0}
+
+    # Voxel remesh gives quads and keeps the colours and the material; its LOD halves its triangles.
+    voxel = facts["voxel"]
+    assert voxel["corners"] == [4] and voxel["colors"] == ["Color"] and voxel["materials"] == ["Hunyuan3D Vertex Colour"]
+    assert abs(voxel["lods"][0]["faces"] - voxel["object"]["faces"]) <= 2  # 2 triangles per quad, halved
+    assert voxel["outcome"][1].endswith(f"LODs {2 * voxel['object']['faces']}/{voxel['lods'][0]['faces']} triangles")
+
+    # QuadriFlow gives quads (it aims at half the triangles, 160 here, and does not promise the count). One edge was
+    # shortened to 5e-5 first, as marching cubes leaves them: Blender's QuadriFlow refuses such a mesh unless the
+    # finishing merges those vertices first.
+    quadriflow = facts["quadriflow"]
+    assert quadriflow["corners"] == [4] and quadriflow["colors"] == ["Color"] and quadriflow["outcome"][0] == "done"
+    assert 80 <= quadriflow["object"]["faces"] <= 320
+
+    # QuadriFlow refusing a mesh (one face flipped): the error in the panel, the object as it was before finishing
+    # (its scale not applied, its mesh the imported one) and no LOD copies.
+    refused = facts["refused"]
+    kind, message, hint = refused["outcome"]
+    assert kind == "error" and "failed at QuadriFlow remesh" in message and "manifold" in message and "Voxel" in hint
+    assert refused["matrix"] == refused["matrix_before"] and refused["world"] == refused["world_before"]
+    assert refused["object"] == refused["imported"] and refused["lods"] is None and refused["orphan_meshes"] == []
+
+    # Cancel after two steps (scale applied, one LOD made): put back as it was, its LOD copy removed.
+    cancelled = facts["cancelled"]
+    assert cancelled["cancel_button"] and cancelled["cancel"] == ["FINISHED"]
+    assert cancelled["progress"][:3] == ["[progress] Finishing: apply scale", "[progress] Finishing: LOD 1 of 3",
+                                         "[progress] Finishing: LOD 2 of 3"]
+    assert cancelled["outcome"][0] == "cancelled" and "left as it was" in cancelled["outcome"][1]
+    assert cancelled["matrix"] == cancelled["matrix_before"] and cancelled["object"] == cancelled["imported"]
+    assert cancelled["lods"] is None and cancelled["orphan_meshes"] == []
+
+
+def test_finishing_options_check_their_values_travel_in_the_recipe_and_hand_the_budget_to_max_faces(addon_package):
+    options = importlib.import_module("addon_under_test.finishing_options")
+    recipe = importlib.import_module("addon_under_test.recipe")
+    session = importlib.import_module("addon_under_test.session")
+    finishing = options.FinishingOptions(face_budget=3000, quads="VOXEL", voxel_size=0.05, lods=2, origin_bottom=True, apply_scale=True)
+    assert finishing.step_names() == ["apply scale", "decimate", "voxel remesh", "origin", "LOD 1 of 2", "LOD 2 of 2"]
+    assert options.FinishingOptions(face_budget=3000, quads="QUADRIFLOW").step_names() == ["QuadriFlow remesh"]
+    assert not options.FinishingOptions(voxel_size=0.5).active and finishing.active
+
+    # The budget goes to a model's own max_faces (never raising it); QuadriFlow keeps the model's full mesh.
+    assert finishing.backend_params({"seed": 1, "max_faces": 120000}) == {"seed": 1, "max_faces": 3000}
+    assert finishing.backend_params({"max_faces": 2000}) == {"max_faces": 2000}
+    assert finishing.backend_params({"seed": 1}) == {"seed": 1}
+    assert options.FinishingOptions(face_budget=3000, quads="QUADRIFLOW").backend_params({"max_faces": 9000}) == {"max_faces": 9000}
+
+    request = session.GenerationRequest("nano", {"seed": 0}, image_path="/p/mug.png", finishing=finishing)
+    stored = recipe.to_properties(request, 0, "0.1.0")
+    assert recipe.from_properties(stored) == request
+    assert "finishing" not in recipe.to_properties(session.GenerationRequest("nano", {"seed": 0}, image_path="/p/mug.png"), 0, "")
+
+    for values, why in (({"face_budget": -5}, "face budget"), ({"quads": "TRIS"}, "Unknown quad remesh"),
+                        ({"voxel_size": 0.0}, "voxel size"), ({"lods": 9}, "LODs must be 0 to 8")):
+        with pytest.raises(options.FinishingError, match=why):
+            options.FinishingOptions(**values)
+    for text in ("{not json", "[1]", '{"lods": 2, "colour": "red"}', '{"lods": 99}'):
+        with pytest.raises(options.FinishingError, match="damaged") as error:
+            recipe.from_properties({**stored, "finishing": text})
+        assert "Finishing" in error.value.hint
