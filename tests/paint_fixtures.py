@@ -69,7 +69,12 @@ def tiny_tokenizer():
 
 
 def write_delight_folder(root: Path, seed: int = 1) -> Path:
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     folder = root / DELIGHT_FOLDER

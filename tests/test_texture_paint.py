@@ -282,6 +282,8 @@ def test_paint_needs_one_normal_and_one_position_image_per_view(weights):
     with pytest.raises(BackendError, match="cannot paint"):
         paint_views(ctx, names["paint"], picture(), normals[:1], positions[:1], seed=0, steps=1, guidance=2.0, turbo=False,
                     views=[OrthoView(45, 0)])
+    with pytest.raises(BackendError, match="does not fit the paint model"):
+        paint_views(ctx, names["paint"], picture(), normals, positions, seed=0, steps=1, guidance=2.0, turbo=True)
 
 
 def test_cancel_stops_between_steps(weights):

@@ -1,8 +1,8 @@
 """Running the delighting and multiview paint models: picture preparation, samplers, decoding.
 
-Both samplers are diffusers' ``EulerAncestralDiscreteScheduler`` configured from the folder's
-``scheduler/scheduler_config.json`` as upstream configures it; the loops, the guidance and the
-picture handling are ours. Each stage runs through the memory manager (``ctx.run_stage``) and
+The samplers are diffusers' schedulers (Euler ancestral; LCM for turbo paint) configured from the
+folder's ``scheduler/scheduler_config.json`` as upstream configures them; the loops, the guidance
+and the picture handling are ours. Each stage runs through the memory manager (``ctx.run_stage``) and
 reports one progress event per denoising step, so a cancel takes effect between steps.
 """
 
@@ -402,6 +402,9 @@ def paint_views(ctx: JobContext, names: list[str], reference: Image.Image, norma
     parts = part_names(names)
     memory = ctx.memory
     root = folder_of(memory, parts[UNET])
+    if turbo != root.name.endswith("-turbo"):
+        raise BackendError(ErrorCode.BAD_PARAMETER, f"turbo={turbo} does not fit the paint model in {root}",
+                           hint="pass turbo=True exactly for the hunyuan3d-paint-v2-0-turbo folder")
     reference_pixels = _reference_pixels(reference)
     normal_pixels, position_pixels = _condition_pixels(normal_images), _condition_pixels(position_images)
     ctx.progress("paint", 0, steps, f"painting {len(views)} views")
