@@ -98,6 +98,10 @@ def test_tiny_folders_pass_the_release_checks(weights):
                          (HUNYUAN3D_2_PAINT_TURBO, weights["turbo"])):
         check = check_folder(folder, str(path.parent))
         assert check.ready and check.path == path, (check.missing, check.corrupt)
+    # Both weight formats of the release are exercised: .bin UNet and safetensors VAE, and the other way round for turbo.
+    assert (weights["paint"] / "unet" / "diffusion_pytorch_model.bin").is_file()
+    assert (weights["turbo"] / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (weights["turbo"] / "vae" / "diffusion_pytorch_model.bin").is_file()
 
 
 def test_a_paint_unet_with_a_missing_tensor_is_refused_by_name(weights, tmp_path):
