@@ -215,7 +215,7 @@ def _paint_folder(folder: str, purpose: str) -> WeightFolder:
         return ((f"{name}/config.json",),
                 (f"{name}/diffusion_pytorch_model.safetensors", f"{name}/diffusion_pytorch_model.bin"))
 
-    # The paint UNet is released twice (.bin and .safetensors, about 7 GB each): only the second is fetched.
+    # The paint UNet is released twice (.bin and .safetensors, the same weights): only the second is fetched.
     parts = ("model_index.json", "scheduler/*", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/*")
     return WeightFolder(HUNYUAN3D_2_REPO, folder, folder,
                         (("model_index.json",), ("scheduler/scheduler_config.json",), *part("unet"), *part("vae")),
