@@ -343,3 +343,25 @@ def test_turbo_paint_runs_on_the_turbo_folder_and_its_masks_matter(weights):
                                                 guidance=1.0, on_step=lambda *_: None, masks={}))
     public = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32) / 255).permute(2, 0, 1) for p in pictures])
     assert (public - unmasked).abs().max() > 1e-2
+
+
+def test_a_full_size_paint_unet_has_the_official_tensors():
+    """Stable Diffusion 2's UNet config (the release's architecture), built on ``meta``: ours and the official have the same tensors."""
+    from diffusers import UNet2DConditionModel
+
+    from backend.memory.loading import parameters_on_meta
+    from backend.texture.paint.unet import MultiviewUNet
+
+    config = {"act_fn": "silu", "attention_head_dim": [5, 10, 20, 20], "block_out_channels": [320, 640, 1280, 1280],
+              "cross_attention_dim": 1024, "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+              "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, "in_channels": 4, "out_channels": 4,
+              "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 64, "use_linear_projection": True}
+    official_class = texgen_module("hunyuanpaint.unet.modules").UNet2p5DConditionModel
+    with torch.device("meta"):
+        official = official_class(UNet2DConditionModel(**config))
+    with parameters_on_meta():
+        ours = MultiviewUNet(config)
+    expected = {key: tuple(t.shape) for key, t in official.state_dict().items()}
+    got = {key: tuple(t.shape) for key, t in ours.state_dict().items()}
+    assert got == expected
+    assert sum(p.numel() for p in ours.parameters()) > 1.5e9
