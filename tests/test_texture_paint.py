@@ -214,6 +214,21 @@ def test_delight_matches_the_official_light_shadow_remover(weights):
     assert [e["step"] for e in events if e["stage"] == "delight" and e["step"] is not None] == list(range(steps + 1))
 
 
+def test_a_folder_of_links_to_blobs_works_as_in_the_hugging_face_cache(weights, tmp_path):
+    """The cache's snapshot folders hold links to content-named blobs elsewhere; the sampler config and tokenizer are still found."""
+    import shutil
+
+    snapshot, blobs = tmp_path / "snapshots" / "0123" / weights["delight"].name, tmp_path / "blobs"
+    blobs.mkdir()
+    for index, file in enumerate(sorted(f for f in weights["delight"].rglob("*") if f.is_file())):
+        shutil.copyfile(file, blobs / f"blob{index}")
+        (snapshot / file.relative_to(weights["delight"])).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / file.relative_to(weights["delight"])).symlink_to(blobs / f"blob{index}")
+    ctx = job()
+    names = register_paint_parts(ctx.memory, snapshot, weights["paint"], turbo=False)
+    assert delight(ctx, names["delight"], picture(), seed=0, steps=1, guidance=1.0, image_guidance=1.5).size == (512, 512)
+
+
 def test_a_fully_transparent_picture_is_refused(weights):
     ctx = job()
     names = register_paint_parts(ctx.memory, weights["delight"], weights["paint"], turbo=False)
