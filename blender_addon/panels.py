@@ -236,11 +236,11 @@ def draw_job(layout, context, session) -> None:
         row = layout.row()
         row.scale_y = 1.8
         row.operator("hy3d.generate", icon="MESH_MONKEY")
-        draw_previews(layout, context)
         problem = context.window_manager.hy3d.problem()
         if problem:
             draw_wrapped(layout, context, problem, icon="ERROR")
         draw_plan(layout, context, session)
+        draw_previews(layout, context)
         layout.operator("hy3d.free_gpu_memory", icon="MEMORY")
         return
     layout.progress(factor=job.fraction(), type="BAR", text=progress_text(job))
