@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--view", dest="named_views", action="append", default=[], metavar="NAME=PATH",
                           help="another picture of the object for multiview models (hunyuan3d-2mv): left, back or right; "
                                "the front is --image; repeatable")
+    generate.add_argument("--mesh", type=Path, metavar="PATH",
+                          help="a mesh to paint (GLB, OBJ, PLY or STL; Y up, front towards +Z) with --model hunyuan3d-2-paint")
+    generate.add_argument("--texture", action="store_true",
+                          help="paint a texture on the shape with Hunyuan3D-2 Paint (needs its weights); writes a GLB with its "
+                               "texture embedded and the texture as a PNG beside it")
     generate.add_argument("--model", default="auto", help="pipeline to run; auto picks the best one whose weights are present")
     generate.add_argument("--steps", type=int, help="denoising steps (models that denoise)")
     generate.add_argument("--seed", type=int, help="random seed")
@@ -80,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--set", dest="extra", action="append", default=[], metavar="NAME=VALUE",
                           help="any other pipeline parameter (see `doctor --json` for the list); repeatable")
     generate.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
-                          help="mesh file to write: .glb, .obj or .ply")
+                          help="mesh file to write: .glb, .obj or .ply (.glb for a textured mesh)")
     add_runtime_options(generate)
 
     doctor = commands.add_parser("doctor", help="show devices, precision, memory plan and which model weights were found",
@@ -196,11 +201,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from . import pipelines
     from .jobs import Job, JobEngine
     from .mesh import Mesh
-    from .mesh.export import FORMATS, save
+    from .mesh.export import FORMATS, TEXTURED_FORMATS, save, save_textures
+    from .mesh.inputs import load_mesh_file
     from .pipelines.base import JobRequest
 
     if args.output.suffix.lower() not in FORMATS:
         raise BackendError(ErrorCode.BAD_PARAMETER, f"{args.output.name}: unknown mesh format", hint="end the name with .glb, .obj or .ply")
+    if (args.texture or args.mesh is not None) and args.output.suffix.lower() not in TEXTURED_FORMATS:
+        raise BackendError(ErrorCode.BAD_PARAMETER, f"{args.output.name}: a textured mesh is written as GLB", hint="end the name with .glb")
     images = {}
     named = []
     for item in args.named_views:
@@ -213,11 +221,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if not path.is_file():
                 raise BackendError(ErrorCode.BAD_INPUT, f"{path}: no such file", hint=f"check the path given for {name}")
             images[name] = path.read_bytes()
-    model = pipelines.choose(args.model, args.weights, given=set(images) | ({"text"} if args.text else set()))
+    input_mesh = load_mesh_file(args.mesh) if args.mesh is not None else None
+    given = set(images) | ({"text"} if args.text else set()) | ({"mesh"} if input_mesh is not None else set())
+    if input_mesh is not None and args.model == "auto":  # the pipeline that paints a mesh it is given
+        model = next(name for name in pipelines.names() if "mesh" in pipelines.get(name).inputs)
+    else:
+        model = pipelines.choose(args.model, args.weights, given=given)
     params = _collect_params(args, pipelines.get(model))
     runtime = _runtime(args)
     engine = JobEngine(runtime, output_dir=None, weights_dir=args.weights)
-    request = engine.pipeline(model).validate(JobRequest(model, params, args.text, images))
+    request = engine.pipeline(model).validate(JobRequest(model, params, args.text, images, input_mesh))
     progress = TerminalProgress(sys.stderr)
     outcome: dict[str, Any] = {}
 
@@ -248,16 +261,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise BackendError(header["code"], header["message"], header.get("hint", ""))
     mesh = Mesh.from_buffers({b.name: b for b in outcome["buffers"]})
     save(mesh, args.output)
+    textures = save_textures(mesh, args.output)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in header["timings"].items())
     print(f"wrote {args.output} ({mesh.vertex_count} vertices, {mesh.face_count} faces; {timings})", file=sys.stderr)
+    for slot, path in textures.items():
+        print(f"wrote {path} ({slot.replace('_', ' ')} texture)", file=sys.stderr)
     return 0
 
 
 def _collect_params(args: argparse.Namespace, pipeline_cls) -> dict[str, Any]:
     declared = {p.name: p for p in pipeline_cls.params}
     params: dict[str, Any] = {}
-    for name in ("steps", "seed", "max_faces"):
-        value = getattr(args, name)
+    flags = {"steps": args.steps, "seed": args.seed, "max_faces": args.max_faces, "texture": True if args.texture else None}
+    for name, value in flags.items():
         if value is None:
             continue
         if name not in declared:

@@ -83,12 +83,14 @@ MAX_FACES = Param("max_faces", int, 120000, "decimate the mesh to at most this m
 
 @dataclass
 class JobRequest:
-    """What a job asks for, after validation. ``images`` holds encoded PNG/JPEG bytes by input name."""
+    """What a job asks for, after validation. ``images`` holds encoded PNG/JPEG bytes by input name;
+    ``mesh`` is an input mesh (checked by ``mesh.check_input_mesh``) for pipelines that take one."""
 
     pipeline: str
     params: dict[str, Any]
     text: str | None = None
     images: dict[str, bytes] = field(default_factory=dict)
+    mesh: Mesh | None = None
 
 
 @dataclass
@@ -155,7 +157,7 @@ class Pipeline:
     description: ClassVar[str]
     stages: ClassVar[tuple[str, ...]]
     params: ClassVar[tuple[Param, ...]] = ()
-    inputs: ClassVar[tuple[str, ...]] = ("image",)  # any of "image", "text", or named extra images
+    inputs: ClassVar[tuple[str, ...]] = ("image",)  # any of "image", "text", "mesh", or named extra images
     requires_one_of: ClassVar[tuple[str, ...]] = ("image",)
 
     def __init__(self, weights_dir: str | None = None):
@@ -192,7 +194,7 @@ class Pipeline:
                 hint="parameters: " + ", ".join(known),
             )
         params = {name: p.coerce(request.params[name]) if name in request.params else p.default for name, p in known.items()}
-        given = set(request.images) | ({"text"} if request.text else set())
+        given = set(request.images) | ({"text"} if request.text else set()) | ({"mesh"} if request.mesh is not None else set())
         extra = sorted(given - set(self.inputs))
         if extra:
             raise BackendError(ErrorCode.BAD_INPUT, f"{self.name} does not take {', '.join(extra)}", hint="inputs: " + ", ".join(self.inputs))
@@ -204,10 +206,23 @@ class Pipeline:
                 f"{self.name} needs {' or '.join(self.requires_one_of)}",
                 hint="inputs: " + ", ".join(self.inputs),
             )
-        return JobRequest(request.pipeline, params, request.text, dict(request.images))
+        if params.get("texture"):
+            from ..texture.stage import require_paint_weights
+
+            require_paint_weights(params, self.weights_dir)
+        return JobRequest(request.pipeline, params, request.text, dict(request.images), request.mesh)
 
     def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
         raise NotImplementedError
+
+    def execute(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
+        """The whole job: ``run``, then the texture stage on its mesh when the request asks for ``texture``."""
+        output = self.run(request, ctx)
+        if request.params.get("texture"):
+            from ..texture.stage import texture_output
+
+            output = texture_output(ctx, output, request, self.weights_dir)
+        return output
 
 
 @dataclass
