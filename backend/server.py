@@ -21,10 +21,12 @@ from typing import Any
 from . import SERVER_NAME, __version__
 from .errors import BackendError
 from .jobs import JobEngine
-from .mesh.inputs import FACES_BUFFER, POSITIONS_BUFFER, mesh_from_buffers
+from .mesh.inputs import mesh_from_buffers
 from .pipelines.base import JobRequest
 from .protocol import (
     DEFAULT_MAX_BUFFER_BYTES,
+    MESH_FACES_BUFFER,
+    MESH_POSITIONS_BUFFER,
     PROTOCOL_VERSION,
     Buffer,
     ConnectionClosed,
@@ -202,7 +204,7 @@ class ClientSession:
         mesh = mesh_from_buffers(buffers)
         images = {}
         for buf in message.buffers:
-            if buf.name in (POSITIONS_BUFFER, FACES_BUFFER):
+            if buf.name in (MESH_POSITIONS_BUFFER, MESH_FACES_BUFFER):
                 continue
             if buf.dtype != "|u1" or len(buf.shape) != 1:
                 raise BackendError(ErrorCode.BAD_INPUT, f"input {buf.name!r} must be encoded image bytes (dtype |u1, 1-D)",

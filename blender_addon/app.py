@@ -106,10 +106,21 @@ def place_result(entry: HistoryEntry) -> Outcome:
 
 
 def build_result(context: bpy.types.Context, entry: HistoryEntry) -> bpy.types.Object:
-    """The result's object at the 3D cursor, carrying how it was made (``recipe``) into the .blend."""
-    obj = importer.build_object(context, entry.mesh, OBJECT_NAME)
-    server = (session.welcome or {}).get("server", {}) if session is not None else {}
-    obj[recipe.PROPERTY] = recipe.to_properties(entry.request, entry.result.get("seed"), server.get("version", ""))
+    """The result's object at the 3D cursor, carrying how it was made (``recipe``) into the .blend.
+
+    A painted scene object (Texture Selected) instead takes the original's place and transform,
+    and the original is hidden; it keeps no recipe, since Regenerate could not send its mesh again.
+    """
+    source = entry.request.mesh
+    original = bpy.data.objects.get(source.object_name) if source is not None else None
+    obj = importer.build_object(context, entry.mesh, f"{source.object_name} Textured" if source is not None else OBJECT_NAME)
+    if original is not None:
+        obj.matrix_world = original.matrix_world.copy()
+        original.hide_set(True)
+        original.hide_render = True
+    elif source is None:
+        server = (session.welcome or {}).get("server", {}) if session is not None else {}
+        obj[recipe.PROPERTY] = recipe.to_properties(entry.request, entry.result.get("seed"), server.get("version", ""))
     entry.object_name = obj.name
     return obj
 

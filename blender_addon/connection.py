@@ -197,8 +197,10 @@ class Connection:
         if header.get("op") != "result":
             return Received(self.number, header)
         try:
-            arrays = {b.name: b.to_array() for b in message.buffers if b.name in ("positions", "faces", "colors")}
-            mesh = meshdata.from_wire(arrays, header.get("mesh", {}).get("frame", "y_up"))
+            arrays = {b.name: b.to_array() for b in message.buffers if b.name in ("positions", "faces", "colors", "uvs")}
+            textures = {b.name.removeprefix(protocol.TEXTURE_BUFFER_PREFIX): b.to_bytes() for b in message.buffers
+                        if b.name.startswith(protocol.TEXTURE_BUFFER_PREFIX)}
+            mesh = meshdata.from_wire(arrays, header.get("mesh", {}).get("frame", "y_up"), textures)
         except (KeyError, ValueError) as exc:
             return Received(self.number, header, unreadable=str(exc))
         return Received(self.number, header, mesh)

@@ -186,6 +186,7 @@ def draw_job(layout, context, session) -> None:
         problem = context.window_manager.hy3d.problem()
         if problem:
             draw_wrapped(layout, context, problem, icon="ERROR")
+        layout.operator("hy3d.texture_selected", icon="TEXTURE")
         layout.operator("hy3d.free_gpu_memory", icon="MEMORY")
         return
     layout.progress(factor=job.fraction(), type="BAR", text=progress_text(job))

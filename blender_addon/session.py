@@ -45,9 +45,12 @@ class GenerationRequest:
     text: str | None = None
     image_path: str | None = None
     views: dict[str, str] = field(default_factory=dict)  # more pictures by input name (multiview models' left, back, right)
+    mesh: meshdata.MeshInput | None = None  # the scene object to paint (Texture Selected)
 
     def label(self) -> str:
         source = os.path.basename(self.image_path) if self.image_path else f'"{(self.text or "")[:40]}"'
+        if self.mesh is not None:
+            source = f"{self.mesh.object_name} from {source}"
         seed = self.params.get("seed")
         return f"{source} ({self.pipeline}{f', seed {seed}' if seed is not None else ''})"
 
@@ -143,6 +146,9 @@ class Session:
             except OSError as exc:
                 raise SessionError(f"Can't read the {'image' if name == 'image' else f'{name} view'} {path}: "
                                    f"{exc.strerror or exc}", "choose a PNG or JPEG file") from None
+        if request.mesh is not None:
+            buffers += [protocol.Buffer.from_array(protocol.MESH_POSITIONS_BUFFER, request.mesh.positions),
+                        protocol.Buffer.from_array(protocol.MESH_FACES_BUFFER, request.mesh.faces)]
         ref = next(self._refs)
         header: dict[str, Any] = {"op": "submit", "ref": ref, "pipeline": request.pipeline, "params": request.params}
         if request.text is not None:

@@ -12,11 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError
-from ..protocol import Buffer, ErrorCode
+from ..protocol import MESH_FACES_BUFFER, MESH_POSITIONS_BUFFER, Buffer, ErrorCode
 from .types import Mesh
 
-POSITIONS_BUFFER = "mesh.positions"
-FACES_BUFFER = "mesh.faces"
 MAX_INPUT_FACES = 1_000_000
 MAX_INPUT_VERTICES = 3_000_000
 
@@ -27,11 +25,11 @@ def _bad(message: str, hint: str) -> BackendError:
 
 def mesh_from_buffers(buffers: dict[str, Buffer]) -> Mesh | None:
     """The input mesh of a ``submit`` (None when it has neither mesh buffer), or a ``bad_input`` error saying what is wrong."""
-    positions, faces = buffers.get(POSITIONS_BUFFER), buffers.get(FACES_BUFFER)
+    positions, faces = buffers.get(MESH_POSITIONS_BUFFER), buffers.get(MESH_FACES_BUFFER)
     if positions is None and faces is None:
         return None
     if positions is None or faces is None:
-        raise _bad(f"a mesh input needs both {POSITIONS_BUFFER} and {FACES_BUFFER}",
+        raise _bad(f"a mesh input needs both {MESH_POSITIONS_BUFFER} and {MESH_FACES_BUFFER}",
                    "send the vertex positions and the triangles as two buffers (docs/protocol.md)")
     for buf, dtype, what in ((positions, "<f4", "vertex positions"), (faces, "<i4", "vertex indices of the triangles")):
         if buf.dtype != dtype or len(buf.shape) != 2 or buf.shape[1] != 3:

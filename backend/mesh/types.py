@@ -5,13 +5,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..protocol import Buffer
+from ..protocol import TEXTURE_BUFFER_PREFIX, Buffer
 
 MESH_BUFFERS = ("positions", "faces", "colors", "normals", "uvs")
 # A material's texture maps, in the order they travel and are written. Hunyuan3D-2.1's PBR paint
 # adds "metallic_roughness" here and as a field of Material.
 TEXTURE_SLOTS = ("base_color",)
-TEXTURE_BUFFER_PREFIX = "texture."
 
 
 @dataclass
