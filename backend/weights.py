@@ -197,6 +197,31 @@ HUNYUAN3D_2_1_DIT = WeightFolder(
     HUNYUAN3D_2_1_REPO, "hunyuan3d-dit-v2-1", "hunyuan3d-dit-v2-1", (("config.yaml",), ("model.fp16.ckpt",)),
     ("hunyuan3d-dit-v2-1/config.yaml", "hunyuan3d-dit-v2-1/model.fp16.ckpt"), "the Hunyuan3D-2.1 shape model",
 )
+# Hunyuan3D-2 Paint: the delighting model (an InstructPix2Pix folder) and the multiview paint
+# models, diffusers folders whose 2.5D UNet upstream ships as ``diffusion_pytorch_model.bin``.
+# Only the parts the texture stage runs are required (the paint folders' text encoder is unused:
+# their UNet carries learned prompt embeddings).
+HUNYUAN3D_2_DELIGHT = WeightFolder(
+    HUNYUAN3D_2_REPO, "hunyuan3d-delight-v2-0", "hunyuan3d-delight-v2-0",
+    (("model_index.json",), ("scheduler/scheduler_config.json",), *_diffusers_model("unet"), *_diffusers_model("vae"),
+     *_transformers_model("text_encoder"), *_tokenizer("tokenizer", "vocab.json")),
+    ("hunyuan3d-delight-v2-0/*",), "the delighting model of Hunyuan3D-2 Paint",
+)
+
+
+def _paint_folder(folder: str, purpose: str) -> WeightFolder:
+    def part(name: str) -> tuple[tuple[str, ...], ...]:
+        return ((f"{name}/config.json",),
+                (f"{name}/diffusion_pytorch_model.safetensors", f"{name}/diffusion_pytorch_model.bin"))
+
+    parts = ("model_index.json", "scheduler/*", "unet/config.json", "unet/diffusion_pytorch_model.*", "vae/*")
+    return WeightFolder(HUNYUAN3D_2_REPO, folder, folder,
+                        (("model_index.json",), ("scheduler/scheduler_config.json",), *part("unet"), *part("vae")),
+                        tuple(f"{folder}/{pattern}" for pattern in parts), purpose)
+
+
+HUNYUAN3D_2_PAINT = _paint_folder("hunyuan3d-paint-v2-0", "the multiview paint model of Hunyuan3D-2 Paint")
+HUNYUAN3D_2_PAINT_TURBO = _paint_folder("hunyuan3d-paint-v2-0-turbo", "the turbo multiview paint model of Hunyuan3D-2 Paint")
 # What ``python -m backend download MODEL`` fetches.
 DOWNLOADS: dict[str, tuple[WeightFolder, ...]] = {
     "hunyuan3d-1-lite": (MVD_LITE, SVRM_FOLDER),
@@ -204,6 +229,8 @@ DOWNLOADS: dict[str, tuple[WeightFolder, ...]] = {
     "hunyuan3d-1-svrm": (SVRM_FOLDER,),
     "hunyuandit": (HUNYUAN_DIT,),
     "hunyuan3d-2.1": (HUNYUAN3D_2_1_DIT,),
+    "hunyuan3d-2-paint": (HUNYUAN3D_2_DELIGHT, HUNYUAN3D_2_PAINT),
+    "hunyuan3d-2-paint-turbo": (HUNYUAN3D_2_DELIGHT, HUNYUAN3D_2_PAINT_TURBO),
     # The turbo models decode with FlashVDM by default, so their download includes its VAE.
     **{name: (dit, vae) if name.endswith("-turbo") else (dit,) for name, (dit, vae) in HUNYUAN3D_2_MODELS.items()},
 }

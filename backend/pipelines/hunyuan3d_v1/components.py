@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ...memory.loading import (
     WeightsError,
     load_safetensors_module,
+    load_torch_module,
     parameters_on_meta,
     read_safetensors_header,
     stored_size_and_dtype,
@@ -38,7 +39,7 @@ _BLOCK_LIST_NAMES = ("layers", "layer", "block", "blocks", "transformer_blocks")
 
 
 def weight_files(folder: Path, stem: str) -> list[Path]:
-    """The safetensors file of a model folder, or its shards in order."""
+    """The safetensors file of a model folder, or its shards in order, else its ``torch.save`` file (``.bin``)."""
     single = folder / f"{stem}.safetensors"
     if single.is_file():
         return [single]
@@ -49,6 +50,9 @@ def weight_files(folder: Path, stem: str) -> list[Path]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise WeightsError(index, f"is not a readable shard index ({exc})") from None
         return [folder / shard for shard in shards]
+    legacy = folder / f"{stem}.bin"
+    if legacy.is_file():
+        return [legacy]
     raise WeightsError(folder, f"holds no {stem}.safetensors", hint="download the folder again")
 
 
@@ -68,8 +72,10 @@ def load_diffusers_model(class_name: str, folder: Path) -> nn.Module:
         config = model_class.load_config(str(folder))
     except (OSError, ValueError) as exc:
         raise WeightsError(folder, f"has no readable config.json ({exc})") from None
-    return load_safetensors_module(lambda: model_class.from_config(config), weight_files(folder, _DIFFUSERS_STEM),
-                                   rename=_legacy_rename)
+    files = weight_files(folder, _DIFFUSERS_STEM)
+    if files[0].suffix == ".bin":
+        return load_torch_module(lambda: model_class.from_config(config), files[0], rename=_legacy_rename)
+    return load_safetensors_module(lambda: model_class.from_config(config), files, rename=_legacy_rename)
 
 
 def load_transformers_model(class_name: str, folder: Path) -> nn.Module:

@@ -1,0 +1,327 @@
+"""Running the delighting and multiview paint models: picture preparation, samplers, decoding.
+
+Both samplers are diffusers' ``EulerAncestralDiscreteScheduler`` configured from the folder's
+``scheduler/scheduler_config.json`` as upstream configures it; the loops, the guidance and the
+picture handling are ours. Each stage runs through the memory manager (``ctx.run_stage``) and
+reports one progress event per denoising step, so a cancel takes effect between steps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...errors import BackendError
+from ...protocol import ErrorCode
+from .loading import TEXT_ENCODER, UNET, VAE, folder_of, part_names
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from ...pipelines.base import JobContext
+    from ..views import OrthoView
+
+DELIGHT_SIZE = 512
+PAINT_SIZE = 512
+# The grey upstream puts behind a transparent reference picture.
+_REFERENCE_BACKGROUND = (127, 127, 127)
+# Upstream's colour correction pulls the delit picture's channel statistics toward the input's.
+_RECOLOUR_PULL = 0.95
+
+
+def load_scheduler(root: Path, **overrides: Any) -> Any:
+    """An ``EulerAncestralDiscreteScheduler`` from the folder's scheduler config (upstream swaps it in for the saved one)."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from ...memory.loading import WeightsError
+
+    path = root / "scheduler" / "scheduler_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WeightsError(path, f"is not readable ({exc})", hint="download the model folder again") from None
+    return EulerAncestralDiscreteScheduler.from_config(config, **overrides)
+
+
+def _pixels(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) float32 in [0, 1] of an RGB picture."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _to_picture(decoded: torch.Tensor) -> list[Image.Image]:
+    """VAE output in [-1, 1], (B, 3, H, W) -> pictures, rounded to 8 bits as diffusers does."""
+    from PIL import Image
+
+    images = (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray((image * 255).round().astype("uint8")) for image in images]
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Gaussian noise drawn by ``generator`` on its own device, then moved (as diffusers' ``randn_tensor``)."""
+    import torch
+
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+# -- delighting ------------------------------------------------------------------------------------
+
+def _prepare_delight_input(picture: Image.Image) -> tuple[Image.Image, torch.Tensor, torch.Tensor]:
+    """Upstream's input handling: 512^2, the alpha eroded by one pixel, transparent pixels white.
+
+    Returns the RGB picture the model sees, the alpha (H, W, 1) and the RGB target of the colour
+    correction (H, W, 3), both float64 in [0, 1].
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    picture = picture.resize((DELIGHT_SIZE, DELIGHT_SIZE), Image.Resampling.BICUBIC)
+    if picture.mode == "RGBA":
+        array = np.array(picture)
+        alpha = torch.from_numpy(array[:, :, 3].astype(np.float32))[None, None]
+        # A 3x3 minimum (max-pooling pads with -inf, so pixels outside the picture never count).
+        eroded = (-torch.nn.functional.max_pool2d(-alpha, 3, stride=1, padding=1))[0, 0].numpy().astype(np.uint8)
+        array[eroded == 0, :3] = 255
+        array[:, :, 3] = eroded
+        values = torch.from_numpy(array / 255.0)
+        return Image.fromarray(array[:, :, :3]), values[:, :, 3:], values[:, :, :3]
+    rgb = picture.convert("RGB")
+    values = torch.from_numpy(np.array(rgb) / 255.0)
+    return rgb, torch.ones_like(values[:, :, :1]), values
+
+
+def _recolour(delit: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Upstream's colour correction: match each channel's mean and spread over the opaque pixels, kept only if it moves closer to the input."""
+    import torch
+
+    opaque = alpha[:, :, 0] > 0.5
+    corrected = torch.zeros_like(delit)
+    for channel in range(3):
+        source, wanted = delit[:, :, channel][opaque], target[:, :, channel][opaque]
+        corrected[:, :, channel] = torch.clamp(
+            (delit[:, :, channel] - _RECOLOUR_PULL * source.mean()) * (wanted.std() / source.std()) + _RECOLOUR_PULL * wanted.mean(), 0, 1)
+    before, after = torch.mean((delit - target) ** 2), torch.mean((corrected - target) ** 2)
+    return delit if before < after else corrected
+
+
+def delight(ctx: JobContext, names: list[str], picture: Image.Image, *, seed: int, steps: int, guidance: float,
+            image_guidance: float) -> Image.Image:
+    """Remove the lighting and shading from the picture (upstream's ``Light_Shadow_Remover``).
+
+    Args:
+        ctx: the job (memory manager, progress under stage ``delight``, cancellation).
+        names: ``register_paint_parts(...)["delight"]``.
+        picture: the prepared picture (RGB, or RGBA with the object's alpha).
+        seed: seeds the sampler's noise (upstream: 42).
+        steps: denoising steps (upstream: 50).
+        guidance: prompt guidance; upstream's 1.0 turns classifier-free guidance off altogether.
+        image_guidance: picture guidance, used only when ``guidance`` > 1 (upstream: 1.5).
+
+    Returns the delit RGB picture, 512^2, transparent pixels white.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import CLIPTokenizer
+
+    if steps < 1:
+        raise BackendError(ErrorCode.BAD_PARAMETER, f"delighting needs at least one step, not {steps}", hint="use 50 (upstream)")
+    parts = part_names(names)
+    memory = ctx.memory
+    root = folder_of(memory, parts[UNET])
+    model_input, alpha, target = _prepare_delight_input(picture)
+    if not bool((alpha > 0.5).any()):
+        raise BackendError(ErrorCode.BAD_INPUT, "the picture is fully transparent: there is nothing to delight",
+                           hint="send a picture of the object with its alpha channel, or an opaque RGB picture")
+    guided = guidance > 1.0 and image_guidance >= 1.0
+    tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
+    # Upstream's prompt is empty: the model was trained to delight with no instruction.
+    tokens = tokenizer([""], padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    ctx.progress("delight", 0, steps, "removing the lighting from the picture")
+
+    def encode(modules: dict[str, torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
+        text_encoder, vae = modules[TEXT_ENCODER], modules[VAE]
+        with torch.inference_mode():
+            use_mask = getattr(text_encoder.config, "use_attention_mask", False)
+            ids = tokens.to(memory.device)
+            text = text_encoder(ids, attention_mask=torch.ones_like(ids) if use_mask else None)[0]
+            pixels = (_pixels(model_input)[None] * 2 - 1).to(memory.device, memory.compute_dtype(parts[VAE]))
+            image_latents = vae.encode(pixels).latent_dist.mode()
+        if guided:  # rows: prompt and picture, picture only, neither
+            text = torch.cat([text, text, text])
+            image_latents = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
+        return text, image_latents
+
+    text, image_latents = ctx.run_stage("delight", {TEXT_ENCODER: parts[TEXT_ENCODER], VAE: parts[VAE]}, encode)
+
+    def denoise(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
+        unet = modules[UNET]
+        dtype = memory.compute_dtype(parts[UNET])
+        scheduler = load_scheduler(root)
+        scheduler.set_timesteps(steps, device=memory.device)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        channels = image_latents.shape[1]
+        latents = _randn((1, channels, *image_latents.shape[2:]), generator, memory.device, dtype) * scheduler.init_noise_sigma
+        condition, prompt = image_latents.to(dtype), text.to(dtype)
+        for step, t in enumerate(scheduler.timesteps):
+            with torch.inference_mode():
+                model_input = scheduler.scale_model_input(torch.cat([latents] * 3) if guided else latents, t)
+                noise = unet(torch.cat([model_input, condition], dim=1), t, encoder_hidden_states=prompt, return_dict=False)[0]
+                if guided:
+                    with_prompt, picture_only, neither = noise.chunk(3)
+                    noise = neither + guidance * (with_prompt - picture_only) + image_guidance * (picture_only - neither)
+                latents = scheduler.step(noise, t, latents, generator=generator, return_dict=False)[0]
+            ctx.progress("delight", step + 1, steps)
+        return latents
+
+    latents = ctx.run_stage("delight", {UNET: parts[UNET]}, denoise)
+
+    def decode(modules: dict[str, torch.nn.Module]) -> Image.Image:
+        vae = modules[VAE]
+        with torch.inference_mode():
+            decoded = vae.decode(latents.to(memory.compute_dtype(parts[VAE])) / vae.config.scaling_factor, return_dict=False)[0]
+        return _to_picture(decoded)[0]
+
+    delit = torch.from_numpy(np.array(ctx.run_stage("delight", {VAE: parts[VAE]}, decode)) / 255.0)
+    recoloured = _recolour(delit, target, alpha)
+    composed = recoloured * alpha + (1.0 - alpha)
+    return Image.fromarray((composed.numpy() * 255).astype(np.uint8))
+
+
+# -- multiview paint -------------------------------------------------------------------------------
+
+def _condition_pixels(images: Sequence[Image.Image]) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1]: each condition picture at the paint size, transparent parts white (as upstream)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    tensors = []
+    for image in images:
+        image = image.resize((PAINT_SIZE, PAINT_SIZE), Image.Resampling.BICUBIC)
+        if image.mode == "L":
+            image = image.point(lambda value: 255 if value > 1 else 0, mode="1")
+        values = np.asarray(image.convert("RGBA") if image.mode in ("LA", "PA", "P") else image, dtype=np.float32) / 255.0
+        if values.ndim == 2:
+            values = np.repeat(values[:, :, None], 3, axis=2)
+        if values.shape[2] > 3:
+            values = values[:, :, :3] * values[:, :, 3:] + (1.0 - values[:, :, 3:])
+        tensors.append(torch.from_numpy(np.ascontiguousarray(values)).permute(2, 0, 1))
+    return torch.stack(tensors)
+
+
+def _reference_pixels(reference: Image.Image) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1]: the reference at the paint size, on upstream's grey where it is transparent."""
+    from PIL import Image
+
+    reference = reference.resize((PAINT_SIZE, PAINT_SIZE), Image.Resampling.BICUBIC)
+    if reference.mode == "RGBA":
+        backdrop = Image.new("RGB", reference.size, _REFERENCE_BACKGROUND)
+        backdrop.paste(reference, mask=reference.getchannel("A"))
+        reference = backdrop
+    elif reference.mode != "RGB":
+        raise BackendError(ErrorCode.BAD_INPUT, f"the reference picture is {reference.mode}, not RGB or RGBA",
+                           hint="convert it to RGB (or RGBA with the object's alpha)")
+    return _pixels(reference)[None]
+
+
+def paint_views(ctx: JobContext, names: list[str], reference: Image.Image, normal_images: list[Image.Image],
+                position_images: list[Image.Image], *, seed: int, steps: int, guidance: float, turbo: bool,
+                views: Sequence[OrthoView] | None = None) -> list[Image.Image]:
+    """Paint the mesh's views from the reference picture (upstream's ``Multiview_Diffusion_Net``).
+
+    Args:
+        ctx: the job (memory manager, progress under stage ``paint``, cancellation).
+        names: ``register_paint_parts(...)["paint"]``.
+        reference: the delit picture.
+        normal_images, position_images: one per view, in the order of ``views``.
+        seed: seeds the latents' noise and the sampler (upstream: 0).
+        steps: denoising steps (upstream: 30).
+        guidance: classifier-free guidance on the reference (upstream: 2.0; <= 1 turns it off).
+        turbo: whether ``names`` are the turbo paint model's.
+        views: the cameras of the images; the official six views when None.
+
+    Returns one RGB picture per view, ``PAINT_SIZE`` square.
+    """
+    import torch
+
+    from ..views import official_views
+    from .unet import camera_index
+
+    views = list(official_views() if views is None else views)
+    if not (len(normal_images) == len(position_images) == len(views)):
+        raise BackendError(ErrorCode.BAD_INPUT, f"paint needs one normal and one position image per view: got {len(normal_images)} "
+                           f"normal and {len(position_images)} position images for {len(views)} views",
+                           hint="render both maps for every view (backend.texture.views)")
+    if steps < 1:
+        raise BackendError(ErrorCode.BAD_PARAMETER, f"paint needs at least one step, not {steps}", hint="use 30 (upstream)")
+    try:
+        cameras = torch.tensor([[camera_index(view.azimuth, view.elevation) for view in views]])
+    except ValueError as exc:
+        raise BackendError(ErrorCode.BAD_PARAMETER, f"a view the paint model cannot paint: {exc}",
+                           hint="use the official views (backend.texture.views.official_views)") from None
+    parts = part_names(names)
+    memory = ctx.memory
+    root = folder_of(memory, parts[UNET])
+    reference_pixels = _reference_pixels(reference)
+    normal_pixels, position_pixels = _condition_pixels(normal_images), _condition_pixels(position_images)
+    guided = guidance > 1.0
+    ctx.progress("paint", 0, steps, f"painting {len(views)} views")
+
+    def encode(modules: dict[str, torch.nn.Module]) -> list[torch.Tensor]:
+        vae = modules[VAE]
+        dtype = memory.compute_dtype(parts[VAE])
+        generator = torch.Generator(memory.device).manual_seed(seed)
+        latents = []
+        with torch.inference_mode():
+            for pixels in (reference_pixels, normal_pixels, position_pixels):
+                posterior = vae.encode(((pixels - 0.5) * 2).to(memory.device, dtype)).latent_dist
+                latents.append(posterior.sample(generator=generator)[None] * vae.config.scaling_factor)
+        return latents
+
+    reference_latents, normals, positions = ctx.run_stage("paint", {VAE: parts[VAE]}, encode)
+
+    def denoise(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
+        unet = modules[UNET]
+        dtype = memory.compute_dtype(parts[UNET])
+        scheduler = load_scheduler(root, timestep_spacing="trailing")
+        scheduler.set_timesteps(steps, device=memory.device)
+        generator = torch.Generator(memory.device).manual_seed(seed)
+        count = len(views)
+        view_cameras = cameras.to(memory.device)
+        with torch.inference_mode():
+            recorded = unet.record_reference(reference_latents.to(dtype), torch.zeros_like(view_cameras[:, :1]))
+            prompt = unet.unet.learned_text_clip_gen
+            if guided:  # rows: without the reference (and no prompt), with it
+                prompt = torch.cat([torch.zeros_like(prompt), prompt])
+                condition = [torch.cat([c, c]).to(dtype) for c in (normals, positions)]
+                view_cameras = torch.cat([view_cameras, view_cameras])
+                reference_rows = slice(1, 2)
+            else:
+                condition, reference_rows = [c.to(dtype) for c in (normals, positions)], slice(0, 1)
+        latents = _randn((count, unet.latent_channels, *normals.shape[-2:]), generator, memory.device, dtype) * scheduler.init_noise_sigma
+        for step, t in enumerate(scheduler.timesteps):
+            with torch.inference_mode():
+                model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
+                noise = unet(model_input.unflatten(0, (-1, count)), t, prompt, *condition, view_cameras, recorded, reference_rows)
+                if guided:
+                    plain, referenced = noise.chunk(2)
+                    noise = plain + guidance * (referenced - plain)
+                latents = scheduler.step(noise, t, latents, generator=generator, return_dict=False)[0]
+            ctx.progress("paint", step + 1, steps)
+        return latents
+
+    latents = ctx.run_stage("paint", {UNET: parts[UNET]}, denoise)
+
+    def decode(modules: dict[str, torch.nn.Module]) -> list[Image.Image]:
+        vae = modules[VAE]
+        with torch.inference_mode():
+            return _to_picture(vae.decode(latents.to(memory.compute_dtype(parts[VAE])) / vae.config.scaling_factor, return_dict=False)[0])
+
+    return ctx.run_stage("paint", {VAE: parts[VAE]}, decode)
