@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import BackendError
 from ..pipelines.base import Param
 from ..protocol import ErrorCode
+from .paint import DELIGHT_STEPS, PAINT_GUIDANCE, PAINT_STEPS
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 RECENTER_BORDER = 0.2  # hy3dgen's recenter_image: the border on each side, as a share of the object's size
 PAINT_MODELS = ("auto", "turbo", "standard")
 STAGES = ("delight", "unwrap", "views", "paint", "bake")
+VIEW_SETS = {"six": 6, "four": 4}  # how many of the official views, in their order
 
 TEXTURE = Param("texture", bool, False, "paint a texture on the mesh with Hunyuan3D-2 Paint (needs its delight and paint weights)")
 PAINT_MODEL = Param("paint_model", str, "auto",
@@ -47,14 +49,18 @@ PAINT_MODEL = Param("paint_model", str, "auto",
 TEXTURE_SIZE = Param("texture_size", int, 2048, "texture width and height in pixels (2048 upstream); the views are rendered "
                      "and baked at this size too", minimum=64, maximum=4096, advanced=True)
 TEXTURE_SEED = Param("texture_seed", int, 0, "random seed of the paint model (0 upstream)", minimum=0, maximum=2**31 - 1, advanced=True)
-TEXTURE_STEPS = Param("texture_steps", int, 0, "denoising steps of the paint model; 0 takes the model's upstream count",
-                      minimum=0, maximum=200, advanced=True)
-TEXTURE_GUIDANCE = Param("texture_guidance", float, 0.0, "guidance scale of the paint model; 0 takes the model's upstream value",
+TEXTURE_STEPS = Param("texture_steps", int, PAINT_STEPS, f"denoising steps of the paint model ({PAINT_STEPS} upstream)",
+                      minimum=1, maximum=200, advanced=True)
+TEXTURE_GUIDANCE = Param("texture_guidance", float, PAINT_GUIDANCE,
+                         f"guidance scale of the paint model: how closely the views follow the picture ({PAINT_GUIDANCE} upstream)",
                          minimum=0.0, maximum=20.0, advanced=True)
-DELIGHT_STEPS = Param("delight_steps", int, 0, "denoising steps of the delight model; 0 takes the upstream count",
-                      minimum=0, maximum=200, advanced=True)
+TEXTURE_VIEWS = Param("texture_views", str, "six", "views the paint model paints: six (front, right, back, left, top, "
+                      "bottom, as upstream) or four (the sides only: faster, top and bottom filled from them)",
+                      choices=tuple(VIEW_SETS), advanced=True)
+DELIGHT_STEPS_PARAM = Param("delight_steps", int, DELIGHT_STEPS, f"denoising steps of the delight model ({DELIGHT_STEPS} upstream)",
+                            minimum=1, maximum=200, advanced=True)
 # What a job that paints takes besides its shape parameters; ``texture`` turns it on for shape models.
-TEXTURE_PARAMS = (PAINT_MODEL, TEXTURE_SIZE, TEXTURE_SEED, TEXTURE_STEPS, TEXTURE_GUIDANCE, DELIGHT_STEPS)
+TEXTURE_PARAMS = (PAINT_MODEL, TEXTURE_SIZE, TEXTURE_SEED, TEXTURE_STEPS, TEXTURE_GUIDANCE, TEXTURE_VIEWS, DELIGHT_STEPS_PARAM)
 
 
 @dataclass
@@ -125,8 +131,15 @@ def texture_mesh(ctx: JobContext, mesh: Mesh, picture: Image.Image, params: dict
 
     from ..mesh import Material, Mesh
     from .bake import bake_views, fill_texture
-    from .paint import defaults as paint_defaults
-    from .paint import delight, paint_views, register_paint_parts
+    from .paint import (
+        DELIGHT_GUIDANCE,
+        DELIGHT_IMAGE_GUIDANCE,
+        DELIGHT_SEED,
+        PAINT_SIZE,
+        delight,
+        paint_views,
+        register_paint_parts,
+    )
     from .uv import check_mesh, rasterize_uv, unwrap
     from .views import fit_to_views, official_views, render_view, vertex_normals
 
@@ -137,15 +150,13 @@ def texture_mesh(ctx: JobContext, mesh: Mesh, picture: Image.Image, params: dict
         raise BackendError(ErrorCode.BAD_INPUT, f"the mesh cannot be textured: {exc}", hint="send a triangulated mesh with finite positions") from None
     delight_root, paint_root, turbo = require_paint_weights(params, weights_dir, accelerated=memory.device.type != "cpu")
     names = register_paint_parts(memory, delight_root, paint_root, turbo=turbo)
-    defaults = paint_defaults(turbo)
     size = params["texture_size"]
     images: dict[str, Image.Image] = {}
 
     # 1. The picture, re-centred and delit.
     ctx.progress("delight", 0, 1, "taking the lighting out of the picture")
-    delit = delight(ctx, names["delight"], recenter(picture), seed=defaults.delight_seed,
-                    steps=params["delight_steps"] or defaults.delight_steps, guidance=defaults.delight_guidance,
-                    image_guidance=defaults.delight_image_guidance)
+    delit = delight(ctx, names["delight"], recenter(picture), seed=DELIGHT_SEED, steps=params["delight_steps"],
+                    guidance=DELIGHT_GUIDANCE, image_guidance=DELIGHT_IMAGE_GUIDANCE)
     images["delit"] = delit
 
     # 2. UV charts.
@@ -161,19 +172,19 @@ def texture_mesh(ctx: JobContext, mesh: Mesh, picture: Image.Image, params: dict
     fitted = fit_to_views(torch.from_numpy(positions).to(device))
     face_index = torch.from_numpy(faces).to(device)
     normals = vertex_normals(fitted, face_index)
-    views = official_views()
+    views = official_views()[:VIEW_SETS[params["texture_views"]]]
     normal_images, position_images = [], []
     for i, view in enumerate(views):
         ctx.progress("views", i, len(views), "rendering the views' normals and positions")
         maps = render_view(fitted, face_index, view, size, normals=normals)
-        normal_images.append(_to_image(maps.normal_image()).resize((defaults.resolution,) * 2))
-        position_images.append(_to_image(maps.position_image()).resize((defaults.resolution,) * 2))
+        normal_images.append(_to_image(maps.normal_image()).resize((PAINT_SIZE, PAINT_SIZE)))
+        position_images.append(_to_image(maps.position_image()).resize((PAINT_SIZE, PAINT_SIZE)))
     ctx.progress("views", len(views), len(views))
 
     # 4. The painted views.
     painted = paint_views(ctx, names["paint"], delit, normal_images, position_images, seed=params["texture_seed"],
-                          steps=params["texture_steps"] or defaults.paint_steps,
-                          guidance=params["texture_guidance"] or defaults.paint_guidance, turbo=turbo)
+                          steps=params["texture_steps"], guidance=params["texture_guidance"],
+                          turbo=turbo, views=views)
     images |= {f"view_{i}": view for i, view in enumerate(painted)}
 
     # 5. Bake and fill.
