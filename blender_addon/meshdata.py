@@ -8,9 +8,8 @@ main-thread time).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import struct
+from dataclasses import dataclass, field
 
 import numpy as np
 
