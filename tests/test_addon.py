@@ -469,3 +469,23 @@ def test_the_same_zip_installs_as_a_legacy_add_on(addon_zip, tmp_path):
     facts = run_scenario("legacy", addon_zip, tmp_path)
     assert facts["install"] == ["FINISHED"] and facts["enabled"] and facts["generate_operator"]
     assert Path(facts["protocol_file"]).parent.parent.name == "hunyuan3d_blender"
+
+
+def test_texture_selected_paints_the_evaluated_mesh_in_its_place(addon_zip, tmp_path):
+    from paint_fixtures import write_tiny_paint_weights
+
+    weights = tmp_path / "weights"
+    write_tiny_paint_weights(weights, turbo=True)
+    facts = run_scenario("texture_selected", addon_zip, tmp_path / "run", weights=str(weights))
+    assert "hunyuan3d-2-paint" not in facts["models"], "the paint pipeline is reached through Texture Selected, not Generate"
+    assert facts["nothing_selected"] == {"poll": False, "problem": "Select the mesh object to texture"}
+    cube, result = facts["cube"], facts["result"]
+    # The modifier's output, cut into triangles: a once-subdivided cube has 24 quads.
+    assert cube["triangles"] == result["faces"] == 48 and not result["invalid"]
+    assert np.allclose(result["matrix"], cube["matrix"], atol=1e-6), "the painted copy takes the original's transform"
+    assert np.allclose(result["world_min"], cube["world_min"], atol=1e-5) and np.allclose(result["world_max"], cube["world_max"], atol=1e-5)
+    assert result["uv_layers"] == ["UVMap"] and result["color_attributes"] == 0
+    assert result["images"] == [[[128, 128], True, "sRGB"]] and result["base_color_linked"] == ["ShaderNodeTexImage"]
+    assert result["original_hidden"] == [True, True] and not result["recipe"]
+    assert result["name"] == "Cube Textured" and result["label"].startswith("Cube from mug.png (hunyuan3d-2-paint")
+    assert facts["after_undo"] == {"objects": ["Camera", "Cube", "Light"], "cube_hidden": False}, "one undo step takes it all back"
