@@ -4,7 +4,7 @@ It is installed without its dependencies (``pip install --no-deps "hy3dgen==2.0.
 README's test command and ``.ci/run``); the few packages its shape modules import (einops,
 OpenCV) come with the test extra. Its package ``__init__`` files import the whole app (texture
 pipeline, mesh post-processing through pymeshlab, picture loading through OpenCV);
-``shapegen_module`` enters one ``hy3dgen.shapegen`` module with those ``__init__`` files skipped.
+``shapegen_module`` (and ``texgen_module``) enters one ``hy3dgen.shapegen`` (``hy3dgen.texgen``) module with those ``__init__`` files skipped.
 torchvision's CPU build does not install beside this torch, and the conditioner uses only three
 tensor transforms from it; they are provided below with the calls torchvision itself makes (the
 resize is bilinear ``interpolate`` with antialiasing).
@@ -73,7 +73,8 @@ def _tensor_transforms() -> types.ModuleType:
     return transforms
 
 
-_PACKAGES = ("hy3dgen", "hy3dgen.shapegen", "hy3dgen.shapegen.models")
+_PACKAGES = ("hy3dgen", "hy3dgen.shapegen", "hy3dgen.shapegen.models", "hy3dgen.texgen", "hy3dgen.texgen.utils",
+             "hy3dgen.texgen.hunyuanpaint")
 
 
 def _package_root() -> Path:
@@ -91,6 +92,20 @@ def shapegen_module(name: str) -> types.ModuleType:
     The parents are registered as empty namespaces over their real folders, so their submodules
     resolve normally; a parent already imported for real is left alone.
     """
+    return _official_module(f"shapegen.{name}")
+
+
+def texgen_module(name: str) -> types.ModuleType:
+    """``hy3dgen.texgen.<name>`` (e.g. ``hunyuanpaint.pipeline``, ``utils.dehighlight_utils``), as ``shapegen_module`` does.
+
+    ``hy3dgen.texgen``'s own ``__init__`` would import the whole texture pipeline, whose renderer
+    is a CUDA extension; the delighting and paint modules need only diffusers, transformers,
+    einops and OpenCV.
+    """
+    return _official_module(f"texgen.{name}")
+
+
+def _official_module(name: str) -> types.ModuleType:
     root = _package_root()
     for package in _PACKAGES:
         if package not in sys.modules:
@@ -107,7 +122,7 @@ def shapegen_module(name: str) -> types.ModuleType:
         torchvision.transforms = _tensor_transforms()
         sys.modules["torchvision"] = torchvision
         sys.modules["torchvision.transforms"] = torchvision.transforms
-    return importlib.import_module(f"hy3dgen.shapegen.{name}")
+    return importlib.import_module(f"hy3dgen.{name}")
 
 
 # transformers 5 renamed DINOv2's modules; the official checkpoints keep the 4.x names.

@@ -9,7 +9,7 @@ reports one progress event per denoising step, so a cancel takes effect between 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,15 +26,21 @@ if TYPE_CHECKING:
 
 DELIGHT_SIZE = 512
 PAINT_SIZE = 512
+TURBO_STEPS = 10
+TURBO_GRID_STEPS = 30
 # The grey upstream puts behind a transparent reference picture.
 _REFERENCE_BACKGROUND = (127, 127, 127)
 # Upstream's colour correction pulls the delit picture's channel statistics toward the input's.
 _RECOLOUR_PULL = 0.95
 
 
-def load_scheduler(root: Path, **overrides: Any) -> Any:
-    """An ``EulerAncestralDiscreteScheduler`` from the folder's scheduler config (upstream swaps it in for the saved one)."""
-    from diffusers import EulerAncestralDiscreteScheduler
+def load_scheduler(root: Path, model: str) -> Any:
+    """The sampler upstream swaps in for the folder's saved one, configured from its ``scheduler/scheduler_config.json``.
+
+    ``model``: ``delight`` (Euler ancestral as configured), ``paint`` (Euler ancestral on
+    ``trailing`` timesteps) or ``turbo`` (LCM).
+    """
+    from diffusers import EulerAncestralDiscreteScheduler, LCMScheduler
 
     from ...memory.loading import WeightsError
 
@@ -43,7 +49,11 @@ def load_scheduler(root: Path, **overrides: Any) -> Any:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise WeightsError(path, f"is not readable ({exc})", hint="download the model folder again") from None
-    return EulerAncestralDiscreteScheduler.from_config(config, **overrides)
+    if model == "turbo":
+        return LCMScheduler.from_config(config)
+    if model == "paint":
+        return EulerAncestralDiscreteScheduler.from_config(config, timestep_spacing="trailing")
+    return EulerAncestralDiscreteScheduler.from_config(config)
 
 
 def _pixels(image: Image.Image) -> torch.Tensor:
@@ -54,12 +64,20 @@ def _pixels(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
-def _to_picture(decoded: torch.Tensor) -> list[Image.Image]:
-    """VAE output in [-1, 1], (B, 3, H, W) -> pictures, rounded to 8 bits as diffusers does."""
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float32 pictures in [0, 1] from (B, C, h, w) latents."""
+    import torch
+
+    with torch.inference_mode():
+        decoded = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    return (decoded.float() / 2 + 0.5).clamp(0, 1)
+
+
+def _to_pictures(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [0, 1] -> pictures, rounded to 8 bits as diffusers does."""
     from PIL import Image
 
-    images = (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray((image * 255).round().astype("uint8")) for image in images]
+    return [Image.fromarray((image * 255).round().astype("uint8")) for image in images.permute(0, 2, 3, 1).cpu().numpy()]
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -110,6 +128,53 @@ def _recolour(delit: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor) ->
     return delit if before < after else corrected
 
 
+def sample_delight(unet: torch.nn.Module, scheduler: Any, text: torch.Tensor, image_latents: torch.Tensor, *, seed: int, steps: int,
+                   guidance: float, image_guidance: float, on_step: Callable[[int, torch.Tensor], None]) -> torch.Tensor:
+    """The delighting sampler: latents of the delit picture from the encoded prompt and picture (InstructPix2Pix guidance).
+
+    ``text`` and ``image_latents`` hold three rows (prompt and picture, picture only, neither)
+    when guided (``guidance`` > 1 and ``image_guidance`` >= 1), else one. The noise comes from a
+    CPU generator seeded with ``seed``, as upstream draws it on every device.
+    ``on_step(done, latents)`` hears each step.
+    """
+    import torch
+
+    guided = image_latents.shape[0] == 3
+    device, dtype = image_latents.device, image_latents.dtype
+    scheduler.set_timesteps(steps, device=device)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    latents = _randn((1, unet.config.out_channels, *image_latents.shape[2:]), generator, device, dtype) * scheduler.init_noise_sigma
+    for step, t in enumerate(scheduler.timesteps):
+        with torch.inference_mode():
+            model_input = scheduler.scale_model_input(torch.cat([latents] * 3) if guided else latents, t)
+            noise = unet(torch.cat([model_input, image_latents], dim=1), t, encoder_hidden_states=text, return_dict=False)[0]
+            if guided:
+                with_prompt, picture_only, neither = noise.chunk(3)
+                noise = neither + guidance * (with_prompt - picture_only) + image_guidance * (picture_only - neither)
+            latents = scheduler.step(noise, t, latents, generator=generator, return_dict=False)[0]
+        on_step(step + 1, latents)
+    return latents
+
+
+def encode_delight_inputs(text_encoder: torch.nn.Module, vae: torch.nn.Module, token_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          pixels: torch.Tensor, *, guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The delighting model's conditions: prompt embeddings and the picture's latents (the posterior's mode, unscaled).
+
+    ``pixels`` is (1, 3, H, W) in [0, 1]. Guided, both come as three rows: prompt and picture,
+    picture only, neither (the empty prompt stands for "no prompt", as in diffusers).
+    """
+    import torch
+
+    with torch.inference_mode():
+        use_mask = getattr(text_encoder.config, "use_attention_mask", False)
+        text = text_encoder(token_ids, attention_mask=attention_mask if use_mask else None)[0]
+        image_latents = vae.encode(pixels * 2 - 1).latent_dist.mode()
+    if guided:
+        text = torch.cat([text, text, text])
+        image_latents = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
+    return text, image_latents
+
+
 def delight(ctx: JobContext, names: list[str], picture: Image.Image, *, seed: int, steps: int, guidance: float,
             image_guidance: float) -> Image.Image:
     """Remove the lighting and shading from the picture (upstream's ``Light_Shadow_Remover``).
@@ -142,51 +207,26 @@ def delight(ctx: JobContext, names: list[str], picture: Image.Image, *, seed: in
     guided = guidance > 1.0 and image_guidance >= 1.0
     tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
     # Upstream's prompt is empty: the model was trained to delight with no instruction.
-    tokens = tokenizer([""], padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    tokens = tokenizer([""], padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt")
     ctx.progress("delight", 0, steps, "removing the lighting from the picture")
 
     def encode(modules: dict[str, torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
-        text_encoder, vae = modules[TEXT_ENCODER], modules[VAE]
-        with torch.inference_mode():
-            use_mask = getattr(text_encoder.config, "use_attention_mask", False)
-            ids = tokens.to(memory.device)
-            text = text_encoder(ids, attention_mask=torch.ones_like(ids) if use_mask else None)[0]
-            pixels = (_pixels(model_input)[None] * 2 - 1).to(memory.device, memory.compute_dtype(parts[VAE]))
-            image_latents = vae.encode(pixels).latent_dist.mode()
-        if guided:  # rows: prompt and picture, picture only, neither
-            text = torch.cat([text, text, text])
-            image_latents = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
-        return text, image_latents
+        pixels = _pixels(model_input)[None].to(memory.device, memory.compute_dtype(parts[VAE]))
+        return encode_delight_inputs(modules[TEXT_ENCODER], modules[VAE], tokens.input_ids.to(memory.device),
+                                     tokens.attention_mask.to(memory.device), pixels, guided=guided)
 
     text, image_latents = ctx.run_stage("delight", {TEXT_ENCODER: parts[TEXT_ENCODER], VAE: parts[VAE]}, encode)
 
     def denoise(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
-        unet = modules[UNET]
         dtype = memory.compute_dtype(parts[UNET])
-        scheduler = load_scheduler(root)
-        scheduler.set_timesteps(steps, device=memory.device)
-        generator = torch.Generator("cpu").manual_seed(seed)
-        channels = image_latents.shape[1]
-        latents = _randn((1, channels, *image_latents.shape[2:]), generator, memory.device, dtype) * scheduler.init_noise_sigma
-        condition, prompt = image_latents.to(dtype), text.to(dtype)
-        for step, t in enumerate(scheduler.timesteps):
-            with torch.inference_mode():
-                model_input = scheduler.scale_model_input(torch.cat([latents] * 3) if guided else latents, t)
-                noise = unet(torch.cat([model_input, condition], dim=1), t, encoder_hidden_states=prompt, return_dict=False)[0]
-                if guided:
-                    with_prompt, picture_only, neither = noise.chunk(3)
-                    noise = neither + guidance * (with_prompt - picture_only) + image_guidance * (picture_only - neither)
-                latents = scheduler.step(noise, t, latents, generator=generator, return_dict=False)[0]
-            ctx.progress("delight", step + 1, steps)
-        return latents
+        return sample_delight(modules[UNET], load_scheduler(root, "delight"), text.to(dtype), image_latents.to(dtype), seed=seed, steps=steps,
+                              guidance=guidance, image_guidance=image_guidance,
+                              on_step=lambda step, _latents: ctx.progress("delight", step, steps))
 
     latents = ctx.run_stage("delight", {UNET: parts[UNET]}, denoise)
 
     def decode(modules: dict[str, torch.nn.Module]) -> Image.Image:
-        vae = modules[VAE]
-        with torch.inference_mode():
-            decoded = vae.decode(latents.to(memory.compute_dtype(parts[VAE])) / vae.config.scaling_factor, return_dict=False)[0]
-        return _to_picture(decoded)[0]
+        return _to_pictures(decode_latents(modules[VAE], latents.to(memory.compute_dtype(parts[VAE]))))[0]
 
     delit = torch.from_numpy(np.array(ctx.run_stage("delight", {VAE: parts[VAE]}, decode)) / 255.0)
     recoloured = _recolour(delit, target, alpha)
@@ -231,6 +271,87 @@ def _reference_pixels(reference: Image.Image) -> torch.Tensor:
     return _pixels(reference)[None]
 
 
+def encode_views(vae: torch.nn.Module, reference: torch.Tensor, normals: torch.Tensor, positions: torch.Tensor, *,
+                 seed: int) -> list[torch.Tensor]:
+    """Latents (1, N, C, h, w) of the (N, 3, H, W) pictures in [0, 1], each drawn from the VAE's posterior, as upstream does.
+
+    The draws come in upstream's order (reference, normals, positions) from one generator on the
+    VAE's device seeded with ``seed``.
+    """
+    import torch
+
+    generator = torch.Generator(reference.device).manual_seed(seed)
+    latents = []
+    with torch.inference_mode():
+        for pixels in (reference, normals, positions):
+            posterior = vae.encode((pixels - 0.5) * 2).latent_dist
+            latents.append(posterior.sample(generator=generator)[None] * vae.config.scaling_factor)
+    return latents
+
+
+def turbo_timesteps(scheduler: Any, steps: int) -> list[int]:
+    """The turbo model's timesteps: every ``30 // steps``-th of 30 evenly spaced training timesteps, from the noisiest.
+
+    Upstream takes 10 of them (every third); the model was distilled on this 30-step grid.
+    """
+    if not 1 <= steps <= TURBO_GRID_STEPS:
+        raise BackendError(ErrorCode.BAD_PARAMETER, f"turbo paint takes 1 to {TURBO_GRID_STEPS} steps, not {steps}",
+                           hint=f"use {TURBO_STEPS} (upstream)")
+    spacing = scheduler.config.num_train_timesteps // TURBO_GRID_STEPS
+    grid = [spacing * (index + 1) - 1 for index in range(TURBO_GRID_STEPS)]
+    stride = TURBO_GRID_STEPS // steps
+    return [grid[index] for index in range(TURBO_GRID_STEPS - 1, -1, -stride)][:steps]
+
+
+def sample_views(unet: torch.nn.Module, scheduler: Any, reference_latents: torch.Tensor, normals: torch.Tensor, positions: torch.Tensor,
+                 cameras: torch.Tensor, *, seed: int, steps: int, guidance: float, on_step: Callable[[int, torch.Tensor], None],
+                 masks: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """The paint sampler: latents (N, C, h, w) of N views from the reference's and the condition images' latents.
+
+    Args:
+        unet: a MultiviewUNet.
+        scheduler: Euler ancestral (``timestep_spacing="trailing"``), or LCM for the turbo model.
+        reference_latents: (1, 1, C, h, w); normals, positions: (1, N, C, h, w).
+        cameras: (1, N) camera indices of the views.
+        guidance: > 1 adds a pass without the reference (and with a zero prompt) and extrapolates
+            away from it, as upstream does.
+        on_step: ``on_step(done, latents)`` hears each step.
+        masks: the turbo model's multiview attention masks (``multiview_masks``); turbo runs
+            the timesteps of ``turbo_timesteps``.
+    """
+    import torch
+
+    device, dtype = normals.device, normals.dtype
+    count = normals.shape[1]
+    turbo = masks is not None
+    if turbo:
+        scheduler.set_timesteps(timesteps=turbo_timesteps(scheduler, steps), device=device)
+    else:
+        scheduler.set_timesteps(steps, device=device)
+    generator = torch.Generator(device).manual_seed(seed)
+    guided = guidance > 1.0
+    with torch.inference_mode():
+        recorded = unet.record_reference(reference_latents, torch.zeros_like(cameras[:, :1]))
+        prompt = unet.unet.learned_text_clip_gen
+        if guided:  # rows: without the reference (and no prompt), with it
+            prompt = torch.cat([torch.zeros_like(prompt), prompt])
+            normals, positions, cameras = torch.cat([normals, normals]), torch.cat([positions, positions]), torch.cat([cameras, cameras])
+            masks = {length: torch.cat([mask, mask]) for length, mask in masks.items()} if masks else masks
+        reference_rows = slice(1, 2) if guided else slice(0, 1)
+    latents = _randn((count, unet.latent_channels, *normals.shape[-2:]), generator, device, dtype) * scheduler.init_noise_sigma
+    for step, t in enumerate(scheduler.timesteps):
+        with torch.inference_mode():
+            model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
+            noise = unet(model_input.unflatten(0, (-1, count)), t, prompt, normals, positions, cameras, recorded, reference_rows,
+                         masks)
+            if guided:
+                plain, referenced = noise.chunk(2)
+                noise = plain + guidance * (referenced - plain)
+            latents = scheduler.step(noise, t, latents, generator=generator, return_dict=False)[0]
+        on_step(step + 1, latents)
+    return latents
+
+
 def paint_views(ctx: JobContext, names: list[str], reference: Image.Image, normal_images: list[Image.Image],
                 position_images: list[Image.Image], *, seed: int, steps: int, guidance: float, turbo: bool,
                 views: Sequence[OrthoView] | None = None) -> list[Image.Image]:
@@ -244,7 +365,10 @@ def paint_views(ctx: JobContext, names: list[str], reference: Image.Image, norma
         seed: seeds the latents' noise and the sampler (upstream: 0).
         steps: denoising steps (upstream: 30).
         guidance: classifier-free guidance on the reference (upstream: 2.0; <= 1 turns it off).
-        turbo: whether ``names`` are the turbo paint model's.
+            The turbo model is guidance-distilled and ignores it, as upstream.
+        turbo: whether ``names`` are the turbo paint model's: LCM sampling on its distilled
+            timesteps (``turbo_timesteps``; upstream: 10 steps) and multiview attention limited to
+            nearby surface points (``multiview_masks``).
         views: the cameras of the images; the official six views when None.
 
     Returns one RGB picture per view, ``PAINT_SIZE`` square.
@@ -252,7 +376,7 @@ def paint_views(ctx: JobContext, names: list[str], reference: Image.Image, norma
     import torch
 
     from ..views import official_views
-    from .unet import camera_index
+    from .unet import camera_index, multiview_masks
 
     views = list(official_views() if views is None else views)
     if not (len(normal_images) == len(position_images) == len(views)):
@@ -271,57 +395,27 @@ def paint_views(ctx: JobContext, names: list[str], reference: Image.Image, norma
     root = folder_of(memory, parts[UNET])
     reference_pixels = _reference_pixels(reference)
     normal_pixels, position_pixels = _condition_pixels(normal_images), _condition_pixels(position_images)
-    guided = guidance > 1.0
     ctx.progress("paint", 0, steps, f"painting {len(views)} views")
 
     def encode(modules: dict[str, torch.nn.Module]) -> list[torch.Tensor]:
-        vae = modules[VAE]
-        dtype = memory.compute_dtype(parts[VAE])
-        generator = torch.Generator(memory.device).manual_seed(seed)
-        latents = []
-        with torch.inference_mode():
-            for pixels in (reference_pixels, normal_pixels, position_pixels):
-                posterior = vae.encode(((pixels - 0.5) * 2).to(memory.device, dtype)).latent_dist
-                latents.append(posterior.sample(generator=generator)[None] * vae.config.scaling_factor)
-        return latents
+        pixels = [p.to(memory.device, memory.compute_dtype(parts[VAE])) for p in (reference_pixels, normal_pixels, position_pixels)]
+        return encode_views(modules[VAE], *pixels, seed=seed)
 
     reference_latents, normals, positions = ctx.run_stage("paint", {VAE: parts[VAE]}, encode)
 
+    masks = multiview_masks(position_pixels[None]) if turbo else None
+
     def denoise(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
-        unet = modules[UNET]
         dtype = memory.compute_dtype(parts[UNET])
-        scheduler = load_scheduler(root, timestep_spacing="trailing")
-        scheduler.set_timesteps(steps, device=memory.device)
-        generator = torch.Generator(memory.device).manual_seed(seed)
-        count = len(views)
-        view_cameras = cameras.to(memory.device)
-        with torch.inference_mode():
-            recorded = unet.record_reference(reference_latents.to(dtype), torch.zeros_like(view_cameras[:, :1]))
-            prompt = unet.unet.learned_text_clip_gen
-            if guided:  # rows: without the reference (and no prompt), with it
-                prompt = torch.cat([torch.zeros_like(prompt), prompt])
-                condition = [torch.cat([c, c]).to(dtype) for c in (normals, positions)]
-                view_cameras = torch.cat([view_cameras, view_cameras])
-                reference_rows = slice(1, 2)
-            else:
-                condition, reference_rows = [c.to(dtype) for c in (normals, positions)], slice(0, 1)
-        latents = _randn((count, unet.latent_channels, *normals.shape[-2:]), generator, memory.device, dtype) * scheduler.init_noise_sigma
-        for step, t in enumerate(scheduler.timesteps):
-            with torch.inference_mode():
-                model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
-                noise = unet(model_input.unflatten(0, (-1, count)), t, prompt, *condition, view_cameras, recorded, reference_rows)
-                if guided:
-                    plain, referenced = noise.chunk(2)
-                    noise = plain + guidance * (referenced - plain)
-                latents = scheduler.step(noise, t, latents, generator=generator, return_dict=False)[0]
-            ctx.progress("paint", step + 1, steps)
-        return latents
+        scheduler = load_scheduler(root, "turbo" if turbo else "paint")
+        on_device = {length: mask.to(memory.device) for length, mask in masks.items()} if masks else None
+        return sample_views(modules[UNET], scheduler, reference_latents.to(dtype), normals.to(dtype), positions.to(dtype),
+                            cameras.to(memory.device), seed=seed, steps=steps, guidance=1.0 if turbo else guidance,
+                            on_step=lambda step, _latents: ctx.progress("paint", step, steps), masks=on_device)
 
     latents = ctx.run_stage("paint", {UNET: parts[UNET]}, denoise)
 
     def decode(modules: dict[str, torch.nn.Module]) -> list[Image.Image]:
-        vae = modules[VAE]
-        with torch.inference_mode():
-            return _to_picture(vae.decode(latents.to(memory.compute_dtype(parts[VAE])) / vae.config.scaling_factor, return_dict=False)[0])
+        return _to_pictures(decode_latents(modules[VAE], latents.to(memory.compute_dtype(parts[VAE]))))
 
     return ctx.run_stage("paint", {VAE: parts[VAE]}, decode)

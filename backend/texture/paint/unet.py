@@ -60,14 +60,17 @@ class ViewAttention:
     """What the 2.5D blocks need to know about the current call (shared by all blocks of one model).
 
     ``record`` is set while the reference UNet runs: each block stores its normalised input under
-    its name in ``reference``. Otherwise ``views`` is the number of views per sample, and
-    ``reference_rows`` the rows of the batch that attend to the reference (None: none do).
+    its name in ``reference``. Otherwise ``views`` is the number of views per sample,
+    ``reference_rows`` the rows of the batch that attend to the reference (None: none do), and
+    ``multiview_masks`` (turbo) which tokens of the views may attend to which, by the joint
+    token count of the layer (a layer without a mask attends to all).
     """
 
     record: bool = False
     views: int = 1
     reference: dict[str, torch.Tensor] = field(default_factory=dict)
     reference_rows: slice | None = None
+    multiview_masks: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class ViewTransformerBlock(nn.Module):
@@ -121,7 +124,8 @@ class ViewTransformerBlock(nn.Module):
                 hidden_states[selected] += self.attn_refview(normed[selected], encoder_hidden_states=per_view)
             if state.views > 1:
                 joint = normed.reshape(rows // state.views, state.views * tokens, channels)
-                hidden_states = hidden_states + self.attn_multiview(joint).reshape(rows, tokens, channels)
+                mask = state.multiview_masks.get(joint.shape[1])
+                hidden_states = hidden_states + self.attn_multiview(joint, attention_mask=mask).reshape(rows, tokens, channels)
         if block.attn2 is not None:
             hidden_states = hidden_states + block.attn2(block.norm2(hidden_states), encoder_hidden_states=encoder_hidden_states,
                                                         attention_mask=encoder_attention_mask)
@@ -193,7 +197,7 @@ class MultiviewUNet(nn.Module):
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor | float, text: torch.Tensor, normals: torch.Tensor,
                 positions: torch.Tensor, cameras: torch.Tensor, reference: dict[str, torch.Tensor] | None = None,
-                reference_rows: slice | None = None) -> torch.Tensor:
+                reference_rows: slice | None = None, multiview_masks: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Noise prediction for (B, N, C, h, w) latents of N views; returns (B * N, C, h, w).
 
         Args:
@@ -202,17 +206,20 @@ class MultiviewUNet(nn.Module):
             cameras: (B, N) camera indices of the views (``camera_index``).
             reference: ``record_reference``'s tokens, for the samples selected by ``reference_rows``.
             reference_rows: which samples (a slice over B) attend to the reference; None: none.
+            multiview_masks: (B, tokens, tokens) boolean masks of the multiview attention by joint
+                token count (``multiview_masks``; the turbo model's), True where attention is allowed.
         """
         batch, views = latents.shape[:2]
         sample = torch.cat([latents, normals, positions], dim=2).flatten(0, 1)
         per_view_text = text.repeat_interleave(views, dim=0)
         rows = None if reference_rows is None else slice(reference_rows.start * views, reference_rows.stop * views)
         self.state.views, self.state.reference, self.state.reference_rows = views, reference or {}, rows
+        self.state.multiview_masks = multiview_masks or {}
         try:
             return self.unet(sample, timestep, encoder_hidden_states=per_view_text,
                              class_labels=(cameras + REFERENCE_SLOTS).flatten(), return_dict=False)[0]
         finally:
-            self.state.views, self.state.reference, self.state.reference_rows = 1, {}, None
+            self.state.views, self.state.reference, self.state.reference_rows, self.state.multiview_masks = 1, {}, None, {}
 
 
 def read_unet_config(folder: Path) -> dict[str, Any]:
@@ -226,3 +233,32 @@ def read_unet_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
         raise WeightsError(path, "is not a UNet2DConditionModel config", hint="download the paint folder again")
     return config
+
+
+# Turbo: the multiview attention at these token grids is limited to tokens whose surface points lie
+# within one grid cell's diagonal of each other (1.73 / grid in the position images' unit cube).
+TURBO_MASK_GRIDS = (32, 16, 8)
+_MIN_COVERED_PIXELS = 5
+
+
+def multiview_masks(position_pixels: torch.Tensor, grids: tuple[int, ...] = TURBO_MASK_GRIDS) -> dict[int, torch.Tensor]:
+    """The turbo model's multiview attention masks from (B, N, 3, H, W) position images in [0, 1] (white: no surface).
+
+    At each grid size G, a token is the mean position of the covered pixels of its cell (the
+    origin when fewer than 5 are covered); two tokens of any views may attend to each other when
+    those points are closer than sqrt(3) / G (1.73 / G upstream). Returns {N * G * G: (B, N*G*G, N*G*G) bool}.
+    """
+    batch, views, _, height, width = position_pixels.shape
+    covered = (position_pixels != 1).all(dim=2, keepdim=True)
+    masks = {}
+    for grid in grids:
+        if height % grid or width % grid:
+            raise ValueError(f"position images of {height}x{width} pixels do not split into a {grid}x{grid} grid")
+        pooled = (position_pixels * covered).unflatten(3, (grid, height // grid)).unflatten(5, (grid, width // grid)).sum(dim=(4, 6))
+        counts = covered.unflatten(3, (grid, height // grid)).unflatten(5, (grid, width // grid)).sum(dim=(4, 6))
+        points = pooled / counts.clamp(min=1)
+        points = points * (counts >= _MIN_COVERED_PIXELS)
+        points = points.permute(0, 1, 3, 4, 2).reshape(batch, views * grid * grid, 3)
+        points = points.float()
+        masks[views * grid * grid] = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist") < 1.73 / grid
+    return masks
