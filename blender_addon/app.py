@@ -114,6 +114,8 @@ def build_result(context: bpy.types.Context, entry: HistoryEntry) -> bpy.types.O
     source = entry.request.mesh
     original = bpy.data.objects.get(source.object_name) if source is not None else None
     obj = importer.build_object(context, entry.mesh, f"{source.object_name} Textured" if source is not None else OBJECT_NAME)
+    for name, png in entry.texture_pictures.items():  # in the .blend's images, to look at in the Image Editor
+        importer.packed_image(f"{obj.name} {name.removeprefix('texture_').replace('_', ' ')}", png)
     if original is not None:
         obj.matrix_world = original.matrix_world.copy()
         original.hide_set(True)

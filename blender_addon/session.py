@@ -83,6 +83,7 @@ class HistoryEntry:
     request: GenerationRequest
     object_name: str = ""
     file_loaded: bool = False
+    texture_pictures: dict[str, bytes] = field(default_factory=dict)  # the delit picture and the painted views, PNG
 
 
 class Session:
@@ -300,7 +301,8 @@ class Session:
             self._finish_job(Outcome("error", f"The backend's mesh could not be read: {event.unreadable}",
                                      "update the add-on and the backend together"))
         elif op == "result":
-            entry = HistoryEntry(job.label, event.mesh, header, job.request, file_loaded=job.file_loaded)
+            entry = HistoryEntry(job.label, event.mesh, header, job.request, file_loaded=job.file_loaded,
+                                 texture_pictures=event.texture_pictures)
             self.history.appendleft(entry)
             self.arrived.append(entry)
             self.job = None

@@ -582,6 +582,8 @@ def scenario_texture_selected(config: dict) -> dict:
         "world_min": world.min(axis=0).tolist(), "world_max": world.max(axis=0).tolist(),
         "original_hidden": (cube.hide_get(), cube.hide_render), "recipe": "hunyuan3d" in obj,
         "label": app.session.history[0].label,
+        "pictures": sorted((image.name, image.size[:], image.packed_file is not None) for image in bpy.data.images
+                           if image.name.startswith(f"{name} ") and image.name != f"{name} base color"),
     }
     bpy.ops.ed.undo()
     facts["after_undo"] = {"objects": sorted(bpy.data.objects.keys()), "cube_hidden": bpy.data.objects["Cube"].hide_get()}

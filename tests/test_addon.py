@@ -487,5 +487,7 @@ def test_texture_selected_paints_the_evaluated_mesh_in_its_place(addon_zip, tmp_
     assert result["uv_layers"] == ["UVMap"] and result["color_attributes"] == 0
     assert result["images"] == [[[128, 128], True, "sRGB"]] and result["base_color_linked"] == ["ShaderNodeTexImage"]
     assert result["original_hidden"] == [True, True] and not result["recipe"]
+    # The delit picture and the four painted views, packed, to look at in the Image Editor.
+    assert result["pictures"] == [[f"Cube Textured {name}", [512, 512], True] for name in ("delit", "view 0", "view 1", "view 2", "view 3")]
     assert result["name"] == "Cube Textured" and result["label"].startswith("Cube from mug.png (hunyuan3d-2-paint")
     assert facts["after_undo"] == {"objects": ["Camera", "Cube", "Light"], "cube_hidden": False}, "one undo step takes it all back"
