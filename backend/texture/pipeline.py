@@ -16,7 +16,7 @@ from ..pipelines import register
 from ..pipelines.base import SEED, JobContext, JobRequest, Pipeline, PipelineOutput, WeightsReport
 from ..pipelines.hunyuan3d_v1.pipeline import BACKGROUND_METHOD, REMOVE_BACKGROUND, TEXT_IMAGE_SIZE, TEXT_STEPS
 from ..protocol import ErrorCode
-from .stage import STAGES, TEXTURE_PARAMS, paint, paint_folders, require_paint_weights
+from .stage import STAGES, TEXTURE_PARAMS, paint_folders, paint_picture, require_paint_weights
 
 
 @register
@@ -71,5 +71,5 @@ class Hunyuan3D2PaintPipeline(Pipeline):
             images["text_image"] = encode_png(picture)
         else:
             picture = decode_image(request.images["image"], "image")
-        painted = paint(ctx, request.mesh, picture, params, self.weights_dir)
+        painted = paint_picture(ctx, request.mesh, picture, params, self.weights_dir)
         return PipelineOutput(painted.mesh, images | painted.images, painted.info)

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import BackendError
 from ..pipelines.base import Param
 from ..protocol import ErrorCode
-from .paint import DELIGHT_STEPS, PAINT_GUIDANCE, PAINT_STEPS
+from .paint import DELIGHT_STEPS, PAINT_GUIDANCE, PAINT_SEED, PAINT_STEPS
 
 if TYPE_CHECKING:
     import torch
@@ -44,11 +44,12 @@ VIEW_SETS = {"six": 6, "four": 4}  # how many of the official views, in their or
 
 TEXTURE = Param("texture", bool, False, "paint a texture on the mesh with Hunyuan3D-2 Paint (needs its delight and paint weights)")
 PAINT_MODEL = Param("paint_model", str, "auto",
-                    "multiview paint model: turbo (fewer steps) or standard; auto takes turbo on the CPU, standard on a GPU, "
+                    "multiview paint model: turbo (distilled, faster) or standard; auto takes turbo on the CPU, standard on a GPU, "
                     "whichever is present if only one is", choices=PAINT_MODELS, advanced=True)
 TEXTURE_SIZE = Param("texture_size", int, 2048, "texture width and height in pixels (2048 upstream); the views are rendered "
                      "and baked at this size too", minimum=64, maximum=4096, advanced=True)
-TEXTURE_SEED = Param("texture_seed", int, 0, "random seed of the paint model (0 upstream)", minimum=0, maximum=2**31 - 1, advanced=True)
+TEXTURE_SEED = Param("texture_seed", int, PAINT_SEED, f"random seed of the paint model ({PAINT_SEED} upstream)", minimum=0,
+                     maximum=2**31 - 1, advanced=True)
 TEXTURE_STEPS = Param("texture_steps", int, PAINT_STEPS, f"denoising steps of the paint model ({PAINT_STEPS} upstream)",
                       minimum=1, maximum=200, advanced=True)
 TEXTURE_GUIDANCE = Param("texture_guidance", float, PAINT_GUIDANCE,
@@ -167,7 +168,7 @@ def texture_mesh(ctx: JobContext, mesh: Mesh, picture: Image.Image, params: dict
         raise BackendError(ErrorCode.BAD_INPUT, f"the mesh cannot be unwrapped: {exc}", hint="clean the mesh up and try again") from None
     ctx.progress("unwrap", 1, 1)
 
-    # 3. The six views' conditions, rendered at the texture size as upstream renders them, scaled to the paint model's size.
+    # 3. The views' conditions, rendered at the texture size as upstream renders them, scaled to the paint model's size.
     device = memory.device
     fitted = fit_to_views(torch.from_numpy(positions).to(device))
     face_index = torch.from_numpy(faces).to(device)
@@ -207,7 +208,7 @@ def texture_mesh(ctx: JobContext, mesh: Mesh, picture: Image.Image, params: dict
     return TexturedResult(result, images, info)
 
 
-def paint(ctx: JobContext, mesh: Mesh, picture: Image.Image, params: dict[str, Any], weights_dir: str | None) -> PipelineOutput:
+def paint_picture(ctx: JobContext, mesh: Mesh, picture: Image.Image, params: dict[str, Any], weights_dir: str | None) -> PipelineOutput:
     """``texture_mesh`` after the picture's background is cut out as the job's parameters say; pictures PNG-encoded."""
     from ..images import encode_png
     from ..pipelines.base import PipelineOutput
@@ -234,5 +235,5 @@ def texture_output(ctx: JobContext, output: PipelineOutput, request: JobRequest,
     else:
         raise BackendError(ErrorCode.BAD_INPUT, f"{request.pipeline} has no picture of the object to paint the texture from",
                            hint="give a picture (or, for models that draw one, a prompt)")
-    painted = paint(ctx, output.mesh, picture, request.params, weights_dir)
+    painted = paint_picture(ctx, output.mesh, picture, request.params, weights_dir)
     return PipelineOutput(painted.mesh, output.images | painted.images, {**output.info, "texture": painted.info})
