@@ -7,9 +7,8 @@ UNet as upstream ships it: ``unet/config.json`` (a plain ``UNet2DConditionModel`
 ``unet/diffusion_pytorch_model.bin``, a ``torch.save`` state dict under the released key names
 (the official loader reads exactly this file, strictly).
 
-The configs are small but keep what the released models fix: 512^2 pictures through a VAE that
-downsamples 8 times, the paint UNet's 1024-wide prompt embeddings and 1280-wide time embedding,
-4 latent channels. Weights are random with a spread that keeps activations of order one.
+The configs are small but keep what the released models fix: 512^2 pictures, the paint UNet's
+1024-wide prompt embeddings and 1280-wide time embedding, 4 latent channels. Weights are random with a spread that keeps activations of order one.
 """
 
 from __future__ import annotations
@@ -24,15 +23,16 @@ PAINT_FOLDER = "hunyuan3d-paint-v2-0"
 PAINT_TURBO_FOLDER = "hunyuan3d-paint-v2-0-turbo"
 _SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
               "steps_offset": 1}
-# Cross-attention only at the coarsest level keeps the 64^2 latents cheap on a CPU.
-_UNET = dict(sample_size=64, out_channels=4, block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
+# Cross-attention only at the coarsest level keeps the 32^2 latents cheap on a CPU.
+_UNET = dict(sample_size=32, out_channels=4, block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
              down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"), attention_head_dim=8)
 DELIGHT_UNET = dict(_UNET, in_channels=8, cross_attention_dim=32)
 PAINT_UNET = dict(_UNET, in_channels=4, cross_attention_dim=1024, time_embedding_dim=1280)
-VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
-           norm_num_groups=4, sample_size=512, down_block_types=("DownEncoderBlock2D",) * 4,
-           up_block_types=("UpDecoderBlock2D",) * 4)
+# Five levels: latents of 32^2 (the released VAE's four give 64^2), which keeps CPU tests quick.
+VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 8, 8, 8, 8), layers_per_block=1,
+           norm_num_groups=4, sample_size=512, down_block_types=("DownEncoderBlock2D",) * 5,
+           up_block_types=("UpDecoderBlock2D",) * 5)
 TEXT_ENCODER = dict(vocab_size=40, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                     max_position_embeddings=77, projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1)
 
@@ -69,7 +69,12 @@ def tiny_tokenizer():
 
 
 def write_delight_folder(root: Path, seed: int = 1) -> Path:
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     folder = root / DELIGHT_FOLDER

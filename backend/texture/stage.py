@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import BackendError
 from ..pipelines.base import Param
 from ..protocol import ErrorCode
-from .paint import DELIGHT_STEPS, PAINT_GUIDANCE, PAINT_SEED, PAINT_STEPS
+from .paint import DELIGHT_STEPS, PAINT_GUIDANCE, PAINT_SEED, PAINT_STEPS, TURBO_STEPS
 
 if TYPE_CHECKING:
     import torch
@@ -50,11 +50,12 @@ TEXTURE_SIZE = Param("texture_size", int, 2048, "texture width and height in pix
                      "and baked at this size too", minimum=64, maximum=4096, advanced=True)
 TEXTURE_SEED = Param("texture_seed", int, PAINT_SEED, f"random seed of the paint model ({PAINT_SEED} upstream)", minimum=0,
                      maximum=2**31 - 1, advanced=True)
-TEXTURE_STEPS = Param("texture_steps", int, PAINT_STEPS, f"denoising steps of the paint model ({PAINT_STEPS} upstream)",
-                      minimum=1, maximum=200, advanced=True)
+# The two paint models' upstream step counts differ, and auto picks the model only once the device is known.
+TEXTURE_STEPS = Param("texture_steps", int, 0, f"denoising steps of the paint model; 0 is its upstream count ({PAINT_STEPS} standard, "
+                      f"{TURBO_STEPS} turbo)", minimum=0, maximum=200, advanced=True)
 TEXTURE_GUIDANCE = Param("texture_guidance", float, PAINT_GUIDANCE,
-                         f"guidance scale of the paint model: how closely the views follow the picture ({PAINT_GUIDANCE} upstream)",
-                         minimum=0.0, maximum=20.0, advanced=True)
+                         f"guidance scale of the standard paint model: how closely the views follow the picture ({PAINT_GUIDANCE} "
+                         "upstream); the turbo model is guidance-distilled and takes none", minimum=0.0, maximum=20.0, advanced=True)
 TEXTURE_VIEWS = Param("texture_views", str, "six", "views the paint model paints: six (front, right, back, left, top, "
                       "bottom, as upstream) or four (the sides only: faster, top and bottom filled from them)",
                       choices=tuple(VIEW_SETS), advanced=True)
@@ -184,7 +185,7 @@ def texture_mesh(ctx: JobContext, mesh: Mesh, picture: Image.Image, params: dict
 
     # 4. The painted views.
     painted = paint_views(ctx, names["paint"], delit, normal_images, position_images, seed=params["texture_seed"],
-                          steps=params["texture_steps"], guidance=params["texture_guidance"],
+                          steps=params["texture_steps"] or (TURBO_STEPS if turbo else PAINT_STEPS), guidance=params["texture_guidance"],
                           turbo=turbo, views=views)
     images |= {f"view_{i}": view for i, view in enumerate(painted)}
 

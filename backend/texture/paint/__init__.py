@@ -15,7 +15,7 @@ against the official code.
 """
 
 from .loading import register_paint_parts
-from .sampling import DELIGHT_SIZE, PAINT_SIZE, delight, paint_views
+from .sampling import DELIGHT_SIZE, PAINT_SIZE, TURBO_STEPS, delight, paint_views
 
 # Upstream's defaults (hy3dgen 2.0.2: Light_Shadow_Remover, Multiview_Diffusion_Net, HunyuanPaintPipeline).
 DELIGHT_STEPS = 50
@@ -24,9 +24,9 @@ DELIGHT_IMAGE_GUIDANCE = 1.5
 DELIGHT_SEED = 42
 PAINT_STEPS = 30
 PAINT_GUIDANCE = 2.0
-PAINT_SEED = 0
+PAINT_SEED = 0  # turbo paint too; its steps are TURBO_STEPS and it takes no guidance
 
 __all__ = [
     "DELIGHT_GUIDANCE", "DELIGHT_IMAGE_GUIDANCE", "DELIGHT_SEED", "DELIGHT_SIZE", "DELIGHT_STEPS", "PAINT_GUIDANCE",
-    "PAINT_SEED", "PAINT_SIZE", "PAINT_STEPS", "delight", "paint_views", "register_paint_parts",
+    "PAINT_SEED", "PAINT_SIZE", "PAINT_STEPS", "TURBO_STEPS", "delight", "paint_views", "register_paint_parts",
 ]

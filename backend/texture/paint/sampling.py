@@ -1,8 +1,8 @@
 """Running the delighting and multiview paint models: picture preparation, samplers, decoding.
 
-Both samplers are diffusers' ``EulerAncestralDiscreteScheduler`` configured from the folder's
-``scheduler/scheduler_config.json`` as upstream configures it; the loops, the guidance and the
-picture handling are ours. Each stage runs through the memory manager (``ctx.run_stage``) and
+The samplers are diffusers' schedulers (Euler ancestral; LCM for turbo paint) configured from the
+folder's ``scheduler/scheduler_config.json`` as upstream configures them; the loops, the guidance
+and the picture handling are ours. Each stage runs through the memory manager (``ctx.run_stage``) and
 reports one progress event per denoising step, so a cancel takes effect between steps.
 """
 
@@ -56,12 +56,21 @@ def load_scheduler(root: Path, model: str) -> Any:
     return EulerAncestralDiscreteScheduler.from_config(config)
 
 
-def _pixels(image: Image.Image) -> torch.Tensor:
-    """(3, H, W) float32 in [0, 1] of an RGB picture."""
+def _pixels(image: Image.Image, *, layout: str) -> torch.Tensor:
+    """(1, 3, H, W) float32 in [0, 1] of an RGB picture, laid out in memory as upstream hands it to the VAE.
+
+    On the CPU a convolution sums in an order that depends on the input's strides, so float32
+    parity with upstream holds only for the same layout: ``diffusers`` (its image processor,
+    channels-last with a full batch stride; the delighting pipeline) or ``permuted`` (an HWC
+    array permuted, then given a batch dimension; upstream's paint pipeline).
+    """
     import numpy as np
     import torch
 
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    values = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    if layout == "diffusers":
+        return torch.from_numpy(values[None]).permute(0, 3, 1, 2)
+    return torch.from_numpy(values).permute(2, 0, 1)[None]
 
 
 def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
@@ -211,7 +220,7 @@ def delight(ctx: JobContext, names: list[str], picture: Image.Image, *, seed: in
     ctx.progress("delight", 0, steps, "removing the lighting from the picture")
 
     def encode(modules: dict[str, torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = _pixels(model_input)[None].to(memory.device, memory.compute_dtype(parts[VAE]))
+        pixels = _pixels(model_input, layout="diffusers").to(memory.device, memory.compute_dtype(parts[VAE]))
         return encode_delight_inputs(modules[TEXT_ENCODER], modules[VAE], tokens.input_ids.to(memory.device),
                                      tokens.attention_mask.to(memory.device), pixels, guided=guided)
 
@@ -268,7 +277,7 @@ def _reference_pixels(reference: Image.Image) -> torch.Tensor:
     elif reference.mode != "RGB":
         raise BackendError(ErrorCode.BAD_INPUT, f"the reference picture is {reference.mode}, not RGB or RGBA",
                            hint="convert it to RGB (or RGBA with the object's alpha)")
-    return _pixels(reference)[None]
+    return _pixels(reference, layout="permuted")
 
 
 def encode_views(vae: torch.nn.Module, reference: torch.Tensor, normals: torch.Tensor, positions: torch.Tensor, *,
@@ -393,6 +402,9 @@ def paint_views(ctx: JobContext, names: list[str], reference: Image.Image, norma
     parts = part_names(names)
     memory = ctx.memory
     root = folder_of(memory, parts[UNET])
+    if turbo != root.name.endswith("-turbo"):
+        raise BackendError(ErrorCode.BAD_PARAMETER, f"turbo={turbo} does not fit the paint model in {root}",
+                           hint="pass turbo=True exactly for the hunyuan3d-paint-v2-0-turbo folder")
     reference_pixels = _reference_pixels(reference)
     normal_pixels, position_pixels = _condition_pixels(normal_images), _condition_pixels(position_images)
     ctx.progress("paint", 0, steps, f"painting {len(views)} views")
