@@ -9,6 +9,9 @@
    add-on's path is timed in its two parts: ``meshdata.from_wire`` on the reader thread
    (frame, colours, edges) and ``importer.build_object`` on Blender's main thread; the
    main-thread part is what Blender users feel, and the Hunyuan3D-2 path runs wholly there.
+   With ``--texture-size N`` the mesh is a textured result instead (the texture stage's output):
+   per-vertex UVs, an N x N base colour PNG, no colours; the add-on's path adds a UV map and a
+   material with the PNG packed, the GLB path imports the same texture.
 2. The add-on, installed from the zip build.py makes, runs a 200-step job on a real backend
    (the test pipeline) while every ``pump()`` call is timed.
 Blender's user folders point at a temporary directory for the run.
@@ -47,6 +50,19 @@ def grid_mesh(rows: int, cols: int):
     return positions, np.ascontiguousarray(faces), colors
 
 
+def texture_png(size: int) -> bytes:
+    """A size x size RGB picture with detail everywhere (so PNG can't shrink it to nothing), PNG-encoded."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def remove_object(obj) -> None:
     import bpy
 
@@ -55,7 +71,7 @@ def remove_object(obj) -> None:
     bpy.data.meshes.remove(mesh)
 
 
-def time_direct(arrays: dict, repeats: int) -> tuple[list[float], list[float]]:
+def time_direct(arrays: dict, repeats: int, textures: dict[str, bytes]) -> tuple[list[float], list[float]]:
     """Seconds of the reader thread's part and of the main thread's part, per run."""
     import bpy
 
@@ -63,7 +79,7 @@ def time_direct(arrays: dict, repeats: int) -> tuple[list[float], list[float]]:
     reader, main_thread = [], []
     for _ in range(repeats):
         started = time.perf_counter()
-        prepared = meshdata.from_wire(arrays, "y_up")
+        prepared = meshdata.from_wire(arrays, "y_up", textures)
         handed_over = time.perf_counter()
         obj = importer.build_object(bpy.context, prepared, "Direct")
         finished = time.perf_counter()
@@ -71,17 +87,23 @@ def time_direct(arrays: dict, repeats: int) -> tuple[list[float], list[float]]:
         main_thread.append(finished - handed_over)
         mesh = obj.data
         assert len(mesh.polygons) == len(arrays["faces"]) and len(mesh.vertices) == len(arrays["positions"])
-        assert mesh.color_attributes.active_color is not None and not mesh.validate()
+        if textures:
+            assert len(mesh.uv_layers) == 1 and mesh.materials[0].node_tree.nodes["Image Texture"].image.packed_file is not None
+        else:
+            assert mesh.color_attributes.active_color is not None
+        assert not mesh.validate()
         remove_object(obj)
     return reader, main_thread
 
 
-def time_glb(arrays: dict, repeats: int, folder: str) -> list[float]:
+def time_glb(arrays: dict, repeats: int, folder: str, textures: dict[str, bytes]) -> list[float]:
     import bpy
 
     sys.path.insert(0, str(ROOT))
-    from backend.mesh import Mesh
+    from backend.mesh import Material, Mesh
     from backend.mesh.export import encode_glb
+
+    material = Material.from_png(textures) if textures else None
 
     times = []
     for i in range(repeats):
@@ -89,7 +111,7 @@ def time_glb(arrays: dict, repeats: int, folder: str) -> list[float]:
         before = set(bpy.data.objects)
         started = time.perf_counter()
         with open(path, "wb") as f:
-            f.write(encode_glb(Mesh(arrays["positions"], arrays["faces"], arrays["colors"])))
+            f.write(encode_glb(Mesh(arrays["positions"], arrays["faces"], arrays.get("colors"), uvs=arrays.get("uvs"), material=material)))
         bpy.ops.import_scene.gltf(filepath=path)
         times.append(time.perf_counter() - started)
         for obj in set(bpy.data.objects) - before:
@@ -139,6 +161,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each import path (default 3)")
     parser.add_argument("--steps", type=int, default=200, help="steps of the streamed job (default 200)")
     parser.add_argument("--step-delay", type=float, default=0.02, help="seconds per job step (default 0.02)")
+    parser.add_argument("--texture-size", type=int, default=0,
+                        help="import a textured result with an N x N base colour texture instead of vertex colours (default 0: colours)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -150,13 +174,19 @@ def main() -> int:
 
         bpy.ops.extensions.package_install_files(filepath=built, repo="user_default", enable_on_install=True)
         positions, faces, colors = grid_mesh(args.rows, args.cols)
-        arrays = {"positions": positions, "faces": faces, "colors": colors}
-        print(f"mesh: {len(faces):,} triangles, {len(positions):,} vertices, float32 RGBA colours")
-        reader, main_thread = time_direct(arrays, args.repeats)
-        glb = time_glb(arrays, args.repeats, folder)
-        print(f"add-on, reader thread (from_wire: frame, colours, edges): best {min(reader):.3f} s, "
+        if args.texture_size:
+            arrays = {"positions": positions, "faces": faces, "uvs": (positions[:, [0, 2]] + 1) / 2}
+            textures = {"base_color": texture_png(args.texture_size)}
+            print(f"mesh: {len(faces):,} triangles, {len(positions):,} vertices, UVs, a {args.texture_size}^2 base colour PNG "
+                  f"({len(textures['base_color']) / 2**20:.1f} MiB)")
+        else:
+            arrays, textures = {"positions": positions, "faces": faces, "colors": colors}, {}
+            print(f"mesh: {len(faces):,} triangles, {len(positions):,} vertices, float32 RGBA colours")
+        reader, main_thread = time_direct(arrays, args.repeats, textures)
+        glb = time_glb(arrays, args.repeats, folder, textures)
+        print(f"add-on, reader thread (from_wire: frame, colours or UVs, edges): best {min(reader):.3f} s, "
               f"median {statistics.median(reader):.3f} s")
-        print(f"add-on, main thread (build_object: arrays -> linked coloured object): best {min(main_thread):.3f} s, "
+        print(f"add-on, main thread (build_object: arrays -> linked coloured or textured object): best {min(main_thread):.3f} s, "
               f"median {statistics.median(main_thread):.3f} s  (goal <= 0.1 s)")
         print(f"Hunyuan3D-2 path, all on the main thread (write GLB + import_scene.gltf): best {min(glb):.3f} s, "
               f"median {statistics.median(glb):.3f} s")

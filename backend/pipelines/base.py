@@ -217,12 +217,12 @@ class Pipeline:
 
     def execute(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
         """The whole job: ``run``, then the texture stage on its mesh when the request asks for ``texture``."""
-        output = self.run(request, ctx)
-        if request.params.get("texture"):
-            from ..texture.stage import texture_output
+        if not request.params.get("texture"):
+            return self.run(request, ctx)
+        from ..texture.stage import register_texture_parts, texture_output
 
-            output = texture_output(ctx, output, request, self.weights_dir)
-        return output
+        register_texture_parts(ctx.memory, request.params, self.weights_dir)  # first, so `--memory auto` plans on the whole job
+        return texture_output(ctx, self.run(request, ctx), request, self.weights_dir)
 
 
 @dataclass

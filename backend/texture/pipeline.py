@@ -16,7 +16,7 @@ from ..pipelines import register
 from ..pipelines.base import SEED, JobContext, JobRequest, Pipeline, PipelineOutput, WeightsReport
 from ..pipelines.hunyuan3d_v1.pipeline import BACKGROUND_METHOD, REMOVE_BACKGROUND, TEXT_IMAGE_SIZE, TEXT_STEPS
 from ..protocol import ErrorCode
-from .stage import STAGES, TEXTURE_PARAMS, paint_folders, paint_picture, require_paint_weights
+from .stage import STAGES, TEXTURE_PARAMS, paint_folders, paint_picture, register_texture_parts, require_paint_weights
 
 
 @register
@@ -35,14 +35,12 @@ class Hunyuan3D2PaintPipeline(Pipeline):
 
     def register_components(self, memory: Any, request: JobRequest | None = None) -> list[str]:
         from ..weights import check_folder
-        from .paint import register_paint_parts
 
         params = {"paint_model": "auto"} if request is None else request.params
         folders = paint_folders(params["paint_model"], self.weights_dir, accelerated=memory.device.type != "cpu")
         if request is None and not all(check_folder(folder, self.weights_dir).ready for folder in folders):
             return []
-        delight_root, paint_root, turbo = require_paint_weights(params, self.weights_dir, accelerated=memory.device.type != "cpu")
-        return [name for names in register_paint_parts(memory, delight_root, paint_root, turbo=turbo).values() for name in names]
+        return [name for names in register_texture_parts(memory, params, self.weights_dir).names.values() for name in names]
 
     def validate(self, request: JobRequest) -> JobRequest:
         from ..weights import HUNYUAN_DIT, require_folders
@@ -62,6 +60,7 @@ class Hunyuan3D2PaintPipeline(Pipeline):
     def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
         params = request.params
         images: dict[str, bytes] = {}
+        register_texture_parts(ctx.memory, params, self.weights_dir)  # first, so `--memory auto` plans on the whole job
         if request.text is not None:
             from ..pipelines.hunyuan3d_v1.text_to_image import draw_prompt
             from ..weights import HUNYUAN_DIT, require_folders

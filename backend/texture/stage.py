@@ -98,6 +98,21 @@ def require_paint_weights(params: dict[str, Any], weights_dir: str | None, accel
     return delight_root, paint_root, folders[1] == HUNYUAN3D_2_PAINT_TURBO
 
 
+@dataclass(frozen=True)
+class PaintParts:
+    names: dict[str, list[str]]  # memory-manager components: {"delight": [...], "paint": [...]}
+    turbo: bool
+    roots: tuple[Path, Path]  # the delight and paint folders
+
+
+def register_texture_parts(memory: Any, params: dict[str, Any], weights_dir: str | None) -> PaintParts:
+    """Declare the delight and paint models a job's parameters choose (registering again is free)."""
+    from .paint import register_paint_parts
+
+    delight_root, paint_root, turbo = require_paint_weights(params, weights_dir, accelerated=memory.device.type != "cpu")
+    return PaintParts(register_paint_parts(memory, delight_root, paint_root, turbo=turbo), turbo, (delight_root, paint_root))
+
+
 def recenter(picture: Image.Image) -> Image.Image:
     """The object cropped to its alpha box and centred on a transparent square with a border (hy3dgen's recenter_image)."""
     from PIL import Image
@@ -133,15 +148,7 @@ def texture_mesh(ctx: JobContext, mesh: Mesh, picture: Image.Image, params: dict
 
     from ..mesh import Material, Mesh
     from .bake import bake_views, fill_texture
-    from .paint import (
-        DELIGHT_GUIDANCE,
-        DELIGHT_IMAGE_GUIDANCE,
-        DELIGHT_SEED,
-        PAINT_SIZE,
-        delight,
-        paint_views,
-        register_paint_parts,
-    )
+    from .paint import DELIGHT_GUIDANCE, DELIGHT_IMAGE_GUIDANCE, DELIGHT_SEED, PAINT_SIZE, delight, paint_views
     from .uv import check_mesh, rasterize_uv, unwrap
     from .views import fit_to_views, official_views, render_view, vertex_normals
 
@@ -150,8 +157,8 @@ def texture_mesh(ctx: JobContext, mesh: Mesh, picture: Image.Image, params: dict
         positions, faces = check_mesh(mesh.positions, mesh.faces)
     except ValueError as exc:
         raise BackendError(ErrorCode.BAD_INPUT, f"the mesh cannot be textured: {exc}", hint="send a triangulated mesh with finite positions") from None
-    delight_root, paint_root, turbo = require_paint_weights(params, weights_dir, accelerated=memory.device.type != "cpu")
-    names = register_paint_parts(memory, delight_root, paint_root, turbo=turbo)
+    parts = register_texture_parts(memory, params, weights_dir)
+    names, turbo = parts.names, parts.turbo
     size = params["texture_size"]
     images: dict[str, Image.Image] = {}
 
@@ -205,7 +212,7 @@ def texture_mesh(ctx: JobContext, mesh: Mesh, picture: Image.Image, params: dict
     result = Mesh(uv_mesh.positions, uv_mesh.faces, normals=None if mesh.normals is None else mesh.normals[uv_mesh.source_vertex],
                   uvs=uv_mesh.uvs, material=Material(base_color=base_color))
     info = {"paint_model": "turbo" if turbo else "standard", "texture_size": size, "texels_seen": round(seen, 4),
-            "weights": [str(delight_root), str(paint_root)]}
+            "weights": [str(root) for root in parts.roots]}
     return TexturedResult(result, images, info)
 
 
