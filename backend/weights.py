@@ -198,9 +198,10 @@ HUNYUAN3D_2_1_DIT = WeightFolder(
     ("hunyuan3d-dit-v2-1/config.yaml", "hunyuan3d-dit-v2-1/model.fp16.ckpt"), "the Hunyuan3D-2.1 shape model",
 )
 # Hunyuan3D-2 Paint: the delighting model (an InstructPix2Pix folder) and the multiview paint
-# models, diffusers folders whose 2.5D UNet upstream ships as ``diffusion_pytorch_model.bin``.
-# Only the parts the texture stage runs are required (the paint folders' text encoder is unused:
-# their UNet carries learned prompt embeddings).
+# models, diffusers folders whose 2.5D UNet and VAE come as ``.safetensors`` or ``.bin`` (the
+# release has both for the paint UNet and VAE; the turbo folder's VAE is ``.bin`` only). Only the
+# parts the texture stage runs are required (the paint folders' text encoder and image encoder are
+# unused: their UNet carries learned prompt embeddings).
 HUNYUAN3D_2_DELIGHT = WeightFolder(
     HUNYUAN3D_2_REPO, "hunyuan3d-delight-v2-0", "hunyuan3d-delight-v2-0",
     (("model_index.json",), ("scheduler/scheduler_config.json",), *_diffusers_model("unet"), *_diffusers_model("vae"),
@@ -214,7 +215,8 @@ def _paint_folder(folder: str, purpose: str) -> WeightFolder:
         return ((f"{name}/config.json",),
                 (f"{name}/diffusion_pytorch_model.safetensors", f"{name}/diffusion_pytorch_model.bin"))
 
-    parts = ("model_index.json", "scheduler/*", "unet/config.json", "unet/diffusion_pytorch_model.*", "vae/*")
+    # The paint UNet is released twice (.bin and .safetensors, the same weights): only the second is fetched.
+    parts = ("model_index.json", "scheduler/*", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/*")
     return WeightFolder(HUNYUAN3D_2_REPO, folder, folder,
                         (("model_index.json",), ("scheduler/scheduler_config.json",), *part("unet"), *part("vae")),
                         tuple(f"{folder}/{pattern}" for pattern in parts), purpose)

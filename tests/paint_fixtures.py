@@ -3,9 +3,11 @@
 ``hunyuan3d-delight-v2-0`` is written by diffusers' own InstructPix2Pix pipeline
 (``save_pretrained``: model_index.json, scheduler/, unet/, vae/, text_encoder/, tokenizer/).
 ``hunyuan3d-paint-v2-0`` (or ``-turbo``) holds model_index.json, scheduler/, vae/ and the 2.5D
-UNet as upstream ships it: ``unet/config.json`` (a plain ``UNet2DConditionModel`` config) and
-``unet/diffusion_pytorch_model.bin``, a ``torch.save`` state dict under the released key names
-(the official loader reads exactly this file, strictly).
+UNet: ``unet/config.json`` (a plain ``UNet2DConditionModel`` config) and the weights under the
+released key names, as the release stores them: the paint folder's UNet as
+``diffusion_pytorch_model.bin`` (a ``torch.save`` state dict, which the official 2.0.2 loader
+reads strictly) and its VAE as safetensors; the turbo folder's UNet as safetensors and its VAE
+as ``.bin``.
 
 The configs are small but keep what the released models fix: 512^2 pictures, the paint UNet's
 1024-wide prompt embeddings and 1280-wide time embedding, 4 latent channels. Weights are random with a spread that keeps activations of order one.
@@ -90,6 +92,7 @@ def write_delight_folder(root: Path, seed: int = 1) -> Path:
 
 def write_paint_folder(root: Path, *, turbo: bool = False, seed: int = 11) -> Path:
     from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler
+    from safetensors.torch import save_file
 
     from backend.texture.paint.unet import MultiviewUNet
 
@@ -97,8 +100,12 @@ def write_paint_folder(root: Path, *, turbo: bool = False, seed: int = 11) -> Pa
     (folder / "unet").mkdir(parents=True, exist_ok=True)
     unet = randomise(MultiviewUNet(PAINT_UNET), seed)
     (folder / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", **PAINT_UNET}))
-    torch.save(unet.state_dict(), folder / "unet" / "diffusion_pytorch_model.bin")
-    randomise(AutoencoderKL(**VAE), seed + 1).save_pretrained(folder / "vae")
+    if turbo:
+        save_file({key: tensor.contiguous() for key, tensor in unet.state_dict().items()},
+                  folder / "unet" / "diffusion_pytorch_model.safetensors")
+    else:
+        torch.save(unet.state_dict(), folder / "unet" / "diffusion_pytorch_model.bin")
+    randomise(AutoencoderKL(**VAE), seed + 1).save_pretrained(folder / "vae", safe_serialization=not turbo)
     EulerAncestralDiscreteScheduler(**_SCHEDULER, prediction_type="v_prediction").save_pretrained(folder / "scheduler")
     (folder / "model_index.json").write_text(json.dumps({
         "_class_name": "HunyuanPaintPipeline", "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"],

@@ -674,3 +674,15 @@ def test_pinning_gathers_host_copies_into_one_exact_buffer_and_falls_back_when_r
     monkeypatch.setattr(transfer, "unpin", lambda buffer: registered.append(-buffer.numel()))
     mm.unload("model")
     assert registered[-1] == -registered[0], "unloading unpins the buffer"
+
+
+def test_sizes_are_read_from_suffix_less_blobs_of_either_format(tmp_path):
+    """Registration resolves links, and the Hugging Face cache links to blobs named by hash: the format comes from the bytes."""
+    from backend.memory import stored_size_and_dtype
+
+    tensors = {"weight": torch.zeros(4, 8, dtype=torch.float16), "bias": torch.zeros(4)}
+    save_file(tensors, tmp_path / "safetensors-blob")
+    torch.save(tensors, tmp_path / "zip-blob")
+    expected = (4 * 8 * 2 + 4 * 4, "float16")
+    assert stored_size_and_dtype([tmp_path / "safetensors-blob"]) == expected
+    assert stored_size_and_dtype([tmp_path / "zip-blob"]) == expected

@@ -98,6 +98,10 @@ def test_tiny_folders_pass_the_release_checks(weights):
                          (HUNYUAN3D_2_PAINT_TURBO, weights["turbo"])):
         check = check_folder(folder, str(path.parent))
         assert check.ready and check.path == path, (check.missing, check.corrupt)
+    # Both weight formats of the release are exercised: .bin UNet and safetensors VAE, and the other way round for turbo.
+    assert (weights["paint"] / "unet" / "diffusion_pytorch_model.bin").is_file()
+    assert (weights["turbo"] / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (weights["turbo"] / "vae" / "diffusion_pytorch_model.bin").is_file()
 
 
 def test_a_paint_unet_with_a_missing_tensor_is_refused_by_name(weights, tmp_path):
@@ -208,6 +212,21 @@ def test_delight_matches_the_official_light_shadow_remover(weights):
     # Upstream truncates to 8 bits: identical up to values that sit on a level boundary.
     assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
     assert [e["step"] for e in events if e["stage"] == "delight" and e["step"] is not None] == list(range(steps + 1))
+
+
+def test_a_folder_of_links_to_blobs_works_as_in_the_hugging_face_cache(weights, tmp_path):
+    """The cache's snapshot folders hold links to content-named blobs elsewhere; the sampler config and tokenizer are still found."""
+    import shutil
+
+    snapshot, blobs = tmp_path / "snapshots" / "0123" / weights["delight"].name, tmp_path / "blobs"
+    blobs.mkdir()
+    for index, file in enumerate(sorted(f for f in weights["delight"].rglob("*") if f.is_file())):
+        shutil.copyfile(file, blobs / f"blob{index}")
+        (snapshot / file.relative_to(weights["delight"])).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / file.relative_to(weights["delight"])).symlink_to(blobs / f"blob{index}")
+    ctx = job()
+    names = register_paint_parts(ctx.memory, snapshot, weights["paint"], turbo=False)
+    assert delight(ctx, names["delight"], picture(), seed=0, steps=1, guidance=1.0, image_guidance=1.5).size == (512, 512)
 
 
 def test_a_fully_transparent_picture_is_refused(weights):
@@ -339,3 +358,25 @@ def test_turbo_paint_runs_on_the_turbo_folder_and_its_masks_matter(weights):
                                                 guidance=1.0, on_step=lambda *_: None, masks={}))
     public = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32) / 255).permute(2, 0, 1) for p in pictures])
     assert (public - unmasked).abs().max() > 1e-2
+
+
+def test_a_full_size_paint_unet_has_the_official_tensors():
+    """Stable Diffusion 2's UNet config (the release's architecture), built on ``meta``: ours and the official have the same tensors."""
+    from diffusers import UNet2DConditionModel
+
+    from backend.memory.loading import parameters_on_meta
+    from backend.texture.paint.unet import MultiviewUNet
+
+    config = {"act_fn": "silu", "attention_head_dim": [5, 10, 20, 20], "block_out_channels": [320, 640, 1280, 1280],
+              "cross_attention_dim": 1024, "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+              "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, "in_channels": 4, "out_channels": 4,
+              "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 64, "use_linear_projection": True}
+    official_class = texgen_module("hunyuanpaint.unet.modules").UNet2p5DConditionModel
+    with torch.device("meta"):
+        official = official_class(UNet2DConditionModel(**config))
+    with parameters_on_meta():
+        ours = MultiviewUNet(config)
+    expected = {key: tuple(t.shape) for key, t in official.state_dict().items()}
+    got = {key: tuple(t.shape) for key, t in ours.state_dict().items()}
+    assert got == expected
+    assert sum(p.numel() for p in ours.parameters()) > 1.5e9

@@ -115,9 +115,9 @@ def stored_size_and_dtype(paths: Sequence[str | os.PathLike[str]], prefix: str =
     """Bytes of the tensors in ``paths`` whose names start with ``prefix``, and the floating dtype most
     of those bytes are stored in (None when there is no floating tensor).
 
-    A safetensors file is read from its header alone; any other file is taken for a ``torch.save``
-    checkpoint, read through its memory map (no tensor data), with the tensors of a dict of state
-    dicts named ``entry.key``.
+    A safetensors file is read from its header alone; a ``torch.save`` checkpoint (``.bin``,
+    ``.ckpt``, ``.pt``, or a suffix-less zip, as Hugging Face cache blobs are named) through its
+    memory map (no tensor data), with the tensors of a dict of state dicts named ``entry.key``.
     """
     total, floating = 0, {}
     for path in paths:
@@ -129,9 +129,21 @@ def stored_size_and_dtype(paths: Sequence[str | os.PathLike[str]], prefix: str =
     return total, max(floating, key=floating.get) if floating else None
 
 
+def _is_safetensors(path: str | os.PathLike[str]) -> bool:
+    """By the name, or for a file without a known suffix (a Hugging Face cache blob) by its first bytes: a ``torch.save`` checkpoint is a zip."""
+    suffix = Path(path).suffix
+    if suffix in (".safetensors", ".bin", ".ckpt", ".pt", ".pth"):
+        return suffix == ".safetensors"
+    try:
+        with open(path, "rb") as file:
+            return file.read(4) != b"PK\x03\x04"
+    except OSError as exc:
+        raise WeightsError(path, f"cannot be read: {exc.strerror or exc}", hint="check the path and permissions") from None
+
+
 def _stored_tensors(path: str | os.PathLike[str]) -> dict[str, tuple[int, str]]:
     """Each tensor's name, bytes and dtype name in a safetensors file or a ``torch.save`` checkpoint."""
-    if str(path).endswith(".safetensors"):
+    if _is_safetensors(path):
         return {name: (entry.nbytes, entry.dtype) for name, entry in read_safetensors_header(path).tensors.items()}
     import torch
 

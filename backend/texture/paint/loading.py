@@ -10,10 +10,11 @@ unpickled with ``weights_only``). The paint folders' text encoder is never run a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...pipelines.hunyuan3d_v1.components import ComponentSpec, block_list, register_components, unet_blocks, weight_files
+from ...pipelines.hunyuan3d_v1.components import ComponentSpec, block_list, unet_blocks, weight_files
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,13 +50,24 @@ def register_paint_parts(memory: Any, delight_root: Path, paint_root: Path, *, t
     if turbo != paint_root.name.endswith("-turbo"):
         raise BackendError(ErrorCode.BAD_PARAMETER, f"{paint_root} is not the {'turbo ' if turbo else ''}paint model",
                            hint="use hunyuan3d-paint-v2-0-turbo for turbo paint and hunyuan3d-paint-v2-0 otherwise")
-    delight_names = register_components(memory, delight_root, delight_root.name, DELIGHT_PARTS)
-    paint_names = register_components(memory, paint_root, paint_root.name, (_PAINT_VAE,))
+    names: dict[str, list[str]] = {"delight": [], "paint": []}
+    for model, root, specs in (("delight", delight_root, DELIGHT_PARTS), ("paint", paint_root, (_PAINT_VAE,))):
+        for spec in specs:
+            names[model].append(f"{root.name}.{spec.name}")
+            memory.register(names[model][-1], lambda spec=spec, root=root: _from(root, lambda: spec.load(root)),
+                            precision=PRECISION, files=spec.files(root), blocks=spec.blocks)
     unet_name = f"{paint_root.name}.{UNET}"
-    unet_files = weight_files(paint_root / UNET, _DIFFUSERS_STEM)
-    memory.register(unet_name, lambda: load_paint_unet(paint_root / UNET), precision=PRECISION, files=unet_files,
-                    blocks=lambda module: module.blocks())
-    return {"delight": [delight_names[part.subfolder] for part in DELIGHT_PARTS], "paint": [unet_name, paint_names[VAE]]}
+    memory.register(unet_name, lambda: _from(paint_root, lambda: load_paint_unet(paint_root / UNET)), precision=PRECISION,
+                    files=weight_files(paint_root / UNET, _DIFFUSERS_STEM), blocks=lambda module: module.blocks())
+    names["paint"].insert(0, unet_name)
+    return names
+
+
+def _from(root: Path, load: Callable[[], nn.Module]) -> nn.Module:
+    """The loaded module, told the model folder it came from (its sampler config and tokenizer live there)."""
+    module = load()
+    module.release_folder = root
+    return module
 
 
 def load_paint_unet(folder: Path) -> nn.Module:
@@ -81,8 +93,3 @@ def load_paint_unet(folder: Path) -> nn.Module:
 def part_names(names: list[str]) -> dict[str, str]:
     """Component names by part (``unet``, ``vae``, ``text_encoder``): the last dotted piece of each name."""
     return {name.rsplit(".", 1)[-1]: name for name in names}
-
-
-def folder_of(memory: Any, name: str) -> Path:
-    """The model folder a component was declared from (its files are in ``<folder>/<part>/``)."""
-    return Path(memory.describe_component(name)["files"][0]).parents[1]

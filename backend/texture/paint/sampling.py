@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BackendError
 from ...protocol import ErrorCode
-from .loading import TEXT_ENCODER, UNET, VAE, folder_of, part_names
+from .loading import TEXT_ENCODER, UNET, VAE, part_names
 
 if TYPE_CHECKING:
     import torch
@@ -208,18 +208,17 @@ def delight(ctx: JobContext, names: list[str], picture: Image.Image, *, seed: in
         raise BackendError(ErrorCode.BAD_PARAMETER, f"delighting needs at least one step, not {steps}", hint="use 50 (upstream)")
     parts = part_names(names)
     memory = ctx.memory
-    root = folder_of(memory, parts[UNET])
     model_input, alpha, target = _prepare_delight_input(picture)
     if not bool((alpha > 0.5).any()):
         raise BackendError(ErrorCode.BAD_INPUT, "the picture is fully transparent: there is nothing to delight",
                            hint="send a picture of the object with its alpha channel, or an opaque RGB picture")
     guided = guidance > 1.0 and image_guidance >= 1.0
-    tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
-    # Upstream's prompt is empty: the model was trained to delight with no instruction.
-    tokens = tokenizer([""], padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt")
     ctx.progress("delight", 0, steps, "removing the lighting from the picture")
 
     def encode(modules: dict[str, torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokenizer = CLIPTokenizer.from_pretrained(str(modules[TEXT_ENCODER].release_folder / "tokenizer"))
+        # Upstream's prompt is empty: the model was trained to delight with no instruction.
+        tokens = tokenizer([""], padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt")
         pixels = _pixels(model_input, layout="diffusers").to(memory.device, memory.compute_dtype(parts[VAE]))
         return encode_delight_inputs(modules[TEXT_ENCODER], modules[VAE], tokens.input_ids.to(memory.device),
                                      tokens.attention_mask.to(memory.device), pixels, guided=guided)
@@ -228,7 +227,7 @@ def delight(ctx: JobContext, names: list[str], picture: Image.Image, *, seed: in
 
     def denoise(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
         dtype = memory.compute_dtype(parts[UNET])
-        return sample_delight(modules[UNET], load_scheduler(root, "delight"), text.to(dtype), image_latents.to(dtype), seed=seed, steps=steps,
+        return sample_delight(modules[UNET], load_scheduler(modules[UNET].release_folder, "delight"), text.to(dtype), image_latents.to(dtype), seed=seed, steps=steps,
                               guidance=guidance, image_guidance=image_guidance,
                               on_step=lambda step, _latents: ctx.progress("delight", step, steps))
 
@@ -401,9 +400,9 @@ def paint_views(ctx: JobContext, names: list[str], reference: Image.Image, norma
                            hint="use the official views (backend.texture.views.official_views)") from None
     parts = part_names(names)
     memory = ctx.memory
-    root = folder_of(memory, parts[UNET])
-    if turbo != root.name.endswith("-turbo"):
-        raise BackendError(ErrorCode.BAD_PARAMETER, f"turbo={turbo} does not fit the paint model in {root}",
+    model = parts[UNET].rsplit(".", 1)[0]
+    if turbo != model.endswith("-turbo"):
+        raise BackendError(ErrorCode.BAD_PARAMETER, f"turbo={turbo} does not fit the paint model {model}",
                            hint="pass turbo=True exactly for the hunyuan3d-paint-v2-0-turbo folder")
     reference_pixels = _reference_pixels(reference)
     normal_pixels, position_pixels = _condition_pixels(normal_images), _condition_pixels(position_images)
@@ -419,7 +418,7 @@ def paint_views(ctx: JobContext, names: list[str], reference: Image.Image, norma
 
     def denoise(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
         dtype = memory.compute_dtype(parts[UNET])
-        scheduler = load_scheduler(root, "turbo" if turbo else "paint")
+        scheduler = load_scheduler(modules[UNET].release_folder, "turbo" if turbo else "paint")
         on_device = {length: mask.to(memory.device) for length, mask in masks.items()} if masks else None
         return sample_views(modules[UNET], scheduler, reference_latents.to(dtype), normals.to(dtype), positions.to(dtype),
                             cameras.to(memory.device), seed=seed, steps=steps, guidance=1.0 if turbo else guidance,

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 REFERENCE_SLOTS = 5
 VIEW_SLOTS = 12 * 3 + 4 * 2
 PROMPT_TOKENS = 77
+_CONFIG_CLASSES = ("UNet2DConditionModel", "UNet2p5DConditionModel")
 _ELEVATION_BASE = {-20: 0, 0: 12, 20: 24, -90: 36, 90: 40}
 _AZIMUTHS_PER_SLOT = {-20: 1, 0: 1, 20: 1, -90: 3, 90: 3}
 
@@ -230,9 +231,10 @@ def read_unet_config(folder: Path) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise WeightsError(path, f"is not readable ({exc})", hint="download the paint folder again") from None
-    if not isinstance(config, dict) or config.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
+    # The folder's model_index.json calls the model UNet2p5DConditionModel; its config is that of the UNets inside.
+    if not isinstance(config, dict) or config.get("_class_name", "UNet2DConditionModel") not in _CONFIG_CLASSES:
         raise WeightsError(path, "is not a UNet2DConditionModel config", hint="download the paint folder again")
-    return config
+    return {key: value for key, value in config.items() if key != "_class_name"}
 
 
 # Turbo: the multiview attention at these token grids is limited to tokens whose surface points lie
