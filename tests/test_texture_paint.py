@@ -159,7 +159,7 @@ def official_delighter(folder: Path):
     remover_class = texgen_module("utils.dehighlight_utils").Light_Shadow_Remover
     remover = remover_class.__new__(remover_class)
     remover.device, remover.cfg_image, remover.cfg_text = "cpu", 1.5, 1.0
-    pipeline = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(folder), torch_dtype=torch.float32, safety_checker=None)
+    pipeline = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(folder), dtype=torch.float32, safety_checker=None)
     pipeline.scheduler = EulerAncestralDiscreteScheduler.from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     remover.pipeline = pipeline
