@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--view", dest="named_views", action="append", default=[], metavar="NAME=PATH",
                        help="another picture of the object for multiview models (hunyuan3d-2mv): left, back or right; "
                             "the front is --image; repeatable")
+        p.add_argument("--mesh", type=Path, metavar="PATH",
+                       help="a mesh to paint (GLB, OBJ, PLY or STL; Y up, front towards +Z) with --model hunyuan3d-2-paint")
+        p.add_argument("--texture", action="store_true",
+                       help="paint a texture on the shape with Hunyuan3D-2 Paint (needs its weights); writes a GLB with its "
+                            "texture embedded and the texture as a PNG beside it")
         p.add_argument("--model", default="auto", help="pipeline to run; auto picks the best one whose weights are present")
         p.add_argument("--steps", type=int, help="denoising steps (models that denoise)")
         p.add_argument("--seed", type=int, help="random seed")
@@ -84,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Run one job here with a progress bar and write the mesh.")
     add_job_options(generate)
     generate.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
-                          help="mesh file to write: .glb, .obj or .ply")
+                          help="mesh file to write: .glb, .obj or .ply (.glb for a textured mesh)")
 
     plan = commands.add_parser("plan", help="say what a job would take here before running it: memory mode, peak memory, time",
                                description="Plan a job without running it: the memory mode --memory auto would pick, the "
@@ -210,18 +215,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from . import pipelines
     from .jobs import Job, JobEngine
     from .mesh import Mesh
-    from .mesh.export import FORMATS, save
+    from .mesh.export import FORMATS, TEXTURED_FORMATS, save, save_textures
+    from .mesh.inputs import load_mesh_file
     from .pipelines.base import JobRequest
     from .timings import TimingRecords, default_timings_file
 
     if args.output.suffix.lower() not in FORMATS:
         raise BackendError(ErrorCode.BAD_PARAMETER, f"{args.output.name}: unknown mesh format", hint="end the name with .glb, .obj or .ply")
+    if (args.texture or args.mesh is not None) and args.output.suffix.lower() not in TEXTURED_FORMATS:
+        raise BackendError(ErrorCode.BAD_PARAMETER, f"{args.output.name}: a textured mesh is written as GLB", hint="end the name with .glb")
     images = {name: path.read_bytes() for name, path in _pictures(args).items()}
-    model = pipelines.choose(args.model, args.weights, given=set(images) | ({"text"} if args.text else set()))
+    input_mesh = load_mesh_file(args.mesh) if args.mesh is not None else None
+    model = _choose_model(args, set(images) | ({"mesh"} if input_mesh is not None else set()))
     params = _collect_params(args, pipelines.get(model))
     runtime = _runtime(args)
     engine = JobEngine(runtime, output_dir=None, weights_dir=args.weights, timings=TimingRecords(default_timings_file()))
-    request = engine.pipeline(model).validate(JobRequest(model, params, args.text, images))
+    request = engine.pipeline(model).validate(JobRequest(model, params, args.text, images, input_mesh))
     progress = TerminalProgress(sys.stderr)
     outcome: dict[str, Any] = {}
 
@@ -252,9 +261,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise BackendError(header["code"], header["message"], header.get("hint", ""))
     mesh = Mesh.from_buffers({b.name: b for b in outcome["buffers"]})
     save(mesh, args.output)
+    textures = save_textures(mesh, args.output)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in header["timings"].items())
     print(f"wrote {args.output} ({mesh.vertex_count} vertices, {mesh.face_count} faces; {timings})", file=sys.stderr)
+    for slot, path in textures.items():
+        print(f"wrote {path} ({slot.replace('_', ' ')} texture)", file=sys.stderr)
     return 0
+
+
+def _choose_model(args: argparse.Namespace, given: set[str]) -> str:
+    """The pipeline to run: --model, or with auto the best one for the inputs (the painting pipeline for a mesh)."""
+    from . import pipelines
+
+    given = given | ({"text"} if args.text else set())
+    if "mesh" in given and args.model == "auto":
+        return next(name for name in pipelines.names() if "mesh" in pipelines.get(name).inputs)
+    return pipelines.choose(args.model, args.weights, given=given)
 
 
 def _pictures(args: argparse.Namespace) -> dict[str, Path]:
@@ -277,8 +299,8 @@ def _pictures(args: argparse.Namespace) -> dict[str, Path]:
 def _collect_params(args: argparse.Namespace, pipeline_cls) -> dict[str, Any]:
     declared = {p.name: p for p in pipeline_cls.params}
     params: dict[str, Any] = {}
-    for name in ("steps", "seed", "max_faces"):
-        value = getattr(args, name)
+    flags = {"steps": args.steps, "seed": args.seed, "max_faces": args.max_faces, "texture": True if args.texture else None}
+    for name, value in flags.items():
         if value is None:
             continue
         if name not in declared:
@@ -344,14 +366,16 @@ class TerminalProgress:
 def cmd_plan(args: argparse.Namespace) -> int:
     from . import pipelines
     from .jobs import JobEngine
+    from .mesh.inputs import load_mesh_file
     from .pipelines.base import JobRequest
     from .timings import TimingRecords, default_timings_file
 
     pictures = _pictures(args)
-    model = pipelines.choose(args.model, args.weights, given=set(pictures) | ({"text"} if args.text else set()))
+    input_mesh = load_mesh_file(args.mesh) if args.mesh is not None else None
+    model = _choose_model(args, set(pictures) | ({"mesh"} if input_mesh is not None else set()))
     params = _collect_params(args, pipelines.get(model))
     engine = JobEngine(_runtime(args), output_dir=None, weights_dir=args.weights, timings=TimingRecords(default_timings_file()))
-    plan = engine.plan(JobRequest(model, params, args.text, dict.fromkeys(pictures)))
+    plan = engine.plan(JobRequest(model, params, args.text, dict.fromkeys(pictures), input_mesh))
     if args.json:
         print(json.dumps(plan, indent=2))
         return 0

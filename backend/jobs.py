@@ -21,7 +21,7 @@ from typing import Any
 
 from . import pipelines
 from .errors import BackendError, JobCancelled
-from .mesh.export import atomic_write, encode_glb
+from .mesh.export import atomic_write, encode_glb, save_textures
 from .pipelines.base import JobContext, JobRequest, Pipeline, PipelineOutput
 from .protocol import Buffer, ErrorCode, error_header
 from .timings import TimingRecords
@@ -253,7 +253,7 @@ class JobEngine:
         ctx = JobContext(report, job.cancel.is_set, self.runtime)
         try:
             ctx.check_cancelled()
-            output = self.pipeline(job.request.pipeline).run(job.request, ctx)
+            output = self.pipeline(job.request.pipeline).execute(job.request, ctx)
             if job.stage:
                 timings[job.stage] = timings.get(job.stage, 0.0) + time.monotonic() - stage_started[0]
             timings["total"] = time.monotonic() - started
@@ -294,7 +294,7 @@ class JobEngine:
             "seed": job.request.params.get("seed"),
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "mesh": {"vertices": mesh.vertex_count, "faces": mesh.face_count, "bounds": mesh.bounds(),
-                     "frame": "y_up"},
+                     "frame": "y_up", "textures": mesh.textures()},
             "images": sorted(output.images),
             "info": output.info,
             "saved": None,
@@ -318,4 +318,4 @@ class JobEngine:
             record["text"] = job.request.text
         atomic_write(glb, encode_glb(output.mesh))
         atomic_write(meta, json.dumps(record, indent=2).encode("utf-8"))
-        return {"glb": str(glb), "json": str(meta)}
+        return {"glb": str(glb), "json": str(meta), **{f"texture.{slot}": path for slot, path in save_textures(output.mesh, glb).items()}}

@@ -23,6 +23,12 @@ MAX_BUFFERS = 64
 
 _LENGTH = struct.Struct(">I")
 
+# Buffer names with a meaning of their own (docs/protocol.md): a mesh input of ``submit``, and the
+# textures of a ``result`` (``texture.base_color``: PNG bytes).
+MESH_POSITIONS_BUFFER = "mesh.positions"
+MESH_FACES_BUFFER = "mesh.faces"
+TEXTURE_BUFFER_PREFIX = "texture."
+
 # numpy-style dtype strings and their item sizes; only little-endian or byte-sized types.
 DTYPE_ITEMSIZE = {
     "|u1": 1, "|i1": 1, "|b1": 1,

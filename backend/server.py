@@ -21,9 +21,12 @@ from typing import Any
 from . import SERVER_NAME, __version__
 from .errors import BackendError
 from .jobs import JobEngine
+from .mesh.inputs import mesh_from_buffers
 from .pipelines.base import JobRequest
 from .protocol import (
     DEFAULT_MAX_BUFFER_BYTES,
+    MESH_FACES_BUFFER,
+    MESH_POSITIONS_BUFFER,
     PROTOCOL_VERSION,
     Buffer,
     ConnectionClosed,
@@ -199,13 +202,17 @@ class ClientSession:
                 pass
 
     def _submit(self, header: dict[str, Any], message: Message, ref: dict[str, Any]) -> None:
+        buffers = {buf.name: buf for buf in message.buffers}
+        mesh = mesh_from_buffers(buffers)
         images = {}
         for buf in message.buffers:
+            if buf.name in (MESH_POSITIONS_BUFFER, MESH_FACES_BUFFER):
+                continue
             if buf.dtype != "|u1" or len(buf.shape) != 1:
                 raise BackendError(ErrorCode.BAD_INPUT, f"input {buf.name!r} must be encoded image bytes (dtype |u1, 1-D)",
                                    hint="send the PNG or JPEG file's bytes as they are")
             images[buf.name] = buf.to_bytes()
-        request = JobRequest(pipeline=header["pipeline"], params=header.get("params", {}), text=header.get("text"), images=images)
+        request = JobRequest(pipeline=header["pipeline"], params=header.get("params", {}), text=header.get("text"), images=images, mesh=mesh)
 
         def sink(event: dict[str, Any], buffers: list[Buffer]) -> None:
             if event.get("op") == "accepted":

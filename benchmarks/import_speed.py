@@ -14,6 +14,9 @@
    ``validate()`` changes nothing. Then the face starts alone, set face by face
    (``foreach_set``) and copied at once (``importer.set_face_starts``), and one more
    ``build_object`` under cProfile, call by call.
+   With ``--texture-size N`` the mesh is a textured result instead (the texture stage's output):
+   per-vertex UVs, an N x N base colour PNG, no colours; the add-on's path adds a UV map and a
+   material with the PNG packed, the GLB path imports the same texture.
 2. The add-on, installed from the zip build.py makes, runs a 200-step job on a real backend
    (the test pipeline) while every ``pump()`` call is timed.
 Blender's user folders point at a temporary directory for the run.
@@ -54,6 +57,19 @@ def grid_mesh(rows: int, cols: int):
     return positions, np.ascontiguousarray(faces), colors
 
 
+def texture_png(size: int) -> bytes:
+    """A size x size RGB picture with detail everywhere (so PNG can't shrink it to nothing), PNG-encoded."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def remove_object(obj) -> None:
     import bpy
 
@@ -62,7 +78,7 @@ def remove_object(obj) -> None:
     bpy.data.meshes.remove(mesh)
 
 
-def time_direct(arrays: dict, repeats: int) -> tuple[list[float], list[float]]:
+def time_direct(arrays: dict, repeats: int, textures: dict[str, bytes]) -> tuple[list[float], list[float]]:
     """Seconds of the reader thread's part and of the main thread's part, per run."""
     import bpy
 
@@ -70,24 +86,24 @@ def time_direct(arrays: dict, repeats: int) -> tuple[list[float], list[float]]:
     reader, main_thread = [], []
     for _ in range(repeats):
         started = time.perf_counter()
-        prepared = meshdata.from_wire(arrays, "y_up")
+        prepared = meshdata.from_wire(arrays, "y_up", textures)
         handed_over = time.perf_counter()
         obj = importer.build_object(bpy.context, prepared, "Direct")
         finished = time.perf_counter()
         reader.append(handed_over - started)
         main_thread.append(finished - handed_over)
-        check_object(obj.data, prepared, len(arrays["faces"]))
+        check_object(obj.data, prepared, len(arrays["faces"]), textured=bool(textures))
         remove_object(obj)
     return reader, main_thread
 
 
-def time_face_starts(arrays: dict, repeats: int) -> tuple[list[float], list[float]]:
+def time_face_starts(arrays: dict, repeats: int, textures: dict[str, bytes]) -> tuple[list[float], list[float]]:
     """Seconds to give a new mesh its face starts: ``foreach_set("loop_start")`` against ``importer.set_face_starts``."""
     import bpy
     import numpy as np
 
     meshdata, importer = sys.modules[f"{PACKAGE}.meshdata"], sys.modules[f"{PACKAGE}.importer"]
-    face_starts = meshdata.from_wire(arrays, "y_up").face_starts
+    face_starts = meshdata.from_wire(arrays, "y_up", textures).face_starts
     setters = {"foreach_set": lambda mesh: mesh.polygons.foreach_set("loop_start", face_starts),
                "set_face_starts": lambda mesh: importer.set_face_starts(mesh, face_starts)}
     times = {name: [] for name in setters}
@@ -106,12 +122,12 @@ def time_face_starts(arrays: dict, repeats: int) -> tuple[list[float], list[floa
     return times["foreach_set"], times["set_face_starts"]
 
 
-def profile_build_object(arrays: dict, lines: int) -> list[str]:
+def profile_build_object(arrays: dict, lines: int, textures: dict[str, bytes]) -> list[str]:
     """One more build_object under cProfile: the calls that took the most time, own time first."""
     import bpy
 
     meshdata, importer = sys.modules[f"{PACKAGE}.meshdata"], sys.modules[f"{PACKAGE}.importer"]
-    prepared = meshdata.from_wire(arrays, "y_up")
+    prepared = meshdata.from_wire(arrays, "y_up", textures)
     profiler = cProfile.Profile()
     obj = profiler.runcall(importer.build_object, bpy.context, prepared, "Profiled")
     remove_object(obj)
@@ -125,8 +141,9 @@ def call_name(filename: str, line: int, function: str) -> str:
     return function if filename == "~" else f"{Path(filename).name}:{line}({function})"
 
 
-def check_object(mesh, prepared, face_count: int) -> None:
-    """The mesh holds the prepared arrays exactly, its faces are smooth, and ``validate()`` changes nothing."""
+def check_object(mesh, prepared, face_count: int, textured: bool) -> None:
+    """The mesh holds the prepared arrays exactly (a textured one its UV map and packed image instead of colours),
+    its faces are smooth, and ``validate()`` changes nothing."""
     import numpy as np
 
     def read(collection, name: str, like: np.ndarray) -> np.ndarray:
@@ -139,17 +156,22 @@ def check_object(mesh, prepared, face_count: int) -> None:
     assert np.array_equal(read(mesh.loops, "vertex_index", prepared.corner_verts), prepared.corner_verts)
     assert np.array_equal(read(mesh.polygons, "loop_start", prepared.face_starts), prepared.face_starts)
     assert np.array_equal(read(mesh.edges, "vertices", prepared.edge_verts), prepared.edge_verts)
-    assert np.array_equal(read(mesh.color_attributes.active_color.data, "color", prepared.colors), prepared.colors)
+    if textured:
+        assert len(mesh.uv_layers) == 1 and mesh.materials[0].node_tree.nodes["Image Texture"].image.packed_file is not None
+    else:
+        assert np.array_equal(read(mesh.color_attributes.active_color.data, "color", prepared.colors), prepared.colors)
     assert read(mesh.polygons, "use_smooth", np.empty(face_count, dtype=bool)).all()
     assert not mesh.validate()
 
 
-def time_glb(arrays: dict, repeats: int, folder: str) -> list[float]:
+def time_glb(arrays: dict, repeats: int, folder: str, textures: dict[str, bytes]) -> list[float]:
     import bpy
 
     sys.path.insert(0, str(ROOT))
-    from backend.mesh import Mesh
+    from backend.mesh import Material, Mesh
     from backend.mesh.export import encode_glb
+
+    material = Material.from_png(textures) if textures else None
 
     times = []
     for i in range(repeats):
@@ -157,7 +179,7 @@ def time_glb(arrays: dict, repeats: int, folder: str) -> list[float]:
         before = set(bpy.data.objects)
         started = time.perf_counter()
         with open(path, "wb") as f:
-            f.write(encode_glb(Mesh(arrays["positions"], arrays["faces"], arrays["colors"])))
+            f.write(encode_glb(Mesh(arrays["positions"], arrays["faces"], arrays.get("colors"), uvs=arrays.get("uvs"), material=material)))
         bpy.ops.import_scene.gltf(filepath=path)
         times.append(time.perf_counter() - started)
         for obj in set(bpy.data.objects) - before:
@@ -208,6 +230,8 @@ def main() -> int:
     parser.add_argument("--profile-lines", type=int, default=8, help="calls listed from the profiled build_object (default 8)")
     parser.add_argument("--steps", type=int, default=200, help="steps of the streamed job (default 200)")
     parser.add_argument("--step-delay", type=float, default=0.02, help="seconds per job step (default 0.02)")
+    parser.add_argument("--texture-size", type=int, default=0,
+                        help="import a textured result with an N x N base colour texture instead of vertex colours (default 0: colours)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -219,23 +243,29 @@ def main() -> int:
 
         bpy.ops.extensions.package_install_files(filepath=built, repo="user_default", enable_on_install=True)
         positions, faces, colors = grid_mesh(args.rows, args.cols)
-        arrays = {"positions": positions, "faces": faces, "colors": colors}
-        print(f"mesh: {len(faces):,} triangles, {len(positions):,} vertices, float32 RGBA colours")
-        reader, main_thread = time_direct(arrays, args.repeats)
-        glb = time_glb(arrays, args.repeats, folder)
-        print(f"add-on, reader thread (from_wire: frame, colours, edges): best {min(reader):.3f} s, "
+        if args.texture_size:
+            arrays = {"positions": positions, "faces": faces, "uvs": (positions[:, [0, 2]] + 1) / 2}
+            textures = {"base_color": texture_png(args.texture_size)}
+            print(f"mesh: {len(faces):,} triangles, {len(positions):,} vertices, UVs, a {args.texture_size}^2 base colour PNG "
+                  f"({len(textures['base_color']) / 2**20:.1f} MiB)")
+        else:
+            arrays, textures = {"positions": positions, "faces": faces, "colors": colors}, {}
+            print(f"mesh: {len(faces):,} triangles, {len(positions):,} vertices, float32 RGBA colours")
+        reader, main_thread = time_direct(arrays, args.repeats, textures)
+        glb = time_glb(arrays, args.repeats, folder, textures)
+        print(f"add-on, reader thread (from_wire: frame, colours or UVs, edges): best {min(reader):.3f} s, "
               f"median {statistics.median(reader):.3f} s")
-        print(f"add-on, main thread (build_object: arrays -> linked coloured object): best {min(main_thread):.3f} s, "
+        print(f"add-on, main thread (build_object: arrays -> linked coloured or textured object): best {min(main_thread):.3f} s, "
               f"median {statistics.median(main_thread):.3f} s  (goal <= 0.1 s)")
         print(f"Hunyuan3D-2 path, all on the main thread (write GLB + import_scene.gltf): best {min(glb):.3f} s, "
               f"median {statistics.median(glb):.3f} s")
         print(f"main-thread speed-up: {statistics.median(glb) / statistics.median(main_thread):.1f}x by median  (goal >= 10x)")
-        face_by_face, one_copy = time_face_starts(arrays, args.repeats)
+        face_by_face, one_copy = time_face_starts(arrays, args.repeats, textures)
         per_face = statistics.median(face_by_face) / len(faces) * 1e9
         print(f"face starts of {len(faces):,} faces: foreach_set(\"loop_start\") median {statistics.median(face_by_face):.4f} s "
               f"({per_face:.0f} ns a face), set_face_starts median {statistics.median(one_copy):.4f} s")
         print("build_object once more under cProfile (the calls with the most own time):")
-        for line in profile_build_object(arrays, args.profile_lines):
+        for line in profile_build_object(arrays, args.profile_lines, textures):
             print("  " + line)
         during, import_tick = time_pump(args.steps, args.step_delay, folder)
         print(f"pump() during a {args.steps}-step job: {len(during)} calls, longest {max(during) * 1000:.2f} ms, "

@@ -121,15 +121,25 @@ def place_result(entry: HistoryEntry) -> Outcome:
 
 def build_result(context: bpy.types.Context, entry: HistoryEntry, at_cursor: bool = False) -> bpy.types.Object:
     """The result's object, placed as its request asks (or at the 3D cursor), carrying how it was made
-    (``recipe``) into the .blend.
+    (``recipe``) into the .blend. The finishing its request asks for starts on the next ticks.
 
-    The finishing its request asks for starts on the next ticks.
+    A painted scene object (Texture Selected) instead takes the original's place and transform,
+    and the original is hidden; it keeps no recipe, since Regenerate could not send its mesh again.
     """
-    obj = importer.build_object(context, entry.mesh, OBJECT_NAME)
-    if not at_cursor:
-        arrange.place(context, obj, entry.mesh, entry.request.placement)
-    server = (session.welcome or {}).get("server", {}) if session is not None else {}
-    obj[recipe.PROPERTY] = recipe.to_properties(entry.request, entry.result.get("seed"), server.get("version", ""))
+    source = entry.request.mesh
+    original = bpy.data.objects.get(source.object_name) if source is not None else None
+    obj = importer.build_object(context, entry.mesh, f"{source.object_name} Textured" if source is not None else OBJECT_NAME)
+    for name, png in entry.texture_pictures.items():  # in the .blend's images, to look at in the Image Editor
+        importer.packed_image(f"{obj.name} {name.removeprefix('texture_').replace('_', ' ')}", png)
+    if original is not None:
+        obj.matrix_world = original.matrix_world.copy()
+        original.hide_set(True)
+        original.hide_render = True
+    elif source is None:
+        if not at_cursor:
+            arrange.place(context, obj, entry.mesh, entry.request.placement)
+        server = (session.welcome or {}).get("server", {}) if session is not None else {}
+        obj[recipe.PROPERTY] = recipe.to_properties(entry.request, entry.result.get("seed"), server.get("version", ""))
     entry.object_name = obj.name
     if finisher is not None:
         finisher.start(obj, entry.request.finishing)

@@ -13,7 +13,7 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import launcher, meshdata
@@ -33,6 +33,9 @@ _CLOSE = object()
 class HandshakeError(AddonError):
     """The backend answered, but refused the connection or is not our backend."""
 
+
+PICTURE_PREFIX = "image."  # a result's intermediate pictures
+TEXTURE_PICTURE_PREFIX = "texture_"
 
 @dataclass(frozen=True)
 class ConnectionSettings:
@@ -68,12 +71,14 @@ class Lost:
 
 @dataclass(frozen=True)
 class Received:
-    """A message; for a result, its mesh made ready for Blender, or why it could not be read."""
+    """A message; for a result, its mesh made ready for Blender (or why it could not be read) and the
+    texture stage's intermediate pictures (``texture_delit``, ``texture_view_0``...) as PNG bytes."""
 
     connection: int
     header: dict[str, Any]
     mesh: meshdata.MeshArrays | None = None
     unreadable: str = ""
+    texture_pictures: dict[str, bytes] = field(default_factory=dict)
 
 
 class Connection:
@@ -197,11 +202,15 @@ class Connection:
         if header.get("op") != "result":
             return Received(self.number, header)
         try:
-            arrays = {b.name: b.to_array() for b in message.buffers if b.name in ("positions", "faces", "colors")}
-            mesh = meshdata.from_wire(arrays, header.get("mesh", {}).get("frame", "y_up"))
+            arrays = {b.name: b.to_array() for b in message.buffers if b.name in ("positions", "faces", "colors", "uvs")}
+            textures = {b.name.removeprefix(protocol.TEXTURE_BUFFER_PREFIX): b.to_bytes() for b in message.buffers
+                        if b.name.startswith(protocol.TEXTURE_BUFFER_PREFIX)}
+            mesh = meshdata.from_wire(arrays, header.get("mesh", {}).get("frame", "y_up"), textures)
         except (KeyError, ValueError) as exc:
             return Received(self.number, header, unreadable=str(exc))
-        return Received(self.number, header, mesh)
+        pictures = {b.name.removeprefix(PICTURE_PREFIX): b.to_bytes() for b in message.buffers
+                    if b.name.startswith(PICTURE_PREFIX + TEXTURE_PICTURE_PREFIX)}
+        return Received(self.number, header, mesh, texture_pictures=pictures)
 
     def lost(self, detail: str) -> Lost:
         backend = self.backend

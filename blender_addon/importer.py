@@ -1,4 +1,4 @@
-"""MeshArrays -> a Blender object in the scene: geometry in bulk, vertex colours, material, placement.
+"""MeshArrays -> a Blender object in the scene: geometry in bulk, vertex colours or UVs and textures, material, placement.
 
 Main thread only, and kept short: the reader thread has already laid the arrays out as
 Blender stores them, edges included, so this only hands them over. Geometry goes through the
@@ -14,17 +14,25 @@ import ctypes
 
 import bpy
 
-from .meshdata import MeshArrays
+from .meshdata import MeshArrays, png_size
 
 COLOR_ATTRIBUTE = "Color"
 MATERIAL_NAME = "Hunyuan3D Vertex Colour"
+UV_MAP = "UVMap"
+# Each texture slot of a result: the Principled BSDF input it feeds and the image's colour space.
+# A metallic/roughness map would add its slot here (through a Separate Color node).
+TEXTURE_INPUTS = {"base_color": ("Base Color", "sRGB")}
 
 
 def build_object(context: bpy.types.Context, arrays: MeshArrays, name: str) -> bpy.types.Object:
     """Create the mesh and its object at the 3D cursor, linked to the active collection, selected and active."""
     mesh = bpy.data.meshes.new(name)
     fill_geometry(mesh, arrays)
-    if arrays.colors is not None:
+    if arrays.corner_uvs is not None:
+        add_uv_map(mesh, arrays.corner_uvs)
+    if arrays.textures:
+        mesh.materials.append(texture_material(name, arrays.textures))
+    elif arrays.colors is not None:
         add_vertex_colors(mesh, arrays.colors)
         mesh.materials.append(vertex_color_material())
 
@@ -106,4 +114,39 @@ def vertex_color_material() -> bpy.types.Material:
     attribute.layer_name = COLOR_ATTRIBUTE
     attribute.location = (shader.location.x - 300, shader.location.y)
     material.node_tree.links.new(attribute.outputs["Color"], shader.inputs["Base Color"])
+    return material
+
+
+def add_uv_map(mesh: bpy.types.Mesh, corner_uvs) -> None:
+    layer = mesh.uv_layers.new(name=UV_MAP)
+    layer.data.foreach_set("uv", corner_uvs.reshape(-1))
+    mesh.uv_layers.active = layer
+
+
+def packed_image(name: str, png: bytes) -> bpy.types.Image:
+    """An image holding ``png`` packed into the .blend (no file on disk to lose)."""
+    width, height = png_size(png, name)
+    image = bpy.data.images.new(name, width, height, alpha=False)
+    image.pack(data=png, data_len=len(png))
+    image.source = "FILE"
+    return image
+
+
+def texture_material(name: str, textures: dict[str, bytes]) -> bpy.types.Material:
+    """A material of its own for a textured result: each texture in an Image Texture node, packed, read through the UV map."""
+    material = bpy.data.materials.new(name)
+    material.use_nodes = True
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    shader = next(node for node in nodes if node.type == "BSDF_PRINCIPLED")
+    for row, (slot, png) in enumerate(sorted(textures.items())):
+        if slot not in TEXTURE_INPUTS:
+            continue  # a map a newer backend paints; this add-on does not know where it goes
+        socket, colour_space = TEXTURE_INPUTS[slot]
+        node = nodes.new("ShaderNodeTexImage")
+        node.image = packed_image(f"{name} {slot.replace('_', ' ')}", png)
+        node.image.colorspace_settings.name = colour_space
+        node.location = (shader.location.x - 400, shader.location.y - 300 * row)
+        links.new(node.outputs["Color"], shader.inputs[socket])
+    shader.inputs["Metallic"].default_value = 0.0
+    shader.inputs["Roughness"].default_value = 1.0
     return material

@@ -8,7 +8,7 @@ from dataclasses import replace
 import bpy
 from bpy.props import BoolProperty, IntProperty, StringProperty
 
-from . import app, properties, recipe, viewport_input
+from . import app, properties, recipe, scene_mesh, viewport_input
 from .errors import AddonError
 from .placement import Placement
 from .preferences import connection_settings, download_request, environment_dir, setup_request
@@ -137,6 +137,29 @@ class HY3D_OT_generate(StartsWork, bpy.types.Operator):
     def start(self, context):
         inputs = context.window_manager.hy3d
         app.session.submit(replace(inputs.request(), placement=viewport_input.placement_for(context, inputs)))
+
+
+class HY3D_OT_texture_selected(StartsWork, bpy.types.Operator):
+    """Paint a texture on the selected mesh from the image or the prompt; the textured copy takes its place and the original is hidden"""
+
+    bl_idname = "hy3d.texture_selected"
+    bl_label = "Texture Selected"
+
+    @staticmethod
+    def work():
+        return app.session
+
+    @classmethod
+    def poll(cls, context):
+        if app.session is None or app.session.phase is not Phase.READY or app.session.running:
+            return False
+        problem = scene_mesh.selection_problem(context) or context.window_manager.hy3d.texture_problem()
+        if problem:
+            cls.poll_message_set(problem)
+        return not problem
+
+    def start(self, context):
+        app.session.submit(context.window_manager.hy3d.texture_request(scene_mesh.selected_mesh(context)))
 
 
 class HY3D_OT_cancel(CancelsWork, bpy.types.Operator):
@@ -406,8 +429,8 @@ class HY3D_OT_cancel_download(CancelsWork, bpy.types.Operator):
         return app.downloads
 
 
-classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_refresh_models, HY3D_OT_free_gpu_memory, HY3D_OT_generate, HY3D_OT_cancel,
-           HY3D_OT_cancel_finishing, HY3D_OT_drop_queued, HY3D_OT_regenerate, HY3D_OT_variations, HY3D_OT_preview_variations,
-           HY3D_OT_refine, HY3D_OT_load_settings, HY3D_OT_use_camera_view, HY3D_OT_use_editor_image, HY3D_OT_import_result,
-           HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env,
+classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_refresh_models, HY3D_OT_free_gpu_memory, HY3D_OT_generate,
+           HY3D_OT_texture_selected, HY3D_OT_cancel, HY3D_OT_cancel_finishing, HY3D_OT_drop_queued, HY3D_OT_regenerate, HY3D_OT_variations,
+           HY3D_OT_preview_variations, HY3D_OT_refine, HY3D_OT_load_settings, HY3D_OT_use_camera_view, HY3D_OT_use_editor_image,
+           HY3D_OT_import_result, HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env,
            HY3D_OT_download_weights, HY3D_OT_cancel_download)

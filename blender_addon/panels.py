@@ -241,6 +241,7 @@ def draw_job(layout, context, session) -> None:
             draw_wrapped(layout, context, problem, icon="ERROR")
         draw_plan(layout, context, session)
         draw_previews(layout, context)
+        layout.operator("hy3d.texture_selected", icon="TEXTURE")
         layout.operator("hy3d.free_gpu_memory", icon="MEMORY")
         return
     layout.progress(factor=job.fraction(), type="BAR", text=progress_text(job))

@@ -33,7 +33,9 @@ _enum_cache: dict[str, list[tuple[str, str, str]]] = {}  # Blender needs enum it
 
 def _pipeline_items(self, context):
     session = app.session
-    items = [(p["name"], p["name"], p.get("description", "")) for p in (session.pipelines() if session else [])]
+    # A pipeline that paints a mesh it is sent is reached through Texture Selected, not Generate.
+    items = [(p["name"], p["name"], p.get("description", "")) for p in (session.pipelines() if session else [])
+             if "mesh" not in p.get("inputs", [])]
     _enum_cache["pipelines"] = items or [(NO_PIPELINE, "Connect First", "The model list comes from the backend")]
     return _enum_cache["pipelines"]
 
@@ -138,6 +140,30 @@ class HY3D_GenerationInputs(bpy.types.PropertyGroup):
         problems = (_file_problem(bpy.path.abspath(self.image_path), "Image"),
                     *(_file_problem(bpy.path.abspath(v.path), f"{v.name.title()} view") for v in self.views if v.path))
         return next((p for p in problems if p), "")
+
+    def paint_pipeline(self) -> dict[str, Any] | None:
+        """The backend's pipeline that paints a mesh it is sent (Texture Selected), if it has one."""
+        session = app.session
+        return next((p for p in (session.pipelines() if session else []) if "mesh" in p.get("inputs", [])), None)
+
+    def texture_problem(self) -> str:
+        """Why Texture Selected can't run with these inputs ("" when it can): it paints from Generate's image or prompt."""
+        if self.paint_pipeline() is None:
+            return "The backend has no texture model"
+        if self.source == "TEXT":
+            return "" if self.prompt.strip() else "Type a prompt first"
+        if not self.image_path:
+            return "Choose an image first"
+        return _file_problem(bpy.path.abspath(self.image_path), "Image")
+
+    def texture_request(self, mesh) -> GenerationRequest:
+        """Texture Selected's job: ``mesh`` with the image or prompt, and the texture settings the paint model shares with this model."""
+        paint = self.paint_pipeline()
+        names = {p["name"] for p in paint.get("params", [])}
+        params = {p.name: p.value for p in self.params if p.name in names}
+        if self.source == "IMAGE":
+            return GenerationRequest(paint["name"], params, image_path=bpy.path.abspath(self.image_path), mesh=mesh)
+        return GenerationRequest(paint["name"], params, text=self.prompt, mesh=mesh)
 
     def request(self) -> GenerationRequest:
         finishing = self.finishing.options()

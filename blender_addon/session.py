@@ -55,6 +55,7 @@ class GenerationRequest:
     full_params: dict[str, Any] | None = None  # a preview's parameters at full quality: what Refine sends
     placement: Placement | None = None  # where the result goes; None: at the 3D cursor
     finishing: FinishingOptions = field(default_factory=FinishingOptions)  # done in Blender after the import
+    mesh: meshdata.MeshInput | None = None  # the scene object to paint (Texture Selected)
 
     def picture_names(self) -> list[str]:
         """The inputs this request sends pictures for (``image`` and any named views); none for a prompt."""
@@ -62,6 +63,8 @@ class GenerationRequest:
 
     def label(self) -> str:
         source = os.path.basename(self.image_path) if self.image_path else f'"{(self.text or "")[:40]}"'
+        if self.mesh is not None:
+            source = f"{self.mesh.object_name} from {source}"
         seed = self.params.get("seed")
         return f"{source} ({self.pipeline}{f', seed {seed}' if seed is not None else ''})"
 
@@ -94,6 +97,7 @@ class HistoryEntry:
     request: GenerationRequest
     object_name: str = ""
     file_loaded: bool = False
+    texture_pictures: dict[str, bytes] = field(default_factory=dict)  # the delit picture and the painted views, PNG
 
 
 class Session:
@@ -164,6 +168,9 @@ class Session:
             except OSError as exc:
                 raise SessionError(f"Can't read the {'image' if name == 'image' else f'{name} view'} {path}: "
                                    f"{exc.strerror or exc}", "choose a PNG or JPEG file") from None
+        if request.mesh is not None:
+            buffers += [protocol.Buffer.from_array(protocol.MESH_POSITIONS_BUFFER, request.mesh.positions),
+                        protocol.Buffer.from_array(protocol.MESH_FACES_BUFFER, request.mesh.faces)]
         ref = next(self._refs)
         header: dict[str, Any] = {"op": "submit", "ref": ref, "pipeline": request.pipeline, "params": request.params}
         if request.text is not None:
@@ -345,7 +352,8 @@ class Session:
             self._finish_job(Outcome("error", f"The backend's mesh could not be read: {event.unreadable}",
                                      "update the add-on and the backend together"))
         elif op == "result":
-            entry = HistoryEntry(job.label, event.mesh, header, job.request, file_loaded=job.file_loaded)
+            entry = HistoryEntry(job.label, event.mesh, header, job.request, file_loaded=job.file_loaded,
+                                 texture_pictures=event.texture_pictures)
             self.history.appendleft(entry)
             self.arrived.append(entry)
             self.job = None

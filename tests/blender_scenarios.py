@@ -710,6 +710,58 @@ def scenario_extra_views(config: dict) -> dict:
     return facts
 
 
+def scenario_texture_selected(config: dict) -> dict:
+    """Texture Selected on a cube with a Subdivision modifier, moved, turned and scaled, painted by the tiny paint models."""
+    import numpy as np
+
+    install(config)
+    configure(config, extra_args=f"--pipelines-from fixture_pipelines --weights {config['weights']}")
+    connect()
+    app, scene_mesh = addon_module("app"), addon_module("scene_mesh")
+    image = os.path.normpath(os.path.join(config["tests"], "..", "examples", "mug.png"))
+    set_inputs("IMAGE", image, pipeline="nano", texture_size=128, texture_steps=2, delight_steps=2, texture_views="four")
+    facts = {"models": [item.identifier for item in bpy.context.window_manager.hy3d.bl_rna.properties["pipeline"].enum_items]}
+    cube = bpy.data.objects["Cube"]
+    cube.modifiers.new("Subdivision", "SUBSURF").levels = 1
+    cube.location, cube.rotation_euler, cube.scale = (1.0, 2.0, 3.0), (0.3, 0.2, 0.1), (1.0, 1.5, 0.5)
+    for obj in bpy.context.selected_objects:
+        obj.select_set(False)
+    facts["nothing_selected"] = {"poll": bpy.ops.hy3d.texture_selected.poll(), "problem": scene_mesh.selection_problem(bpy.context)}
+    cube.select_set(True)
+    bpy.context.view_layer.objects.active = cube
+    bpy.context.view_layer.update()
+    evaluated = cube.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    corners = np.array([evaluated.matrix_world @ v.co for v in evaluated.data.vertices])
+    facts["cube"] = {"triangles": sum(len(p.vertices) - 2 for p in evaluated.data.polygons), "matrix": [list(r) for r in cube.matrix_world],
+                     "world_min": corners.min(axis=0).tolist(), "world_max": corners.max(axis=0).tolist()}
+    bpy.ops.ed.undo_push(message="before texturing")
+    before = set(bpy.data.objects.keys())
+    assert bpy.ops.hy3d.texture_selected() == {"FINISHED"}
+    pump_until(lambda: app.session.job is None and not app.session.arrived)
+    assert app.session.last.kind == "result", app.session.last
+    (name,) = set(bpy.data.objects.keys()) - before
+    obj = bpy.data.objects[name]
+    mesh = obj.data
+    material = mesh.materials[0]
+    textures = [n for n in material.node_tree.nodes if n.bl_idname == "ShaderNodeTexImage"]
+    shader = next(n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    world = np.array([obj.matrix_world @ v.co for v in mesh.vertices])
+    facts["result"] = {
+        "name": name, "matrix": [list(r) for r in obj.matrix_world], "faces": len(mesh.polygons), "invalid": mesh.validate(),
+        "uv_layers": [layer.name for layer in mesh.uv_layers], "color_attributes": len(mesh.color_attributes),
+        "images": [(n.image.size[:], n.image.packed_file is not None, n.image.colorspace_settings.name) for n in textures],
+        "base_color_linked": [link.from_node.bl_idname for link in shader.inputs["Base Color"].links],
+        "world_min": world.min(axis=0).tolist(), "world_max": world.max(axis=0).tolist(),
+        "original_hidden": (cube.hide_get(), cube.hide_render), "recipe": "hunyuan3d" in obj,
+        "label": app.session.history[0].label,
+        "pictures": sorted((image.name, image.size[:], image.packed_file is not None) for image in bpy.data.images
+                           if image.name.startswith(f"{name} ") and image.name != f"{name} base color"),
+    }
+    bpy.ops.ed.undo()
+    facts["after_undo"] = {"objects": sorted(bpy.data.objects.keys()), "cube_hidden": bpy.data.objects["Cube"].hide_get()}
+    return facts
+
+
 def scenario_launch_errors(config: dict) -> dict:
     install(config)
     app = addon_module("app")

@@ -627,6 +627,8 @@ def test_fit_into_box_is_the_largest_centred_fit_resting_on_the_bottom_facing_as
         placement.fit_into_box(points, np.diag([1.0, 0.0, 1.0, 1.0]), -np.ones(3), np.ones(3))
     assert placement.facing_away_from((0.0, 0.0, -1.0)) is None
     assert placement.facing_away_from((0.0, 2.0, -1.0)) == pytest.approx((0.0, -1.0))
+
+
 def test_finishing_runs_a_step_per_tick_and_gives_the_asked_faces_origin_scale_and_quads(addon_zip, tmp_path):
     facts = run_scenario("finishing", addon_zip, tmp_path)
 
@@ -729,3 +731,25 @@ def test_finishing_options_check_their_values_travel_in_the_recipe_and_hand_the_
         with pytest.raises(options.FinishingError, match="damaged") as error:
             recipe.from_properties({**stored, "finishing": text})
         assert "Finishing" in error.value.hint
+
+
+def test_texture_selected_paints_the_evaluated_mesh_in_its_place(addon_zip, tmp_path):
+    from paint_fixtures import write_tiny_paint_weights
+
+    weights = tmp_path / "weights"
+    write_tiny_paint_weights(weights, turbo=True)
+    facts = run_scenario("texture_selected", addon_zip, tmp_path / "run", weights=str(weights))
+    assert "hunyuan3d-2-paint" not in facts["models"], "the paint pipeline is reached through Texture Selected, not Generate"
+    assert facts["nothing_selected"] == {"poll": False, "problem": "Select the mesh object to texture"}
+    cube, result = facts["cube"], facts["result"]
+    # The modifier's output, cut into triangles: a once-subdivided cube has 24 quads.
+    assert cube["triangles"] == result["faces"] == 48 and not result["invalid"]
+    assert np.allclose(result["matrix"], cube["matrix"], atol=1e-6), "the painted copy takes the original's transform"
+    assert np.allclose(result["world_min"], cube["world_min"], atol=1e-5) and np.allclose(result["world_max"], cube["world_max"], atol=1e-5)
+    assert result["uv_layers"] == ["UVMap"] and result["color_attributes"] == 0
+    assert result["images"] == [[[128, 128], True, "sRGB"]] and result["base_color_linked"] == ["ShaderNodeTexImage"]
+    assert result["original_hidden"] == [True, True] and not result["recipe"]
+    # The delit picture and the four painted views, packed, to look at in the Image Editor.
+    assert result["pictures"] == [[f"Cube Textured {name}", [512, 512], True] for name in ("delit", "view 0", "view 1", "view 2", "view 3")]
+    assert result["name"] == "Cube Textured" and result["label"].startswith("Cube from mug.png (hunyuan3d-2-paint")
+    assert facts["after_undo"] == {"objects": ["Camera", "Cube", "Light"], "cube_hidden": False}, "one undo step takes it all back"

@@ -7,7 +7,7 @@ import pytest
 import trimesh
 
 from backend.colors import srgb_to_linear
-from backend.mesh import Mesh
+from backend.mesh import Material, Mesh
 from backend.mesh.export import encode, save
 
 
@@ -113,3 +113,38 @@ def test_extracted_mesh_round_trips(tmp_path):
         np.testing.assert_allclose(loaded.vertices, mesh.positions, atol=1e-5, err_msg=suffix)
         np.testing.assert_array_equal(loaded.faces, mesh.faces, err_msg=suffix)
         np.testing.assert_allclose(loaded.visual.vertex_colors.astype(int), stored_colors(mesh, suffix), atol=1, err_msg=suffix)
+
+
+def textured_tetrahedron() -> Mesh:
+    plain = tetrahedron(colors=False)
+    texture = np.zeros((16, 32, 3), dtype=np.uint8)
+    texture[:8] = (250, 20, 20)  # top half red, bottom half blue
+    texture[8:] = (20, 20, 250)
+    uvs = np.array([[0.1, 0.9], [0.9, 0.9], [0.1, 0.1], [0.9, 0.1]], dtype=np.float32)
+    return Mesh(plain.positions, plain.faces, uvs=uvs, material=Material(base_color=texture))
+
+
+def test_textured_mesh_glb_has_uvs_and_a_base_color_texture(tmp_path):
+    mesh = textured_tetrahedron()
+    loaded = read(save(mesh, tmp_path / "textured.glb"))
+    assert isinstance(loaded.visual, trimesh.visual.TextureVisuals)
+    np.testing.assert_allclose(loaded.visual.uv, mesh.uvs, atol=1e-6)  # trimesh turns glTF's v back up
+    image = np.asarray(loaded.visual.material.baseColorTexture.convert("RGB"))
+    np.testing.assert_array_equal(image, mesh.material.base_color)
+    # v = 0.9 samples the red top of the picture, as Blender and glTF viewers do.
+    colour = loaded.visual.material.to_color(loaded.visual.uv)
+    assert (colour[:2, 0] > 200).all() and (colour[2:, 2] > 200).all()
+    with pytest.raises(ValueError, match="a textured mesh is written as .glb"):
+        save(mesh, tmp_path / "textured.obj")
+
+
+def test_textured_wire_buffers_round_trip():
+    mesh = textured_tetrahedron()
+    buffers = {b.name: b for b in mesh.to_buffers()}
+    assert buffers["texture.base_color"].dtype == "|u1" and bytes(buffers["texture.base_color"].data[:4]) == b"\x89PNG"
+    back = Mesh.from_buffers(buffers)
+    np.testing.assert_array_equal(back.uvs, mesh.uvs)
+    np.testing.assert_array_equal(back.material.base_color, mesh.material.base_color)
+    assert back.colors is None and back.textures() == ["base_color"]
+    with pytest.raises(ValueError, match="needs uvs"):
+        Mesh(mesh.positions, mesh.faces, material=mesh.material)

@@ -61,7 +61,7 @@ def test_job_streams_progress_and_returns_mesh_as_raw_arrays(backend):
     assert colors.shape == (162, 4)
     np.testing.assert_allclose(np.linalg.norm(positions, axis=1), 0.5, rtol=1e-5)
     header = result.header
-    assert header["mesh"] == {"vertices": 162, "faces": 320, "bounds": header["mesh"]["bounds"], "frame": "y_up"}
+    assert header["mesh"] == {"vertices": 162, "faces": 320, "bounds": header["mesh"]["bounds"], "frame": "y_up", "textures": []}
     assert header["seed"] == 3 and header["params"]["steps"] == 4
     assert {"prepare", "shape", "total"} <= set(header["timings"])
 

@@ -8,6 +8,6 @@ whose field is Z-up passes ``axes=(1, 2, 0)`` to get this frame (docs/mesh.md).
 
 from .extract import extract_mesh, marching_cubes, mesh_from_grid
 from .grid import chunk_points_for_budget, sample_grid
-from .types import Mesh
+from .types import Material, Mesh
 
-__all__ = ["Mesh", "chunk_points_for_budget", "extract_mesh", "marching_cubes", "mesh_from_grid", "sample_grid"]
+__all__ = ["Material", "Mesh", "chunk_points_for_budget", "extract_mesh", "marching_cubes", "mesh_from_grid", "sample_grid"]

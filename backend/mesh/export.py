@@ -1,4 +1,4 @@
-"""Mesh files: GLB (vertex colours), OBJ with vertex colours, binary PLY.
+"""Mesh files: GLB (vertex colours, or UVs and a base colour texture), OBJ with vertex colours, binary PLY.
 
 Colours are sRGB-encoded in OBJ and PLY (as those formats are read everywhere) and linear in GLB
 (as glTF requires). Written with numpy alone (fast, no heavy dependency) and always atomically: the bytes go
@@ -20,6 +20,9 @@ from ..colors import srgb_to_linear
 from .types import Mesh
 
 FORMATS = (".glb", ".obj", ".ply")
+TEXTURED_FORMATS = (".glb",)
+# Our material slots as glTF names them; metallic/roughness would map to pbrMetallicRoughness.metallicRoughnessTexture.
+GLTF_TEXTURE_KEYS = {"base_color": "baseColorTexture"}
 
 
 def encode(mesh: Mesh, fmt: str) -> bytes:
@@ -38,8 +41,22 @@ def save(mesh: Mesh, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"{path.name}: unknown mesh format; use one of {', '.join(FORMATS)}")
+    if mesh.material is not None and path.suffix.lower() not in TEXTURED_FORMATS:
+        raise ValueError(f"{path.name}: a textured mesh is written as {' or '.join(TEXTURED_FORMATS)}")
     atomic_write(path, encode(mesh, path.suffix))
     return path
+
+
+def save_textures(mesh: Mesh, glb_path: Path) -> dict[str, str]:
+    """Write each texture of ``mesh`` as a PNG beside ``glb_path`` (``NAME.base_color.png``); returns their paths by slot."""
+    if mesh.material is None:
+        return {}
+    written = {}
+    for slot in mesh.material.maps():
+        png = glb_path.with_name(f"{glb_path.stem}.{slot}.png")
+        atomic_write(png, mesh.material.png(slot))
+        written[slot] = str(png)
+    return written
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -79,7 +96,17 @@ def encode_glb(mesh: Mesh) -> bytes:
     if mesh.colors is not None:
         # glTF colours are linear; float keeps the dark tones that 8 bits of linear would band.
         attributes["COLOR_0"] = add(srgb_to_linear(mesh.colors_float()), 5126, "VEC4", 34962)
+    if mesh.uvs is not None:
+        # glTF's v runs down the image; ours runs up.
+        attributes["TEXCOORD_0"] = add(np.stack([mesh.uvs[:, 0], 1 - mesh.uvs[:, 1]], axis=1).astype(np.float32), 5126, "VEC2", 34962)
     indices = add(mesh.faces.reshape(-1).astype(np.uint32), 5125, "SCALAR", 34963)
+    images = []
+    pbr: dict = {}
+    if mesh.material is not None:
+        for slot in mesh.material.maps():
+            views.append((mesh.material.png(slot), None))
+            images.append({"bufferView": len(views) - 1, "mimeType": "image/png", "name": slot})
+            pbr[GLTF_TEXTURE_KEYS[slot]] = {"index": len(images) - 1}
 
     blob = bytearray()
     buffer_views = []
@@ -92,16 +119,24 @@ def encode_glb(mesh: Mesh) -> bytes:
         blob.extend(data)
     blob.extend(b"\0" * (-len(blob) % 4))
 
+    primitive = {"attributes": attributes, "indices": indices, "mode": 4}
     gltf = {
         "asset": {"version": "2.0", "generator": "Hunyuan3D for Blender"},
         "scene": 0,
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0, "name": "hunyuan3d"}],
-        "meshes": [{"primitives": [{"attributes": attributes, "indices": indices, "mode": 4}]}],
+        "meshes": [{"primitives": [primitive]}],
         "accessors": accessors,
         "bufferViews": buffer_views,
         "buffers": [{"byteLength": len(blob)}],
     }
+    if images:
+        # A painted texture is diffuse colour: not metallic, fully rough, until a model paints those maps too.
+        primitive["material"] = 0
+        gltf["materials"] = [{"name": "hunyuan3d", "pbrMetallicRoughness": {**pbr, "metallicFactor": 0.0, "roughnessFactor": 1.0}}]
+        gltf["images"] = images
+        gltf["samplers"] = [{"magFilter": 9729, "minFilter": 9987, "wrapS": 33071, "wrapT": 33071}]
+        gltf["textures"] = [{"sampler": 0, "source": i} for i in range(len(images))]
     body = json.dumps(gltf, separators=(",", ":")).encode("utf-8")
     body += b" " * (-len(body) % 4)
     total = 12 + 8 + len(body) + 8 + len(blob)

@@ -21,6 +21,7 @@ _BUILTIN_MODULES: tuple[str, ...] = (
     "backend.pipelines.hunyuan3d_v2.pipeline",
     "backend.pipelines.hunyuan3d_v2_1.pipeline",
     "backend.pipelines.nano.pipeline",
+    "backend.texture.pipeline",
 )
 # What ``--model auto`` tries, best first.
 AUTO_PREFERENCE = (

@@ -94,12 +94,14 @@ MAX_FACES = Param("max_faces", int, 120000, "decimate the mesh to at most this m
 @dataclass
 class JobRequest:
     """What a job asks for, after validation. ``images`` holds encoded PNG/JPEG bytes by input name
-    (``None`` in a plan's request, which names its pictures without sending them)."""
+    (``None`` in a plan's request, which names its pictures without sending them); ``mesh`` is an
+    input mesh (checked by ``mesh.check_input_mesh``) for pipelines that take one."""
 
     pipeline: str
     params: dict[str, Any]
     text: str | None = None
     images: dict[str, bytes | None] = field(default_factory=dict)
+    mesh: Mesh | None = None
 
 
 @dataclass
@@ -166,7 +168,7 @@ class Pipeline:
     description: ClassVar[str]
     stages: ClassVar[tuple[str, ...]]
     params: ClassVar[tuple[Param, ...]] = ()
-    inputs: ClassVar[tuple[str, ...]] = ("image",)  # any of "image", "text", or named extra images
+    inputs: ClassVar[tuple[str, ...]] = ("image",)  # any of "image", "text", "mesh", or named extra images
     requires_one_of: ClassVar[tuple[str, ...]] = ("image",)
     # Stages whose time is proportional to a parameter, or to a power of it (``{"sampling": "steps", "mesh": ("resolution", 3)}``):
     # plans scale recorded timings by it.
@@ -206,7 +208,7 @@ class Pipeline:
                 hint="parameters: " + ", ".join(known),
             )
         params = {name: p.coerce(request.params[name]) if name in request.params else p.default for name, p in known.items()}
-        given = set(request.images) | ({"text"} if request.text else set())
+        given = set(request.images) | ({"text"} if request.text else set()) | ({"mesh"} if request.mesh is not None else set())
         extra = sorted(given - set(self.inputs))
         if extra:
             raise BackendError(ErrorCode.BAD_INPUT, f"{self.name} does not take {', '.join(extra)}", hint="inputs: " + ", ".join(self.inputs))
@@ -219,10 +221,23 @@ class Pipeline:
                 f"{self.name} needs {' or '.join(self.requires_one_of)}",
                 hint="inputs: " + ", ".join(self.inputs),
             )
-        return JobRequest(request.pipeline, params, request.text, dict(request.images))
+        if params.get("texture"):
+            from ..texture.stage import require_paint_weights
+
+            require_paint_weights(params, self.weights_dir)
+        return JobRequest(request.pipeline, params, request.text, dict(request.images), request.mesh)
 
     def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
         raise NotImplementedError
+
+    def execute(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
+        """The whole job: ``run``, then the texture stage on its mesh when the request asks for ``texture``."""
+        if not request.params.get("texture"):
+            return self.run(request, ctx)
+        from ..texture.stage import register_texture_parts, texture_output
+
+        register_texture_parts(ctx.memory, request.params, self.weights_dir)  # first, so `--memory auto` plans on the whole job
+        return texture_output(ctx, self.run(request, ctx), request, self.weights_dir)
 
 
 @dataclass

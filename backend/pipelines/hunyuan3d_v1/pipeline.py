@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ...errors import BackendError
 from ...images import decode_image, encode_png
 from ...protocol import ErrorCode
+from ...texture.stage import TEXTURE, TEXTURE_PARAMS
 from ...weights import HUNYUAN_DIT, MVD_LITE, MVD_STD, SVRM_FOLDER, WeightFolder, check_folder, check_folders, require_folders
 from .. import register
 from ..base import MAX_FACES, SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput, WeightsReport
@@ -164,6 +165,7 @@ class Hunyuan3D1LitePipeline(Hunyuan3D1Pipeline):
         Param("guidance", float, 1.0, "strength of the lite model's per-view guidance (1.0 = upstream's schedule)",
               minimum=0.0, maximum=5.0, advanced=True),
         BACKGROUND_METHOD, TEXT_STEPS, TEXT_IMAGE_SIZE, _view_size(320), RESOLUTION, MESH_FINISH,
+        TEXTURE, *TEXTURE_PARAMS,
     )
     multiview_folder = MVD_LITE
     component_prefix = "mvd_lite"
@@ -183,6 +185,7 @@ class Hunyuan3D1StdPipeline(Hunyuan3D1Pipeline):
         SEED, STEPS, MAX_FACES, REMOVE_BACKGROUND,
         Param("guidance", float, 2.0, "classifier-free guidance of the views (2.0 upstream)", minimum=1.0, maximum=20.0, advanced=True),
         BACKGROUND_METHOD, TEXT_STEPS, TEXT_IMAGE_SIZE, _view_size(512), RESOLUTION, MESH_FINISH,
+        TEXTURE, *TEXTURE_PARAMS,
     )
     multiview_folder = MVD_STD
     component_prefix = "mvd_std"

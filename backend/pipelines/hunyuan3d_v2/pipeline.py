@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ...errors import BackendError
 from ...images import decode_image, encode_png
 from ...protocol import ErrorCode
+from ...texture.stage import TEXTURE, TEXTURE_PARAMS
 from ...weights import HUNYUAN3D_2_MODELS, HUNYUAN_DIT, WeightFolder, check_folder, check_folders, require_folders
 from .. import register
 from ..base import SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput, WeightsReport
@@ -323,6 +324,8 @@ def _define(name: str, description: str, *, turbo: bool, multiview: bool) -> typ
         _octree(380 if turbo else 384),
         _decoder("flashvdm" if turbo else "plain"),
         CHUNK_SIZE,
+        TEXTURE,
+        *TEXTURE_PARAMS,
     )
     attributes = {"name": name, "description": description, "params": params, "multiview": multiview}
     if multiview:

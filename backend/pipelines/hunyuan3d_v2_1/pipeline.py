@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...texture.stage import TEXTURE, TEXTURE_PARAMS
 from ...weights import HUNYUAN3D_2_1_DIT, WeightFolder
 from .. import register
 from ..base import SEED, Param
@@ -91,6 +92,8 @@ class Hunyuan3D21Pipeline(Hunyuan3D2Pipeline):
               "how the grid is decoded: flashvdm (coarse to fine with adaptive attention, with this model's own VAE), "
               "hierarchical (coarse to fine) or plain (every point) (plain upstream)", choices=DECODERS, advanced=True),
         CHUNK_SIZE,
+        TEXTURE,
+        *TEXTURE_PARAMS,
     )
 
     @property

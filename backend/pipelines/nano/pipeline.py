@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import BackendError
 from ...protocol import ErrorCode
+from ...texture.stage import TEXTURE, TEXTURE_PARAMS
 from .. import register
 from ..base import MAX_FACES, SEED, JobContext, JobRequest, Param, Pipeline, PipelineOutput, WeightsReport
 
@@ -115,7 +116,7 @@ class NanoPipeline(Pipeline):
     description = "Nano: a small picture-to-3D model trained on simple procedural shapes; a few seconds on any CPU, offline"
     stages = ("prepare", "encode", "mesh")
     scales_with = {"mesh": ("resolution", 2.5)}  # coarse to fine: between the band's square and the grid's cube
-    params = (SEED, MAX_FACES, RESOLUTION)
+    params = (SEED, MAX_FACES, RESOLUTION, TEXTURE, *TEXTURE_PARAMS)
     inputs = ("image",)
     requires_one_of = ("image",)
 
