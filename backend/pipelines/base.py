@@ -94,12 +94,14 @@ MAX_FACES = Param("max_faces", int, 120000, "decimate the mesh to at most this m
 @dataclass
 class JobRequest:
     """What a job asks for, after validation. ``images`` holds encoded PNG/JPEG bytes by input name
-    (``None`` in a plan's request, which names its pictures without sending them)."""
+    (``None`` in a plan's request, which names its pictures without sending them); ``lods`` is how
+    many decimated copies of the mesh go with the result."""
 
     pipeline: str
     params: dict[str, Any]
     text: str | None = None
     images: dict[str, bytes | None] = field(default_factory=dict)
+    lods: int = 0
 
 
 @dataclass
@@ -219,7 +221,7 @@ class Pipeline:
                 f"{self.name} needs {' or '.join(self.requires_one_of)}",
                 hint="inputs: " + ", ".join(self.inputs),
             )
-        return JobRequest(request.pipeline, params, request.text, dict(request.images))
+        return JobRequest(request.pipeline, params, request.text, dict(request.images), request.lods)
 
     def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
         raise NotImplementedError
