@@ -74,6 +74,7 @@ class Received:
     header: dict[str, Any]
     mesh: meshdata.MeshArrays | None = None
     unreadable: str = ""
+    lods: tuple[meshdata.MeshArrays, ...] = ()
 
 
 class Connection:
@@ -196,12 +197,14 @@ class Connection:
         header = message.header
         if header.get("op") != "result":
             return Received(self.number, header)
+        frame = header.get("mesh", {}).get("frame", "y_up")
+        arrays = {b.name: b.to_array() for b in message.buffers if b.name.rpartition(".")[2] in ("positions", "faces", "colors")}
         try:
-            arrays = {b.name: b.to_array() for b in message.buffers if b.name in ("positions", "faces", "colors")}
-            mesh = meshdata.from_wire(arrays, header.get("mesh", {}).get("frame", "y_up"))
+            mesh = meshdata.from_wire(arrays, frame)
+            lods = meshdata.lods_from_wire(arrays, len(header.get("lods", [])), frame)
         except (KeyError, ValueError) as exc:
             return Received(self.number, header, unreadable=str(exc))
-        return Received(self.number, header, mesh)
+        return Received(self.number, header, mesh, lods=lods)
 
     def lost(self, detail: str) -> Lost:
         backend = self.backend

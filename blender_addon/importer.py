@@ -22,13 +22,7 @@ MATERIAL_NAME = "Hunyuan3D Vertex Colour"
 
 def build_object(context: bpy.types.Context, arrays: MeshArrays, name: str) -> bpy.types.Object:
     """Create the mesh and its object at the 3D cursor, linked to the active collection, selected and active."""
-    mesh = bpy.data.meshes.new(name)
-    fill_geometry(mesh, arrays)
-    if arrays.colors is not None:
-        add_vertex_colors(mesh, arrays.colors)
-        mesh.materials.append(vertex_color_material())
-
-    obj = bpy.data.objects.new(name, mesh)
+    obj = bpy.data.objects.new(name, build_mesh(arrays, name))
     obj.location = context.scene.cursor.location
     view_layer = context.view_layer
     view_layer.active_layer_collection.collection.objects.link(obj)
@@ -37,6 +31,16 @@ def build_object(context: bpy.types.Context, arrays: MeshArrays, name: str) -> b
     obj.select_set(True)
     view_layer.objects.active = obj
     return obj
+
+
+def build_mesh(arrays: MeshArrays, name: str) -> bpy.types.Mesh:
+    """A new mesh datablock of ``arrays``, with its vertex colours and their material when it has them."""
+    mesh = bpy.data.meshes.new(name)
+    fill_geometry(mesh, arrays)
+    if arrays.colors is not None:
+        add_vertex_colors(mesh, arrays.colors)
+        mesh.materials.append(vertex_color_material())
+    return mesh
 
 
 def fill_geometry(mesh: bpy.types.Mesh, arrays: MeshArrays) -> None:

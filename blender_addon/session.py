@@ -94,6 +94,7 @@ class HistoryEntry:
     request: GenerationRequest
     object_name: str = ""
     file_loaded: bool = False
+    lods: tuple[meshdata.MeshArrays, ...] = ()  # the LODs the backend made, level 1 first
 
 
 class Session:
@@ -168,6 +169,8 @@ class Session:
         header: dict[str, Any] = {"op": "submit", "ref": ref, "pipeline": request.pipeline, "params": request.params}
         if request.text is not None:
             header["text"] = request.text
+        if request.finishing.backend_lods(request.params):
+            header["lods"] = request.finishing.backend_lods(request.params)
         self.job = JobState(ref=ref, request=request)
         self.last = None
         self._connection.send(header, buffers)
@@ -345,7 +348,7 @@ class Session:
             self._finish_job(Outcome("error", f"The backend's mesh could not be read: {event.unreadable}",
                                      "update the add-on and the backend together"))
         elif op == "result":
-            entry = HistoryEntry(job.label, event.mesh, header, job.request, file_loaded=job.file_loaded)
+            entry = HistoryEntry(job.label, event.mesh, header, job.request, file_loaded=job.file_loaded, lods=event.lods)
             self.history.appendleft(entry)
             self.arrived.append(entry)
             self.job = None
