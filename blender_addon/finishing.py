@@ -27,8 +27,8 @@ import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty
 from mathutils import Matrix, Vector
 
-from .errors import AddonError
 from .backend.protocol import MAX_LODS
+from .errors import AddonError
 from .finishing_options import FinishingOptions, faces_summary
 from .importer import build_mesh
 from .meshdata import MeshArrays
@@ -65,7 +65,8 @@ class HY3D_FinishingInputs(bpy.types.PropertyGroup):
                                           "(scene units when Apply Scale is on)")
     lods: IntProperty(name="LODs", default=0, min=0, max=MAX_LODS,
                       description="How many decimated copies to make, each with half the triangles of the one before, "
-                                  "in a collection named after the result (hidden in the viewport)")
+                                  "in a collection named after the result (hidden in the viewport). Without quads the "
+                                  "backend makes them and Blender only imports them")
     origin_bottom: BoolProperty(name="Origin at Bottom Centre",
                                 description="Move the object's origin to the bottom centre of its bounding box; "
                                             "the mesh stays where it is")
@@ -305,9 +306,9 @@ STEPS = {"apply scale": apply_scale, "decimate": decimate, "QuadriFlow remesh": 
 
 
 def triangle_count(mesh: bpy.types.Mesh) -> int:
-    corners = np.empty(len(mesh.polygons), dtype=np.int32)
-    mesh.polygons.foreach_get("loop_total", corners)
-    return int((corners - 2).sum())
+    """A face of n corners is n - 2 triangles, so the mesh's triangles are its corners less two per face: no
+    per-face reads (``loop_total`` is read face by face, 15-25 ms for 100,000 faces)."""
+    return len(mesh.loops) - 2 * len(mesh.polygons)
 
 
 def all_triangles(mesh: bpy.types.Mesh) -> bool:
