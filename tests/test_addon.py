@@ -707,6 +707,20 @@ def test_finishing_runs_a_step_per_tick_and_gives_the_asked_faces_origin_scale_a
     assert cancelled["lods"] is None and cancelled["orphan_meshes"] == []
 
 
+def test_the_backends_lods_are_read_level_by_level_in_blenders_frame(addon_package):
+    meshdata = importlib.import_module("addon_under_test.meshdata")
+    square = {"positions": np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], np.float32),
+              "faces": np.array([[0, 1, 2], [0, 2, 3]], np.int32)}
+    wire = {"positions": square["positions"], "faces": square["faces"], "lod1.positions": square["positions"] * 2,
+            "lod1.faces": square["faces"][:1], "lod1.colors": np.full((4, 4), 255, np.uint8)}
+    (lod,) = meshdata.lods_from_wire(wire, 1, "y_up")
+    assert lod.face_count == 1 and lod.colors.dtype == np.float32 and np.allclose(lod.colors, 1.0)
+    assert np.array_equal(lod.positions[2], [2.0, 0.0, 2.0])  # (x, y, z) -> (x, -z, y), as the result's
+    assert meshdata.lods_from_wire(wire, 0) == ()
+    with pytest.raises(KeyError):  # a level the header announces but the buffers lack: the result is unreadable
+        meshdata.lods_from_wire(wire, 2)
+
+
 def test_finishing_options_check_their_values_travel_in_the_recipe_and_hand_the_budget_to_max_faces(addon_package):
     options = importlib.import_module("addon_under_test.finishing_options")
     recipe = importlib.import_module("addon_under_test.recipe")
