@@ -21,9 +21,11 @@ from typing import Any
 
 from . import pipelines
 from .errors import BackendError, JobCancelled
+from .mesh import Mesh
 from .mesh.export import atomic_write, encode_glb, save_textures
+from .mesh.lods import make_lods
 from .pipelines.base import JobContext, JobRequest, Pipeline, PipelineOutput
-from .protocol import Buffer, ErrorCode, error_header
+from .protocol import MAX_LODS, Buffer, ErrorCode, error_header
 from .timings import TimingRecords
 
 Sink = Callable[[dict[str, Any], list[Buffer]], None]
@@ -92,7 +94,10 @@ class JobEngine:
         return self._pipelines[name]
 
     def submit(self, request: JobRequest, owner: Any, sink: Sink) -> Job:
-        """Validate and queue a job; raises BackendError (unknown pipeline, bad parameter, busy)."""
+        """Validate and queue a job; raises BackendError (unknown pipeline, bad parameter, bad LOD count, busy)."""
+        if not 0 <= request.lods <= MAX_LODS:
+            raise BackendError(ErrorCode.BAD_MESSAGE, f"submit: 'lods' = {request.lods} is outside 0 to {MAX_LODS}",
+                               hint=f"ask for 0 (none) to {MAX_LODS} decimated copies, each with half the triangles of the one before")
         request = self.pipeline(request.pipeline).validate(request)
         with self._lock:
             if self._stopping:
@@ -254,10 +259,12 @@ class JobEngine:
         try:
             ctx.check_cancelled()
             output = self.pipeline(job.request.pipeline).execute(job.request, ctx)
+            lods = make_lods(output.mesh, job.request.lods,
+                             lambda level: ctx.progress("lods", level - 1, job.request.lods, f"LOD {level} of {job.request.lods}"))
             if job.stage:
                 timings[job.stage] = timings.get(job.stage, 0.0) + time.monotonic() - stage_started[0]
             timings["total"] = time.monotonic() - started
-            closing = self._result(job, output, timings)
+            closing = self._result(job, output, lods, timings)
             job.state = "done"
             if self.timings is not None and self.runtime is not None:
                 self.timings.record(job.request.pipeline, self.runtime.device, self.runtime.status()["mode"], job.request.params, timings)
@@ -284,7 +291,8 @@ class JobEngine:
                 finished()
         job.sink(*closing)
 
-    def _result(self, job: Job, output: PipelineOutput, timings: dict[str, float]) -> tuple[dict[str, Any], list[Buffer]]:
+    def _result(self, job: Job, output: PipelineOutput, lods: list[Mesh],
+                timings: dict[str, float]) -> tuple[dict[str, Any], list[Buffer]]:
         mesh = output.mesh
         header: dict[str, Any] = {
             "op": "result",
@@ -295,6 +303,7 @@ class JobEngine:
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "mesh": {"vertices": mesh.vertex_count, "faces": mesh.face_count, "bounds": mesh.bounds(),
                      "frame": "y_up", "textures": mesh.textures()},
+            "lods": [{"vertices": lod.vertex_count, "faces": lod.face_count} for lod in lods],
             "images": sorted(output.images),
             "info": output.info,
             "saved": None,
@@ -305,7 +314,10 @@ class JobEngine:
             except OSError as exc:
                 # The mesh still reaches the client over the socket; only the copy on disk failed.
                 header["save_error"] = f"could not write the result to {self.output_dir}: {exc.strerror or exc}"
-        buffers = mesh.to_buffers() + [Buffer.from_bytes(f"image.{name}", data) for name, data in sorted(output.images.items())]
+        buffers = mesh.to_buffers()
+        for level, lod in enumerate(lods, start=1):
+            buffers += [Buffer(f"lod{level}.{buf.name}", buf.dtype, buf.shape, buf.data) for buf in lod.to_buffers()]
+        buffers += [Buffer.from_bytes(f"image.{name}", data) for name, data in sorted(output.images.items())]
         return header, buffers
 
     def _save(self, job: Job, output: PipelineOutput, header: dict[str, Any]) -> dict[str, str]:

@@ -20,6 +20,7 @@ PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
 DEFAULT_MAX_BUFFER_BYTES = 1 << 30
 MAX_BUFFERS = 64
+MAX_LODS = 8  # a submit's ``lods``: decimated copies sent with the result
 
 _LENGTH = struct.Struct(">I")
 
@@ -291,7 +292,7 @@ _STR, _INT, _DICT, _LIST = (str,), (int,), (dict,), (list,)
 CLIENT_OPS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "hello": {"protocol": (_INT, True), "token": (_STR, True), "client": (_STR, False)},
     "ping": {},
-    "submit": {"pipeline": (_STR, True), "params": (_DICT, False), "text": (_STR, False)},
+    "submit": {"pipeline": (_STR, True), "params": (_DICT, False), "text": (_STR, False), "lods": (_INT, False)},
     "plan": {"pipeline": (_STR, True), "params": (_DICT, False), "text": (_STR, False), "inputs": (_LIST, False)},
     "cancel": {"job": (_STR, True)},
     "status": {},

@@ -212,7 +212,8 @@ class ClientSession:
                 raise BackendError(ErrorCode.BAD_INPUT, f"input {buf.name!r} must be encoded image bytes (dtype |u1, 1-D)",
                                    hint="send the PNG or JPEG file's bytes as they are")
             images[buf.name] = buf.to_bytes()
-        request = JobRequest(pipeline=header["pipeline"], params=header.get("params", {}), text=header.get("text"), images=images, mesh=mesh)
+        request = JobRequest(pipeline=header["pipeline"], params=header.get("params", {}), text=header.get("text"), images=images, mesh=mesh,
+                             lods=header.get("lods", 0))
 
         def sink(event: dict[str, Any], buffers: list[Buffer]) -> None:
             if event.get("op") == "accepted":

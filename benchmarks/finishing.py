@@ -15,7 +15,11 @@ the median step against the median import:
    bottom centre, 3 LODs;
 2. voxel remesh, the voxel size chosen for about as many quads as the mesh has vertices;
 3. QuadriFlow to half the triangles, only up to ``--quadriflow-max-faces`` (it takes minutes
-   beyond that on a small machine).
+   beyond that on a small machine);
+4. 3 LODs of the imported mesh made in Blender ("Blender LOD k"), against
+5. the same 3 LODs made by the backend (``backend.mesh.lods.make_lods``, as a job with ``lods``
+   does; its time is printed too, though it is not Blender's) and only imported on the main
+   thread ("backend LOD k"; ``meshdata.lods_from_wire`` runs on the reader thread in the add-on).
 """
 
 from __future__ import annotations
@@ -69,8 +73,23 @@ def timed_import(arrays: dict):
     return obj, time.perf_counter() - started
 
 
-def timed_finishing(arrays: dict, options) -> tuple[float, list[tuple[str, float]], str]:
-    """The import's main-thread time, then each finishing step's, and the finishing's outcome message."""
+def backend_lods(arrays: dict, count: int) -> tuple[tuple, float]:
+    """The backend's ``count`` LODs of the mesh, laid out for Blender as the reader thread does, and the backend's time."""
+    from backend.mesh import Mesh
+    from backend.mesh.lods import make_lods
+
+    started = time.perf_counter()
+    levels = make_lods(Mesh(arrays["positions"], arrays["faces"], arrays["colors"]), count)
+    made_s = time.perf_counter() - started
+    wire = {f"lod{level}.{buf.name}": buf.to_array() for level, lod in enumerate(levels, start=1) for buf in lod.to_buffers()}
+    return sys.modules[f"{PACKAGE}.meshdata"].lods_from_wire(wire, count, "y_up"), made_s
+
+
+def timed_finishing(arrays: dict, options, lods: tuple = (), label: str = "") -> tuple[float, list[tuple[str, float]], str]:
+    """The import's main-thread time, then each finishing step's (named with ``label`` first), and the outcome message.
+
+    ``lods``: the backend's LODs, imported instead of made in Blender.
+    """
     import bpy
 
     finishing = sys.modules[f"{PACKAGE}.finishing"]
@@ -78,10 +97,10 @@ def timed_finishing(arrays: dict, options) -> tuple[float, list[tuple[str, float
     if options.apply_scale:
         obj.scale = (2.0, 2.0, 2.0)
     finisher = finishing.Finisher()
-    finisher.start(obj, options)
+    finisher.start(obj, options, lods)
     steps = []
     while finisher.running:
-        name = finisher.message.removeprefix("Finishing: ")
+        name = label + finisher.message.removeprefix("Finishing: ")
         started = time.perf_counter()
         finisher.step(bpy.context)
         steps.append((name, time.perf_counter() - started))
@@ -124,13 +143,18 @@ def main() -> int:
             voxel_size = (surface_area(arrays) / len(arrays["positions"])) ** 0.5
             runs = [options(face_budget=count // 2, lods=3, origin_bottom=True, apply_scale=True),
                     options(quads="VOXEL", voxel_size=voxel_size)]
+            runs = [(run, (), "") for run in runs]
             if count <= args.quadriflow_max_faces:
-                runs.append(options(quads="QUADRIFLOW"))
+                runs.append((options(quads="QUADRIFLOW"), (), ""))
+            lods, made_s = backend_lods(arrays, 3)
+            runs += [(options(lods=3), (), "Blender "), (options(lods=3), lods, "backend ")]
             print(f"\nmesh: {count:,} triangles, {len(arrays['positions']):,} vertices")
+            print(f"  backend made 3 LODs ({'/'.join(str(lod.face_count) for lod in lods)} triangles) in {made_s * 1000:.1f} ms "
+                  "(in the backend process, not on Blender's main thread)")
             imports, steps, outcomes = [], collections.defaultdict(list), []
-            for run in runs:
+            for run, lods, label in runs:
                 for _ in range(1 if run.quads == "QUADRIFLOW" else args.repeats):
-                    import_s, run_steps, outcome = timed_finishing(arrays, run)
+                    import_s, run_steps, outcome = timed_finishing(arrays, run, lods, label)
                     imports.append(import_s)
                     for name, seconds in run_steps:
                         steps[name].append(seconds)

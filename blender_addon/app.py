@@ -142,7 +142,7 @@ def build_result(context: bpy.types.Context, entry: HistoryEntry, at_cursor: boo
         obj[recipe.PROPERTY] = recipe.to_properties(entry.request, entry.result.get("seed"), server.get("version", ""))
     entry.object_name = obj.name
     if finisher is not None:
-        finisher.start(obj, entry.request.finishing)
+        finisher.start(obj, entry.request.finishing, entry.lods)
     return obj
 
 

@@ -79,6 +79,7 @@ class Received:
     mesh: meshdata.MeshArrays | None = None
     unreadable: str = ""
     texture_pictures: dict[str, bytes] = field(default_factory=dict)
+    lods: tuple[meshdata.MeshArrays, ...] = ()
 
 
 class Connection:
@@ -201,16 +202,18 @@ class Connection:
         header = message.header
         if header.get("op") != "result":
             return Received(self.number, header)
+        frame = header.get("mesh", {}).get("frame", "y_up")
+        arrays = {b.name: b.to_array() for b in message.buffers if b.name.rpartition(".")[2] in ("positions", "faces", "colors", "uvs")}
         try:
-            arrays = {b.name: b.to_array() for b in message.buffers if b.name in ("positions", "faces", "colors", "uvs")}
             textures = {b.name.removeprefix(protocol.TEXTURE_BUFFER_PREFIX): b.to_bytes() for b in message.buffers
                         if b.name.startswith(protocol.TEXTURE_BUFFER_PREFIX)}
-            mesh = meshdata.from_wire(arrays, header.get("mesh", {}).get("frame", "y_up"), textures)
+            mesh = meshdata.from_wire(arrays, frame, textures)
+            lods = meshdata.lods_from_wire(arrays, len(header.get("lods", [])), frame)
         except (KeyError, ValueError) as exc:
             return Received(self.number, header, unreadable=str(exc))
         pictures = {b.name.removeprefix(PICTURE_PREFIX): b.to_bytes() for b in message.buffers
                     if b.name.startswith(PICTURE_PREFIX + TEXTURE_PICTURE_PREFIX)}
-        return Received(self.number, header, mesh, texture_pictures=pictures)
+        return Received(self.number, header, mesh, lods=lods, texture_pictures=pictures)
 
     def lost(self, detail: str) -> Lost:
         backend = self.backend

@@ -1,7 +1,8 @@
 """What to do to a result in Blender once it is imported (face budget, quads, LODs, origin, scale). No bpy.
 
 The options travel with the request, so an object's stored settings (``recipe``) carry them
-to Regenerate and Load Settings. ``finishing`` does the work, one step per tick.
+to Regenerate and Load Settings. ``finishing`` does the work, one step per tick; the backend
+decimates to the face budget and makes the LODs where it can, so Blender only imports them.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .backend.protocol import MAX_LODS
 from .errors import AddonError
 
 QUAD_MODES = ("NONE", "QUADRIFLOW", "VOXEL")
-MAX_LODS = 8
 BACKEND_FACE_LIMIT = "max_faces"  # a model with this parameter decimates in the backend, before the mesh is sent
 
 
@@ -73,6 +74,18 @@ class FinishingOptions:
         if not self.face_budget or self.quads == "QUADRIFLOW" or BACKEND_FACE_LIMIT not in params:
             return params
         return {**params, BACKEND_FACE_LIMIT: min(int(params[BACKEND_FACE_LIMIT]), self.face_budget)}
+
+    def backend_lods(self, params: dict[str, Any]) -> int:
+        """How many LODs the backend makes and sends with the result (a submit's ``lods``); Blender makes the rest.
+
+        The backend's copies are made from the mesh it sends, so they are the LODs only when Blender
+        keeps that mesh's shape: no quad remesh (its LODs come from the quads), and a face budget, if
+        any, already spent by the model's own decimation. A textured result's LODs are made in Blender,
+        whose decimation keeps the UV map (the backend's copies carry colours, not UVs).
+        """
+        if self.quads != "NONE" or self.face_budget and BACKEND_FACE_LIMIT not in params or params.get("texture"):
+            return 0
+        return self.lods
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -26,6 +26,20 @@ TEXTURE_INPUTS = {"base_color": ("Base Color", "sRGB")}
 
 def build_object(context: bpy.types.Context, arrays: MeshArrays, name: str) -> bpy.types.Object:
     """Create the mesh and its object at the 3D cursor, linked to the active collection, selected and active."""
+    obj = bpy.data.objects.new(name, build_mesh(arrays, name))
+    obj.location = context.scene.cursor.location
+    view_layer = context.view_layer
+    view_layer.active_layer_collection.collection.objects.link(obj)
+    for other in context.selected_objects:
+        other.select_set(False)
+    obj.select_set(True)
+    view_layer.objects.active = obj
+    return obj
+
+
+def build_mesh(arrays: MeshArrays, name: str) -> bpy.types.Mesh:
+    """A new mesh datablock of ``arrays``, with its UV map and texture material, or its vertex colours and
+    their material, when it has them."""
     mesh = bpy.data.meshes.new(name)
     fill_geometry(mesh, arrays)
     if arrays.corner_uvs is not None:
@@ -35,16 +49,7 @@ def build_object(context: bpy.types.Context, arrays: MeshArrays, name: str) -> b
     elif arrays.colors is not None:
         add_vertex_colors(mesh, arrays.colors)
         mesh.materials.append(vertex_color_material())
-
-    obj = bpy.data.objects.new(name, mesh)
-    obj.location = context.scene.cursor.location
-    view_layer = context.view_layer
-    view_layer.active_layer_collection.collection.objects.link(obj)
-    for other in context.selected_objects:
-        other.select_set(False)
-    obj.select_set(True)
-    view_layer.objects.active = obj
-    return obj
+    return mesh
 
 
 def fill_geometry(mesh: bpy.types.Mesh, arrays: MeshArrays) -> None:

@@ -149,3 +149,12 @@ def from_wire(arrays: dict[str, np.ndarray], frame: str = "y_up", textures: dict
     edge_verts, corner_edges = triangle_edges(corner_verts, n)
     face_starts = np.arange(0, len(corner_verts), 3, dtype=np.int32)
     return MeshArrays(z_up, corner_verts, edge_verts, corner_edges, face_starts, colors, uvs, dict(textures or {}))
+
+
+def lods_from_wire(arrays: dict[str, np.ndarray], count: int, frame: str = "y_up") -> tuple[MeshArrays, ...]:
+    """The result's ``count`` LODs, level 1 first, from its ``lod<k>.positions``/``faces``/``colors`` buffers."""
+    levels = []
+    for level in range(1, count + 1):
+        prefix = f"lod{level}."
+        levels.append(from_wire({name[len(prefix):]: array for name, array in arrays.items() if name.startswith(prefix)}, frame))
+    return tuple(levels)

@@ -98,6 +98,7 @@ class HistoryEntry:
     object_name: str = ""
     file_loaded: bool = False
     texture_pictures: dict[str, bytes] = field(default_factory=dict)  # the delit picture and the painted views, PNG
+    lods: tuple[meshdata.MeshArrays, ...] = ()  # the LODs the backend made, level 1 first
 
 
 class Session:
@@ -175,6 +176,8 @@ class Session:
         header: dict[str, Any] = {"op": "submit", "ref": ref, "pipeline": request.pipeline, "params": request.params}
         if request.text is not None:
             header["text"] = request.text
+        if request.finishing.backend_lods(request.params):
+            header["lods"] = request.finishing.backend_lods(request.params)
         self.job = JobState(ref=ref, request=request)
         self.last = None
         self._connection.send(header, buffers)
@@ -353,7 +356,7 @@ class Session:
                                      "update the add-on and the backend together"))
         elif op == "result":
             entry = HistoryEntry(job.label, event.mesh, header, job.request, file_loaded=job.file_loaded,
-                                 texture_pictures=event.texture_pictures)
+                                 texture_pictures=event.texture_pictures, lods=event.lods)
             self.history.appendleft(entry)
             self.arrived.append(entry)
             self.job = None

@@ -1009,11 +1009,13 @@ def scenario_finishing(config: dict) -> dict:
                                                                          app.finisher.last.hint],
             "panel": drawn(lambda layout: panels.draw_finishing(layout, bpy.context)),
             "lods": [{"name": lod.name, "faces": len(lod.data.polygons), "hidden": lod.hide_get(),
-                      "matrix": [list(row) for row in lod.matrix_world], "colors": list(lod.data.color_attributes.keys())}
+                      "matrix": [list(row) for row in lod.matrix_world], "colors": list(lod.data.color_attributes.keys()),
+                      "world": bounds(lod, world=True), "invalid": lod.data.validate()}
                      for lod in sorted(lods.objects, key=lambda o: o.name)] if lods else None,
             "lod_collection_parent": next((c.name for c in (bpy.context.scene.collection, *bpy.data.collections)
                                            if lods is not None and lods.name in c.children), None),
-            "stored": obj[recipe.PROPERTY].to_dict(), "orphan_meshes": sorted(m.name for m in bpy.data.meshes if m.users == 0)})
+            "stored": obj[recipe.PROPERTY].to_dict(), "orphan_meshes": sorted(m.name for m in bpy.data.meshes if m.users == 0),
+            "backend_lods": [lod["faces"] for lod in app.session.history[0].result["lods"]]})
         return facts
 
     set_inputs("TEXT", subdivisions=4, radius=0.6, steps=1)  # 5120 triangles; the test model takes max_faces

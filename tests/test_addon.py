@@ -633,16 +633,19 @@ def test_finishing_runs_a_step_per_tick_and_gives_the_asked_faces_origin_scale_a
     facts = run_scenario("finishing", addon_zip, tmp_path)
 
     # Face budget 3000 on a model with max_faces: the backend decimates (fast-simplification stops at or just
-    # below its target), so Blender has nothing left to decimate. Each LOD halves the faces of the one before;
-    # Blender's collapse decimation removes two triangles per edge it collapses, so a copy lands within 2 of half.
+    # below its target), so Blender has nothing left to decimate. The backend makes the LODs too, each with half
+    # the faces of the one before (at or just below half), and Blender only imports them.
     backend = facts["budget_backend"]
     assert json.loads(backend["stored"]["params"])["max_faces"] == 3000
     assert 0.98 * 3000 <= backend["imported"]["faces"] <= 3000 and backend["object"]["faces"] == backend["imported"]["faces"]
     faces = backend["object"]["faces"]
     assert [lod["name"] for lod in backend["lods"]] == ["Hunyuan3D_LOD1", "Hunyuan3D_LOD2", "Hunyuan3D_LOD3"]
+    assert backend["backend_lods"] == [lod["faces"] for lod in backend["lods"]]
     for before, lod in zip([faces] + [lod["faces"] for lod in backend["lods"]], backend["lods"]):
-        assert abs(lod["faces"] - before / 2) <= 2 and lod["hidden"] and lod["colors"] == ["Color"]
-        assert lod["matrix"] == backend["matrix"]  # in the same place as the result
+        assert before // 2 - 4 <= lod["faces"] <= before // 2 and lod["hidden"] and lod["colors"] == ["Color"]
+        assert lod["matrix"] == backend["matrix"] and not lod["invalid"]  # in the same place as the result
+        # Made from the imported mesh, moved as the scale and origin steps moved the result's: over it in the world.
+        assert np.allclose(lod["world"], backend["world"], atol=0.05)
     assert backend["lod_collection_parent"] == "Collection"
     counts = [faces] + [lod["faces"] for lod in backend["lods"]]
     assert backend["outcome"][0] == "done" and f"LODs {'/'.join(map(str, counts))} faces" in backend["outcome"][1]
@@ -669,13 +672,15 @@ def test_finishing_runs_a_step_per_tick_and_gives_the_asked_faces_origin_scale_a
     # A model without max_faces: Blender's Decimate modifier meets the budget (80 -> 40 triangles, within 2).
     blender = facts["budget_blender"]
     assert blender["imported"]["faces"] == 80 and abs(blender["object"]["faces"] - 40) <= 2
-    assert [lod["faces"] for lod in blender["lods"]] == [20, 10]
+    # Blender makes the LODs from the mesh it decimated (Blender's collapse decimation: within 2 of half).
+    assert [lod["faces"] for lod in blender["lods"]] == [20, 10] and blender["backend_lods"] == []
     assert "finishing" in blender["stored"] and json.loads(blender["stored"]["params"]) == {"seed": 0}
 
     # Voxel remesh gives quads and keeps the colours and the material; its LOD halves its triangles.
     voxel = facts["voxel"]
     assert voxel["corners"] == [4] and voxel["colors"] == ["Color"] and voxel["materials"] == ["Hunyuan3D Vertex Colour"]
     assert abs(voxel["lods"][0]["faces"] - voxel["object"]["faces"]) <= 2  # 2 triangles per quad, halved
+    assert voxel["backend_lods"] == []  # made in Blender from the quads
     assert voxel["outcome"][1].endswith(f"LODs {2 * voxel['object']['faces']}/{voxel['lods'][0]['faces']} triangles")
 
     # QuadriFlow gives quads (it aims at half the triangles, 160 here, and does not promise the count). One edge was
@@ -693,14 +698,29 @@ def test_finishing_runs_a_step_per_tick_and_gives_the_asked_faces_origin_scale_a
     assert refused["matrix"] == refused["matrix_before"] and refused["world"] == refused["world_before"]
     assert refused["object"] == refused["imported"] and refused["lods"] is None and refused["orphan_meshes"] == []
 
-    # Cancel after two steps (scale applied, one LOD made): put back as it was, its LOD copy removed.
+    # Cancel after two steps (scale applied, one LOD imported from the backend's): put back as it was, its LOD copy removed.
     cancelled = facts["cancelled"]
+    assert len(cancelled["backend_lods"]) == 3
     assert cancelled["cancel_button"] and cancelled["cancel"] == ["FINISHED"]
     assert cancelled["progress"][:3] == ["[progress] Finishing: apply scale", "[progress] Finishing: LOD 1 of 3",
                                          "[progress] Finishing: LOD 2 of 3"]
     assert cancelled["outcome"][0] == "cancelled" and "left as it was" in cancelled["outcome"][1]
     assert cancelled["matrix"] == cancelled["matrix_before"] and cancelled["object"] == cancelled["imported"]
     assert cancelled["lods"] is None and cancelled["orphan_meshes"] == []
+
+
+def test_the_backends_lods_are_read_level_by_level_in_blenders_frame(addon_package):
+    meshdata = importlib.import_module("addon_under_test.meshdata")
+    square = {"positions": np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], np.float32),
+              "faces": np.array([[0, 1, 2], [0, 2, 3]], np.int32)}
+    wire = {"positions": square["positions"], "faces": square["faces"], "lod1.positions": square["positions"] * 2,
+            "lod1.faces": square["faces"][:1], "lod1.colors": np.full((4, 4), 255, np.uint8)}
+    (lod,) = meshdata.lods_from_wire(wire, 1, "y_up")
+    assert lod.face_count == 1 and lod.colors.dtype == np.float32 and np.allclose(lod.colors, 1.0)
+    assert np.array_equal(lod.positions[2], [2.0, 0.0, 2.0])  # (x, y, z) -> (x, -z, y), as the result's
+    assert meshdata.lods_from_wire(wire, 0) == ()
+    with pytest.raises(KeyError):  # a level the header announces but the buffers lack: the result is unreadable
+        meshdata.lods_from_wire(wire, 2)
 
 
 def test_finishing_options_check_their_values_travel_in_the_recipe_and_hand_the_budget_to_max_faces(addon_package):
@@ -717,6 +737,13 @@ def test_finishing_options_check_their_values_travel_in_the_recipe_and_hand_the_
     assert finishing.backend_params({"max_faces": 2000}) == {"max_faces": 2000}
     assert finishing.backend_params({"seed": 1}) == {"seed": 1}
     assert options.FinishingOptions(face_budget=3000, quads="QUADRIFLOW").backend_params({"max_faces": 9000}) == {"max_faces": 9000}
+    # The backend makes the LODs when Blender keeps its mesh's shape: no quads, the budget (if any) spent by max_faces.
+    assert options.FinishingOptions(lods=3).backend_lods({"seed": 1}) == 3
+    assert options.FinishingOptions(face_budget=3000, lods=3).backend_lods({"max_faces": 3000}) == 3
+    assert options.FinishingOptions(face_budget=3000, lods=3).backend_lods({"seed": 1}) == 0
+    assert options.FinishingOptions(quads="VOXEL", lods=3).backend_lods({"max_faces": 3000}) == 0
+    assert options.FinishingOptions(lods=3).backend_lods({"max_faces": 3000, "texture": True}) == 0  # Blender keeps the UVs
+    assert finishing.backend_lods({"max_faces": 3000}) == 0
 
     request = session.GenerationRequest("nano", {"seed": 0}, image_path="/p/mug.png", finishing=finishing)
     stored = recipe.to_properties(request, 0, "0.1.0")

@@ -66,6 +66,53 @@ def test_job_streams_progress_and_returns_mesh_as_raw_arrays(backend):
     assert {"prepare", "shape", "total"} <= set(header["timings"])
 
 
+def test_lods_come_with_the_result_each_half_the_one_before(backend):
+    client = backend.client()
+    message = client.request({"op": "submit", "pipeline": "test-shape", "text": "a ball", "lods": 3,
+                              "params": {"steps": 1, "subdivisions": 3}})
+    assert message.op == "accepted", message.header
+    result, events = client.until_done(message.header["job"])
+    assert result.op == "result", result.header
+    lod_steps = [(e.header["step"], e.header["total"], e.header["message"]) for e in events
+                 if e.op == "progress" and e.header["stage"] == "lods"]
+    assert lod_steps == [(0, 3, "LOD 1 of 3"), (1, 3, "LOD 2 of 3"), (2, 3, "LOD 3 of 3")]
+    before = result.buffer("positions").to_array()
+    before_faces = len(result.buffer("faces").to_array())
+    assert before_faces == 1280 and len(result.header["lods"]) == 3 and "lods" in result.header["timings"]
+    for level, described in enumerate(result.header["lods"], start=1):
+        positions, faces, colors = (result.buffer(f"lod{level}.{name}").to_array() for name in ("positions", "faces", "colors"))
+        assert described == {"vertices": len(positions), "faces": len(faces)}
+        # fast-simplification stops at or just below its target: half the triangles of the level before.
+        assert before_faces // 2 - 4 <= len(faces) <= before_faces // 2, (level, len(faces))
+        assert faces.dtype == np.int32 and faces.max() < len(positions) and colors.shape == (len(positions), 4)
+        # Each level still covers the sphere, decimated from the level before it.
+        assert np.abs(np.linalg.norm(positions, axis=1) - 0.5).max() < 0.1
+        assert len(positions) < len(before)
+        before, before_faces = positions, len(faces)
+
+
+def test_lods_outside_0_to_8_are_refused_with_the_range(backend):
+    client = backend.client()
+    for lods, code, text in ((9, "bad_message", "'lods' = 9 is outside 0 to 8"), (-1, "bad_message", "outside 0 to 8"),
+                             ("2", "bad_message", "'lods' must be int"), (True, "bad_message", "'lods' must be int")):
+        reply = client.request({"op": "submit", "pipeline": "test-shape", "text": "a ball", "lods": lods})
+        assert reply.op == "error" and reply.header["code"] == code and text in reply.header["message"], reply.header
+    result, _ = client.until_done(submit(client, steps=1))
+    assert result.op == "result" and result.header["lods"] == [] and not [b for b in result.buffers if b.name.startswith("lod")]
+
+
+def test_cancel_between_lods(backend):
+    client = backend.client()
+    message = client.request({"op": "submit", "pipeline": "test-shape", "text": "a ball", "lods": 8,
+                              "params": {"steps": 1, "subdivisions": 6}})
+    job = message.header["job"]
+    while (event := client.read()).op != "progress" or event.header["stage"] != "lods":
+        pass
+    client.send({"op": "cancel", "job": job})
+    closing, _ = client.until_done(job)
+    assert closing.op == "cancelled" and closing.header["stage"] == "lods"
+
+
 def test_results_are_saved_atomically_as_glb_and_json(backend):
     client = backend.client()
     result, _ = client.until_done(submit(client, steps=1))

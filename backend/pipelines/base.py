@@ -95,13 +95,15 @@ MAX_FACES = Param("max_faces", int, 120000, "decimate the mesh to at most this m
 class JobRequest:
     """What a job asks for, after validation. ``images`` holds encoded PNG/JPEG bytes by input name
     (``None`` in a plan's request, which names its pictures without sending them); ``mesh`` is an
-    input mesh (checked by ``mesh.check_input_mesh``) for pipelines that take one."""
+    input mesh (checked by ``mesh.check_input_mesh``) for pipelines that take one; ``lods`` is how
+    many decimated copies of the mesh go with the result."""
 
     pipeline: str
     params: dict[str, Any]
     text: str | None = None
     images: dict[str, bytes | None] = field(default_factory=dict)
     mesh: Mesh | None = None
+    lods: int = 0
 
 
 @dataclass
@@ -225,7 +227,7 @@ class Pipeline:
             from ..texture.stage import require_paint_weights
 
             require_paint_weights(params, self.weights_dir)
-        return JobRequest(request.pipeline, params, request.text, dict(request.images), request.mesh)
+        return JobRequest(request.pipeline, params, request.text, dict(request.images), request.mesh, request.lods)
 
     def run(self, request: JobRequest, ctx: JobContext) -> PipelineOutput:
         raise NotImplementedError
