@@ -14,7 +14,7 @@ faces, max abs diff of the vertices), and the goals for ``hunyuan3d-2-turbo`` (v
 same path on a few-MB model of the same layout, to check the script without a GPU (peak host RSS
 then stands in for accelerator memory; the goals do not apply).
 
-    python benchmarks/h2_memory.py --dir /tmp/h2-weights                    # one GPU; writes 10.6 GB of weights
+    python benchmarks/h2_memory.py --dir /tmp/h2-weights                    # one GPU; writes about 10 GB of weights
     python benchmarks/h2_memory.py --dir /tmp/h2-weights --memory-fraction 0.056
     python benchmarks/h2_memory.py --dir /tmp/h2-small --device cpu --small --octree-resolution 64
 """
