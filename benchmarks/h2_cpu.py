@@ -68,6 +68,7 @@ class StageClock:
             figures["cpu_s"] += cpu - cpu0
             figures["wall_s"] += wall - wall0
             figures["peak_rss"] = max(figures["peak_rss"], peak.peak)
+            peak.__exit__(None, None, None)
         self._open = None if stage is None else (stage, cpu, wall, HostPeak().__enter__())
 
 
