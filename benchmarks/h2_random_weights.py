@@ -13,6 +13,7 @@ The file is written tensor by tensor, so writing it takes little memory.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -111,7 +112,7 @@ def small_config(raw: dict) -> dict:
     """``raw`` shrunk to a few MB (DINOv2 and DiT 64 wide, one block of each kind, a 2-layer VAE 64 wide) for checks on a CPU; latents and picture size kept."""
     dino = {**raw["conditioner"]["params"]["main_image_encoder"]["kwargs"]["config"], "hidden_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 4}
-    small = json.loads(json.dumps(raw))
+    small = copy.deepcopy(raw)
     small["conditioner"]["params"]["main_image_encoder"]["kwargs"]["config"] = dino
     small["model"]["params"] |= {"context_in_dim": 64, "hidden_size": 64, "num_heads": 4, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16]}
     small["vae"]["params"] |= {"width": 64, "heads": 4, "num_decoder_layers": 2}
