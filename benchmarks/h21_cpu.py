@@ -35,6 +35,7 @@ from h2_cpu import StageClock, make_engine, run_job  # noqa: E402
 
 GB = 1e9
 MODEL = "hunyuan3d-2.1"
+GUIDANCE = 5.0  # upstream's default
 STAGES = ("load", "background", "condition", "sampling", "decoding", "mesh")
 
 
@@ -49,16 +50,13 @@ def dit_float32_bytes(checkpoint: Path) -> int:
 def measure(args: argparse.Namespace) -> None:
     import torch
 
-    from backend.memory.stats import current_rss
-
     clock = StageClock()
-    baseline = current_rss()
-    params = {"steps": args.steps, "seed": args.seed, "octree_resolution": args.octree_resolution, "chunk_size": args.chunk_size,
+    params = {"steps": args.steps, "guidance": GUIDANCE, "seed": args.seed, "octree_resolution": args.octree_resolution, "chunk_size": args.chunk_size,
               "volume_decoder": args.volume_decoder, "background_method": "alpha"}
     clock.mark("load")  # runtime, weights check, registration; each part loads inside its stage
     engine = make_engine("cpu", "stage", args.dir)
     mesh, header, steps = run_job(engine, MODEL, args.image, params, clock)
-    print(json.dumps({"stages": clock.stages, "baseline_rss": baseline, "threads": torch.get_num_threads(), "steps": steps,
+    print(json.dumps({"stages": clock.stages, "threads": torch.get_num_threads(), "steps": steps,
                       "vertices": mesh.vertex_count, "faces": mesh.face_count,
                       "timings": header["timings"]}))
 
@@ -111,7 +109,7 @@ def report(args: argparse.Namespace, result: dict, dit_bytes: int, file_bytes: i
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {result['threads']} torch threads; "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"{MODEL}, random weights ({file_bytes / GB:.2f} GB checkpoint), float32 on the CPU, stage mode; picture {args.image.name}; steps {args.steps}, "
-          f"guidance 5.0 (classifier-free: batch 2), seed {args.seed}, octree {args.octree_resolution}, {args.volume_decoder} decoder, "
+          f"guidance {GUIDANCE} (classifier-free: batch 2), seed {args.seed}, octree {args.octree_resolution}, {args.volume_decoder} decoder, "
           f"chunk {args.chunk_size}")
     print(f"\n{'stage':<11}{'CPU s':>10}{'wall s':>10}{'peak RSS':>12}")
     for stage in STAGES:

@@ -193,13 +193,10 @@ def measure(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from backend.memory.stats import current_rss
-
     clock = StageClock()
-    baseline = current_rss()
     vertices, faces, notes = (run_ours if args.run == "ours" else run_hy3dgen)(args, clock)
     np.savez(args.mesh_out, vertices=np.asarray(vertices, dtype=np.float64), faces=np.asarray(faces, dtype=np.int64))
-    print(json.dumps({"stages": clock.stages, "baseline_rss": baseline, "threads": torch.get_num_threads(),
+    print(json.dumps({"stages": clock.stages, "threads": torch.get_num_threads(),
                       "vertices": len(vertices), "faces": len(faces), "notes": {k: str(v) for k, v in notes.items()}}))
 
 
