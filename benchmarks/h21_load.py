@@ -1,14 +1,14 @@
 """Hunyuan3D-2.1 DiT: loading the full-size ``.ckpt`` without a second copy in host RAM.
 
-Writes a full-size DiT checkpoint in the release's layout (``{"model": state dict}``, float16,
-752 tensors, 6.1 GB; the values are zeros, which loading does not look at) unless ``--ckpt``
-names one; the file is deleted afterwards. Then, in a fresh process, it loads it with ``load_dit`` (``torch.load`` with
-``weights_only`` and ``mmap``, strict keys) and prints the time and the host RSS the load added;
+Writes a full-size random ``model.fp16.ckpt`` in the release's layout (benchmarks/h21_random_weights.py:
+``{"model", "vae", "conditioner"}``, float16, 7.37 GB, of which the DiT's 752 tensors are 6.1 GB)
+unless ``--ckpt`` names one; the file is deleted afterwards. Then, in a fresh process, it loads the DiT
+with ``load_dit`` (``torch.load`` with ``weights_only`` and ``mmap``, strict keys) and prints the time and the host RSS the load added;
 then it reads every tensor once (a float32 copy, summed), handing the tensor's file pages back
 afterwards as the memory manager does after copying, and prints the peak RSS above the start.
 
 Run: python benchmarks/h21_load.py [--dir DIR] [--ckpt FILE]
-(writing the file takes 6.1 GB of RAM for a minute; loading and reading it, next to none)
+(writing the file takes about a minute and little memory; loading and reading it, next to none)
 """
 
 from __future__ import annotations
@@ -22,19 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 GB = 1e9
-
-
-def write_checkpoint(path: Path) -> None:
-    import torch
-
-    from backend.pipelines.hunyuan3d_v2_1 import HunyuanDiT21
-
-    with torch.device("meta"):
-        shapes = {key: tensor.shape for key, tensor in HunyuanDiT21().state_dict().items()}
-    torch.save({"model": {key: torch.zeros(shape, dtype=torch.float16) for key, shape in shapes.items()}}, path)
 
 
 def measure(path: Path) -> dict:
@@ -69,7 +59,7 @@ def measure(path: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", type=Path, help="an existing DiT checkpoint (the release's model.fp16.ckpt) instead of writing one")
-    parser.add_argument("--dir", type=Path, help="where the written checkpoint goes for the run (default: the temporary folder; needs 6.1 GB)")
+    parser.add_argument("--dir", type=Path, help="where the written checkpoint goes for the run (default: the temporary folder; needs 7.4 GB)")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the fresh process's half
     args = parser.parse_args()
     if args.measure:
@@ -78,9 +68,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         path = args.ckpt
         if path is None:
-            path = Path(folder) / "model.fp16.ckpt"
+            from h21_random_weights import write_weights
+
             start = time.perf_counter()
-            write_checkpoint(path)
+            path = write_weights(Path(folder))
             print(f"wrote {path} ({path.stat().st_size / GB:.2f} GB) in {time.perf_counter() - start:.0f} s")
         elif not path.is_file():
             parser.error(f"--ckpt {path}: no such file")

@@ -13,6 +13,7 @@ The file is written tensor by tensor, so writing it takes little memory.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -81,7 +82,7 @@ SPATIAL_KEYS = {"geo_decoder.query_proj.weight": 1.0}
 
 
 def write_random_safetensors(path: Path, tensor_shapes: dict[str, tuple[int, ...]], seed: int) -> None:
-    """float16 tensors, one at a time: norms and layer scales 1, biases 0, weights N(0, 0.02) (SPATIAL_KEYS: larger)."""
+    """float16 tensors (values: ``random_tensor``), written one at a time."""
     header, offset = {}, 0
     for key, shape in tensor_shapes.items():
         nbytes = 2 * int(torch.Size(shape).numel())
@@ -93,28 +94,40 @@ def write_random_safetensors(path: Path, tensor_shapes: dict[str, tuple[int, ...
     with open(path, "wb") as f:
         f.write(len(encoded).to_bytes(8, "little") + encoded)
         for key, shape in tensor_shapes.items():
-            leaf = key.rsplit(".", 1)[-1]
-            if leaf in ("scale", "lambda1") or (leaf == "weight" and len(shape) == 1):
-                tensor = torch.ones(shape)
-            elif leaf == "bias":
-                tensor = torch.zeros(shape)
-            else:
-                std = next((value for name, value in SPATIAL_KEYS.items() if key.endswith(name)), 0.02)
-                tensor = torch.randn(shape, generator=generator) * std
-            f.write(tensor.to(torch.float16).numpy().tobytes())
+            f.write(random_tensor(key, shape, generator).to(torch.float16).numpy().tobytes())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", choices=[m for m in HUNYUAN3D_2_MODELS if not m.startswith("hunyuan3d-2mv")])
-    parser.add_argument("out", type=Path, help="the weights folder to write into (use it as --weights)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def random_tensor(key: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """The value of one tensor of a random checkpoint, by its key: norms and layer scales 1, biases 0, weights N(0, 0.02) (SPATIAL_KEYS: larger)."""
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf in ("scale", "lambda1") or (leaf == "weight" and len(shape) == 1):
+        return torch.ones(shape)
+    if leaf == "bias":
+        return torch.zeros(shape)
+    std = next((value for name, value in SPATIAL_KEYS.items() if key.endswith(name)), 0.02)
+    return torch.randn(shape, generator=generator) * std
+
+
+def small_config(raw: dict) -> dict:
+    """``raw`` shrunk to a few MB (DINOv2 and DiT 64 wide, one block of each kind, a 2-layer VAE 64 wide) for checks on a CPU; latents and picture size kept."""
+    dino = {**raw["conditioner"]["params"]["main_image_encoder"]["kwargs"]["config"], "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4}
+    small = copy.deepcopy(raw)
+    small["conditioner"]["params"]["main_image_encoder"]["kwargs"]["config"] = dino
+    small["model"]["params"] |= {"context_in_dim": 64, "hidden_size": 64, "num_heads": 4, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16]}
+    small["vae"]["params"] |= {"width": 64, "heads": 4, "num_decoder_layers": 2}
+    return small
+
+
+def write_weights(model: str, out: Path, seed: int = 0, small: bool = False) -> None:
+    """``out/<folder>`` (and the turbo VAE folder of ``-turbo`` models) with random weights, the released sizes unless ``small``."""
     from backend.pipelines.hunyuan3d_v2.vae import ShapeVAE, ShapeVAEConfig
 
-    raw = released_config(args.model)
-    dit_folder, vae_folder = HUNYUAN3D_2_MODELS[args.model]
-    folder = args.out / dit_folder.folder
+    raw = released_config(model)
+    if small:
+        raw = small_config(raw)
+    dit_folder, vae_folder = HUNYUAN3D_2_MODELS[model]
+    folder = out / dit_folder.folder
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     config = parse_config(raw, folder / "config.yaml")
@@ -122,14 +135,24 @@ def main() -> None:
         vae = ShapeVAE(ShapeVAEConfig.from_params(config.vae))
         parts = {**shapes(ImageConditioner(config.conditioner), "conditioner."), **shapes(Hunyuan3DDiT(config.dit), "model."),
                  **shapes(vae, "vae.")}
-    write_random_safetensors(folder / "model.fp16.safetensors", parts, args.seed)
+    write_random_safetensors(folder / "model.fp16.safetensors", parts, seed)
     print(f"wrote {folder} ({(folder / 'model.fp16.safetensors').stat().st_size / 1e9:.2f} GB, {len(parts)} tensors)")
-    if args.model.endswith("-turbo"):
-        vae_root = args.out / vae_folder.folder
+    if model.endswith("-turbo"):
+        vae_root = out / vae_folder.folder
         vae_root.mkdir(parents=True, exist_ok=True)
         (vae_root / "config.yaml").write_text(yaml.safe_dump(raw["vae"], sort_keys=False))
-        write_random_safetensors(vae_root / "model.fp16.safetensors", shapes(vae, ""), args.seed + 1)
+        write_random_safetensors(vae_root / "model.fp16.safetensors", shapes(vae, ""), seed + 1)
         print(f"wrote {vae_root} ({(vae_root / 'model.fp16.safetensors').stat().st_size / 1e9:.2f} GB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=[m for m in HUNYUAN3D_2_MODELS if not m.startswith("hunyuan3d-2mv")])
+    parser.add_argument("out", type=Path, help="the weights folder to write into (use it as --weights)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--small", action="store_true", help="a few-MB model of the same layout (for checks on a CPU), not the released sizes")
+    args = parser.parse_args()
+    write_weights(args.model, args.out, args.seed, args.small)
 
 
 if __name__ == "__main__":

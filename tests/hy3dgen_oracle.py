@@ -199,3 +199,24 @@ def set_inside_share(vae, latents, share: float = 0.3, seed: int = 0) -> None:
         tokens = vae(1.0 / vae.scale_factor * latents)
         logits = vae.geo_decoder(queries=points.to(tokens.dtype), latents=tokens)[0, :, 0].float()
         vae.geo_decoder.output_proj.bias -= torch.quantile(logits, 1.0 - share).to(vae.geo_decoder.output_proj.bias.dtype)
+
+
+def installed_conditioner_state(conditioner: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's conditioner weights (transformers 4.x names) under the names ``conditioner`` has with the installed transformers.
+
+    The inverse of ``official_conditioner_state``: what the official loader's ``load_state_dict``
+    needs when transformers 5 built the oracle's DINOv2.
+    """
+    wanted = conditioner.state_dict().keys()
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key not in wanted and ".mlp.weights_in." in key:
+            gate, value = tensor.chunk(2)
+            out[key.replace(".mlp.weights_in.", ".mlp.gate_proj.")] = gate
+            out[key.replace(".mlp.weights_in.", ".mlp.up_proj.")] = value
+            continue
+        if key not in wanted:
+            for new, old in _DINO_RENAMES.items():
+                key = key.replace(old, new)
+        out[key] = tensor
+    return out

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hy3dgen_oracle import official_conditioner_state, shapegen_module
+from hy3dgen_oracle import installed_conditioner_state, official_conditioner_state, shapegen_module
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -121,6 +121,16 @@ def test_conditioner_tokens_match_the_official_conditioner(tmp_path):
         mine = ours(images)
     assert mine.shape == theirs.shape == (1, 17, DINO["hidden_size"])
     assert max_relative_error(mine, theirs) <= 1e-4
+
+
+def test_the_file_s_conditioner_weights_load_into_the_official_conditioner_under_the_installed_names():
+    # benchmarks/h2_cpu.py hands the checkpoint's DINOv2 weights to hy3dgen's own loader this way.
+    conditioner = shapegen_module("models.conditioner").SingleImageEncoder(**copy.deepcopy(tiny_config()["conditioner"]["params"]))
+    randomise(conditioner, 5)
+    state = conditioner.state_dict()
+    mapped = installed_conditioner_state(conditioner, official_conditioner_state(conditioner))
+    assert mapped.keys() == state.keys()
+    assert all(torch.equal(mapped[key], state[key]) for key in state)
 
 
 @pytest.mark.parametrize("views", [("front",), ("front", "back"), ("front", "left", "back", "right")])
