@@ -9,6 +9,8 @@ recording is drawn with Pillow, roughly in Blender's default dark theme. The sta
 
 - ``panel_idle.png``: a picture and Nano chosen, with the plan under Generate (after one job,
   so it has the time);
+- ``panel_options.png``: the same with every sub-panel open (Advanced, Finishing, From the Scene,
+  History);
 - ``panel_running.png``: a job running, with its progress bar and Cancel;
 - ``panel_result.png``: the result selected, with Regenerate, Load Settings and Variations.
 
@@ -133,8 +135,9 @@ class DrawnPanel:
     depth: int
 
 
-def draw_sidebar(context: Any) -> list[DrawnPanel]:
-    """Every panel of the add-on's sidebar tab that polls true, parents before their children, drawn into recordings."""
+def draw_sidebar(context: Any, open_all: bool = False) -> list[DrawnPanel]:
+    """Every panel of the add-on's sidebar tab that polls true, parents before their children, drawn into recordings;
+    panels closed by default stay closed unless ``open_all``."""
     import bpy
 
     ours = [cls for cls in bpy.types.Panel.__subclasses__()
@@ -148,7 +151,7 @@ def draw_sidebar(context: Any) -> list[DrawnPanel]:
                 continue
             if hasattr(cls, "poll") and not cls.poll(context):
                 continue
-            closed = "DEFAULT_CLOSED" in getattr(cls, "bl_options", set())
+            closed = not open_all and "DEFAULT_CLOSED" in getattr(cls, "bl_options", set())
             layout = RecordingLayout()
             if not closed:
                 cls.draw(types.SimpleNamespace(layout=layout, bl_label=cls.bl_label), context)
@@ -205,6 +208,7 @@ def capture(zip_path: Path, work: Path) -> dict[str, list[DrawnPanel]]:
     inputs.params["resolution"].set(128)
     pump_until(lambda: has_time() and app.session.plan["params"]["resolution"] == 128, "the plan for the new resolution")
     states["idle"] = draw_sidebar(bpy.context)
+    states["options"] = draw_sidebar(bpy.context, open_all=True)
 
     inputs.params["resolution"].set(256)
     bpy.ops.hy3d.generate()
