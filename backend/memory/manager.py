@@ -150,6 +150,13 @@ class MemoryManager:
         if name not in self._job:
             self._job.append(name)
 
+    def between_steps(self) -> None:
+        """Called by a stage between two of its model calls: on the CPU the heap the last call freed is
+        handed back, so a long loop's peak stays that of one call (glibc would keep it, and the next
+        call's allocations would land beside it)."""
+        if self.device.type == "cpu":
+            _trim_host_heap()
+
     def compute_dtype(self, name: str) -> torch.dtype:
         import torch
 

@@ -224,10 +224,14 @@ class Hunyuan3D2Pipeline(Pipeline):
         guidance = Guidance(params["guidance"], embedded=config.dit.guidance_embed)
         ctx.progress("sampling", 0, steps, "sampling the shape")
 
+        def after_step(done: int, total: int, _latents: torch.Tensor) -> None:
+            memory.between_steps()
+            ctx.progress("sampling", done, total)
+
         def run(modules: dict[str, torch.nn.Module]) -> torch.Tensor:
             with torch.inference_mode():
                 return sample(modules[name], condition.to(memory.device, dtype), noise, config.scheduler, steps, guidance,
-                              on_step=lambda done, total, _latents: ctx.progress("sampling", done, total))
+                              on_step=after_step)
 
         return ctx.run_stage("sampling", [name], run)
 
