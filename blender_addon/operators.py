@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 
 import bpy
@@ -115,6 +116,16 @@ class HY3D_OT_free_gpu_memory(AsksTheBackend, bpy.types.Operator):
         return {"FINISHED"}
 
 
+def can_submit(operator: type, problem: Callable[[], str]) -> bool:
+    """Whether a job can be sent now: the backend ready and idle, and ``problem()`` empty (else it is the greyed button's tooltip)."""
+    if app.session is None or app.session.phase is not Phase.READY or app.session.running:
+        return False
+    reason = problem()
+    if reason:
+        operator.poll_message_set(reason)
+    return not reason
+
+
 class HY3D_OT_generate(StartsWork, bpy.types.Operator):
     """Generate a mesh from the image or the prompt; it appears at the 3D cursor (or in the active box with Into Selected)"""
 
@@ -127,12 +138,7 @@ class HY3D_OT_generate(StartsWork, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if app.session is None or app.session.phase is not Phase.READY or app.session.running:
-            return False
-        problem = context.window_manager.hy3d.problem()
-        if problem:
-            cls.poll_message_set(problem)
-        return not problem
+        return can_submit(cls, lambda: context.window_manager.hy3d.problem())
 
     def start(self, context):
         inputs = context.window_manager.hy3d
@@ -151,12 +157,7 @@ class HY3D_OT_texture_selected(StartsWork, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if app.session is None or app.session.phase is not Phase.READY or app.session.running:
-            return False
-        problem = scene_mesh.selection_problem(context) or context.window_manager.hy3d.texture_problem()
-        if problem:
-            cls.poll_message_set(problem)
-        return not problem
+        return can_submit(cls, lambda: scene_mesh.selection_problem(context) or context.window_manager.hy3d.texture_problem())
 
     def start(self, context):
         app.session.submit(context.window_manager.hy3d.texture_request(scene_mesh.selected_mesh(context)))

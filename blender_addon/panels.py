@@ -16,6 +16,19 @@ CHARACTER_WIDTH_PX = 7  # about one character of the default UI font, to wrap lo
 OUTCOME_ICONS = {"result": "CHECKMARK", "done": "CHECKMARK", "ready": "CHECKMARK", "removed": "TRASH", "cancelled": "CANCEL"}
 
 
+class SubPanel:
+    """Where every sub-panel of the main panel lives: the 3D View's sidebar, the Hunyuan3D tab."""
+
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Hunyuan3D"
+    bl_parent_id = "HY3D_PT_main"
+
+
+def backend_ready() -> bool:
+    return app.session is not None and app.session.phase is Phase.READY
+
+
 class HY3D_PT_main(bpy.types.Panel):
     bl_idname = "HY3D_PT_main"
     bl_label = "Hunyuan3D"
@@ -52,12 +65,8 @@ class HY3D_PT_main(bpy.types.Panel):
         draw_finishing(layout, context)
 
 
-class HY3D_PT_advanced(bpy.types.Panel):
+class HY3D_PT_advanced(SubPanel, bpy.types.Panel):
     bl_label = "Advanced"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Hunyuan3D"
-    bl_parent_id = "HY3D_PT_main"
     bl_options = {"DEFAULT_CLOSED"}  # noqa: RUF012 (Blender wants a set)
 
     @classmethod
@@ -68,17 +77,13 @@ class HY3D_PT_advanced(bpy.types.Panel):
         draw_params(self.layout, context.window_manager.hy3d, advanced=True)
 
 
-class HY3D_PT_finishing(bpy.types.Panel):
+class HY3D_PT_finishing(SubPanel, bpy.types.Panel):
     bl_label = "Finishing"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Hunyuan3D"
-    bl_parent_id = "HY3D_PT_main"
     bl_options = {"DEFAULT_CLOSED"}  # noqa: RUF012 (Blender wants a set)
 
     @classmethod
     def poll(cls, context):
-        return app.session is not None and app.session.phase is Phase.READY
+        return backend_ready()
 
     def draw(self, context):
         settings = context.window_manager.hy3d.finishing
@@ -92,12 +97,8 @@ class HY3D_PT_finishing(bpy.types.Panel):
         col.prop(settings, "apply_scale")
 
 
-class HY3D_PT_made_with(bpy.types.Panel):
+class HY3D_PT_made_with(SubPanel, bpy.types.Panel):
     bl_label = "Selected Object"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Hunyuan3D"
-    bl_parent_id = "HY3D_PT_main"
 
     @classmethod
     def poll(cls, context):
@@ -108,28 +109,20 @@ class HY3D_PT_made_with(bpy.types.Panel):
         draw_made_with(self.layout, context, context.active_object)
 
 
-class HY3D_PT_scene_input(bpy.types.Panel):
+class HY3D_PT_scene_input(SubPanel, bpy.types.Panel):
     bl_label = "From the Scene"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Hunyuan3D"
-    bl_parent_id = "HY3D_PT_main"
     bl_options = {"DEFAULT_CLOSED"}  # noqa: RUF012 (Blender wants a set)
 
     @classmethod
     def poll(cls, context):
-        return app.session is not None and app.session.phase is Phase.READY
+        return backend_ready()
 
     def draw(self, context):
         draw_scene_input(self.layout, context.window_manager.hy3d)
 
 
-class HY3D_PT_history(bpy.types.Panel):
+class HY3D_PT_history(SubPanel, bpy.types.Panel):
     bl_label = "History"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Hunyuan3D"
-    bl_parent_id = "HY3D_PT_main"
     bl_options = {"DEFAULT_CLOSED"}  # noqa: RUF012 (Blender wants a set)
 
     @classmethod
