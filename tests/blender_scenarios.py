@@ -770,6 +770,13 @@ def scenario_texture_selected(config: dict) -> dict:
     area = next(area for area in bpy.context.window.screen.areas if area.type == "DOPESHEET_EDITOR")
     area.type = "IMAGE_EDITOR"
     facts["shown"] = {"result": sorted(bpy.ops.hy3d.show_picture(image=delit)), "image": area.spaces.active.image.name}
+    gone = entry.picture_images["view 3"]
+    bpy.data.images.remove(bpy.data.images[gone])  # as after File > Open: the History says so, Show refuses with the way back
+    facts["gone_drawn"] = drawn(lambda layout: panels.draw_history_entry(layout, 0, entry))[-1]
+    try:
+        bpy.ops.hy3d.show_picture(image=gone)
+    except RuntimeError as error:
+        facts["gone_shown"] = str(error)
     bpy.ops.ed.undo()
     facts["after_undo"] = {"objects": sorted(bpy.data.objects.keys()), "cube_hidden": bpy.data.objects["Cube"].hide_get()}
     return facts

@@ -787,4 +787,6 @@ def test_texture_selected_paints_the_evaluated_mesh_in_its_place(addon_zip, tmp_
     assert facts["previews"] == [True] * len(titles)
     assert "No Image Editor is open" in facts["no_image_editor"] and "change an area to an Image Editor" in facts["no_image_editor"]
     assert facts["shown"] == {"result": ["FINISHED"], "image": "Cube Textured delit"}
+    assert facts["gone_drawn"] == "view 3: not in this file (import the result again)"
+    assert "'Cube Textured view 3' is no longer in this file" in facts["gone_shown"] and "import the result again" in facts["gone_shown"]
     assert facts["after_undo"] == {"objects": ["Camera", "Cube", "Light"], "cube_hidden": False}, "one undo step takes it all back"
