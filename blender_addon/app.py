@@ -129,8 +129,12 @@ def build_result(context: bpy.types.Context, entry: HistoryEntry, at_cursor: boo
     source = entry.request.mesh
     original = bpy.data.objects.get(source.object_name) if source is not None else None
     obj = importer.build_object(context, entry.mesh, f"{source.object_name} Textured" if source is not None else OBJECT_NAME)
-    for name, png in entry.texture_pictures.items():  # in the .blend's images, to look at in the Image Editor
-        importer.packed_image(f"{obj.name} {name.removeprefix('texture_').replace('_', ' ')}", png)
+    entry.picture_images = {}
+    for name, png in entry.pictures.items():  # in the .blend's images: the History shows them and opens them in the Image Editor
+        title = entry.picture_title(name)
+        image = importer.packed_image(f"{obj.name} {title}", png)
+        image.preview_ensure()  # made once here; Blender renders it off the main thread and the History only draws it
+        entry.picture_images[title] = image.name
     if original is not None:
         obj.matrix_world = original.matrix_world.copy()
         original.hide_set(True)

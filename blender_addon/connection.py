@@ -35,7 +35,7 @@ class HandshakeError(AddonError):
 
 
 PICTURE_PREFIX = "image."  # a result's intermediate pictures
-TEXTURE_PICTURE_PREFIX = "texture_"
+
 
 @dataclass(frozen=True)
 class ConnectionSettings:
@@ -71,14 +71,15 @@ class Lost:
 
 @dataclass(frozen=True)
 class Received:
-    """A message; for a result, its mesh made ready for Blender (or why it could not be read) and the
-    texture stage's intermediate pictures (``texture_delit``, ``texture_view_0``...) as PNG bytes."""
+    """A message; for a result, its mesh made ready for Blender (or why it could not be read) and its
+    intermediate pictures by name (``input``, ``text_image``, ``views``, the texture stage's ``texture_delit``,
+    ``texture_view_0``...) as PNG bytes."""
 
     connection: int
     header: dict[str, Any]
     mesh: meshdata.MeshArrays | None = None
     unreadable: str = ""
-    texture_pictures: dict[str, bytes] = field(default_factory=dict)
+    pictures: dict[str, bytes] = field(default_factory=dict)
     lods: tuple[meshdata.MeshArrays, ...] = ()
 
 
@@ -212,8 +213,8 @@ class Connection:
         except (KeyError, ValueError) as exc:
             return Received(self.number, header, unreadable=str(exc))
         pictures = {b.name.removeprefix(PICTURE_PREFIX): b.to_bytes() for b in message.buffers
-                    if b.name.startswith(PICTURE_PREFIX + TEXTURE_PICTURE_PREFIX)}
-        return Received(self.number, header, mesh, lods=lods, texture_pictures=pictures)
+                    if b.name.startswith(PICTURE_PREFIX)}
+        return Received(self.number, header, mesh, lods=lods, pictures=pictures)
 
     def lost(self, detail: str) -> Lost:
         backend = self.backend

@@ -357,6 +357,29 @@ class HY3D_OT_import_result(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class HY3D_OT_show_picture(bpy.types.Operator):
+    """Show this picture in an Image Editor: the one open, or a new window with one"""
+
+    bl_idname = "hy3d.show_picture"
+    bl_label = "Show Picture"
+
+    image: StringProperty(options={"SKIP_SAVE"})
+
+    def execute(self, context):
+        image = bpy.data.images.get(self.image)
+        if image is None:
+            self.report({"ERROR"}, f"The picture {self.image!r} is no longer in this file: import the result again from History "
+                        "to bring its pictures back")
+            return {"CANCELLED"}
+        space = viewport_input.image_editor_space(context)
+        if space is None:
+            self.report({"ERROR"}, "No Image Editor is open and no new window can be opened here: change an area to an "
+                        "Image Editor and press the button again")
+            return {"CANCELLED"}
+        space.image = image
+        return {"FINISHED"}
+
+
 class HY3D_OT_setup_backend(StartsWork, bpy.types.Operator):
     """Make the backend's own Python environment with the torch build for this machine (resumes or repairs one)"""
 
@@ -433,5 +456,5 @@ class HY3D_OT_cancel_download(CancelsWork, bpy.types.Operator):
 classes = (HY3D_OT_connect, HY3D_OT_disconnect, HY3D_OT_test_connection, HY3D_OT_refresh_models, HY3D_OT_free_gpu_memory, HY3D_OT_generate,
            HY3D_OT_texture_selected, HY3D_OT_cancel, HY3D_OT_cancel_finishing, HY3D_OT_drop_queued, HY3D_OT_regenerate, HY3D_OT_variations,
            HY3D_OT_preview_variations, HY3D_OT_refine, HY3D_OT_load_settings, HY3D_OT_use_camera_view, HY3D_OT_use_editor_image,
-           HY3D_OT_import_result, HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env,
+           HY3D_OT_import_result, HY3D_OT_show_picture, HY3D_OT_setup_backend, HY3D_OT_cancel_setup, HY3D_OT_remove_backend_env,
            HY3D_OT_download_weights, HY3D_OT_cancel_download)

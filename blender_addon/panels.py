@@ -13,6 +13,7 @@ from .session import Phase
 from .status_text import plan_fits, plan_summary, progress_text
 
 CHARACTER_WIDTH_PX = 7  # about one character of the default UI font, to wrap long labels
+PICTURE_PREVIEW_SCALE = 4.0  # a History picture's preview, in icon heights
 OUTCOME_ICONS = {"result": "CHECKMARK", "done": "CHECKMARK", "ready": "CHECKMARK", "removed": "TRASH", "cancelled": "CANCEL"}
 
 
@@ -131,9 +132,30 @@ class HY3D_PT_history(SubPanel, bpy.types.Panel):
 
     def draw(self, context):
         for index, entry in enumerate(app.session.history):
-            row = self.layout.row()
-            row.label(text=entry.label, icon="MESH_DATA")
-            row.operator("hy3d.import_result", text="", icon="IMPORT").index = index
+            draw_history_entry(self.layout, index, entry)
+
+
+def draw_history_entry(layout, index: int, entry) -> None:
+    """A result with its import button; one with intermediate pictures folds out to show each, with its preview
+    (made when the result arrived) and a button that opens it in an Image Editor."""
+    if not entry.picture_images:
+        header, body = layout.row(), None
+    else:
+        header, body = layout.panel(f"HY3D_history_{entry.ref}", default_closed=True)
+    header.label(text=entry.label, icon="MESH_DATA")
+    header.operator("hy3d.import_result", text="", icon="IMPORT").index = index
+    if body is None:
+        return
+    for title, image_name in entry.picture_images.items():
+        image = bpy.data.images.get(image_name)
+        if image is None:
+            body.label(text=f"{title}: not in this file (import the result again)", icon="ERROR")
+            continue
+        row = body.row()
+        row.template_icon(icon_value=image.preview.icon_id if image.preview else 0, scale=PICTURE_PREVIEW_SCALE)
+        column = row.column()
+        column.label(text=title)
+        column.operator("hy3d.show_picture", text="Show", icon="IMAGE_DATA").image = image.name
 
 
 def draw_params(layout, inputs, advanced: bool) -> None:

@@ -97,8 +97,15 @@ class HistoryEntry:
     request: GenerationRequest
     object_name: str = ""
     file_loaded: bool = False
-    texture_pictures: dict[str, bytes] = field(default_factory=dict)  # the delit picture and the painted views, PNG
+    pictures: dict[str, bytes] = field(default_factory=dict)  # intermediate pictures by the backend's name, PNG
     lods: tuple[meshdata.MeshArrays, ...] = ()  # the LODs the backend made, level 1 first
+    ref: int = 0  # the job's request number: names the entry's fold-out in the History
+    picture_images: dict[str, str] = field(default_factory=dict)  # picture title -> the packed image showing it
+
+    @staticmethod
+    def picture_title(name: str) -> str:
+        """How the History and the image's name call a picture: ``texture_view_0`` -> ``view 0``, ``text_image`` -> ``text image``."""
+        return name.removeprefix("texture_").replace("_", " ")
 
 
 class Session:
@@ -356,7 +363,7 @@ class Session:
                                      "update the add-on and the backend together"))
         elif op == "result":
             entry = HistoryEntry(job.label, event.mesh, header, job.request, file_loaded=job.file_loaded,
-                                 texture_pictures=event.texture_pictures, lods=event.lods)
+                                 pictures=event.pictures, lods=event.lods, ref=job.ref)
             self.history.appendleft(entry)
             self.arrived.append(entry)
             self.job = None

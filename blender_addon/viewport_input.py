@@ -4,7 +4,8 @@
 (Workbench by default: quick, what the Solid viewport shows; or the scene's own engine) on
 a transparent background; ``editor_image_file`` gives the file of an image Blender holds
 (the one an Image Editor shows, or one chosen). Both write PNGs into the add-on's user
-folder, kept so Regenerate can read the picture again.
+folder, kept so Regenerate can read the picture again. ``image_editor_space`` finds the
+Image Editor that shows a result's pictures the other way, from the History.
 
 ``placement_for`` turns the panel's options into a ``Placement``: into the selected box or
 empty when Into Selected is on, and, for a camera view, turned so the result's front faces
@@ -89,6 +90,22 @@ def shown_in_image_editor(context: bpy.types.Context) -> bpy.types.Image | None:
             if area.type == "IMAGE_EDITOR" and area.spaces.active.image is not None:
                 return area.spaces.active.image
     return None
+
+
+def image_editor_space(context: bpy.types.Context) -> bpy.types.SpaceImageEditor | None:
+    """An open Image Editor (this window's first), else the largest area of a new window turned into one;
+    None where no window can be opened (background mode)."""
+    windows = sorted(context.window_manager.windows, key=lambda window: window != context.window)
+    for window in windows:
+        for area in window.screen.areas:
+            if area.type == "IMAGE_EDITOR":
+                return area.spaces.active
+    if not bpy.ops.wm.window_new.poll():
+        return None
+    bpy.ops.wm.window_new()
+    area = max(context.window_manager.windows[-1].screen.areas, key=lambda area: area.width * area.height)
+    area.type = "IMAGE_EDITOR"
+    return area.spaces.active
 
 
 def target_box(context: bpy.types.Context) -> bpy.types.Object | None:

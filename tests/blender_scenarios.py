@@ -152,7 +152,8 @@ def scenario_generate(config: dict) -> dict:
              "object": object_facts(obj), "cube_selected": bpy.data.objects["Cube"].select_get(),
              "history": [e.label for e in app.session.history],
              "import_operator_options": sorted(bpy.types.HY3D_OT_import_result.bl_options),
-             "saved": app.session.history[0].result.get("saved")}
+             "saved": app.session.history[0].result.get("saved"),
+             "pictures": {title: bpy.data.images[name].packed_file is not None for title, name in app.session.history[0].picture_images.items()}}
     bpy.context.scene.cursor.location = (0.0, 0.0, 3.0)
     bpy.ops.hy3d.import_result(index=0)
     again = bpy.context.view_layer.objects.active
@@ -757,6 +758,25 @@ def scenario_texture_selected(config: dict) -> dict:
         "pictures": sorted((image.name, image.size[:], image.packed_file is not None) for image in bpy.data.images
                            if image.name.startswith(f"{name} ") and image.name != f"{name} base color"),
     }
+    panels = addon_module("panels")
+    entry = app.session.history[0]
+    facts["history"] = drawn(lambda layout: panels.HY3D_PT_history.draw(types.SimpleNamespace(layout=layout), bpy.context))
+    facts["previews"] = [bpy.data.images[name].preview is not None for name in entry.picture_images.values()]
+    delit = entry.picture_images["delit"]
+    try:
+        bpy.ops.hy3d.show_picture(image=delit)
+    except RuntimeError as error:  # background mode: no Image Editor open, and no window can be opened
+        facts["no_image_editor"] = str(error)
+    area = next(area for area in bpy.context.window.screen.areas if area.type == "DOPESHEET_EDITOR")
+    area.type = "IMAGE_EDITOR"
+    facts["shown"] = {"result": sorted(bpy.ops.hy3d.show_picture(image=delit)), "image": area.spaces.active.image.name}
+    gone = entry.picture_images["view 3"]
+    bpy.data.images.remove(bpy.data.images[gone])  # as after File > Open: the History says so, Show refuses with the way back
+    facts["gone_drawn"] = drawn(lambda layout: panels.draw_history_entry(layout, 0, entry))[-1]
+    try:
+        bpy.ops.hy3d.show_picture(image=gone)
+    except RuntimeError as error:
+        facts["gone_shown"] = str(error)
     bpy.ops.ed.undo()
     facts["after_undo"] = {"objects": sorted(bpy.data.objects.keys()), "cube_hidden": bpy.data.objects["Cube"].hide_get()}
     return facts
@@ -1099,6 +1119,14 @@ class RecordingLayout:
 
     def progress(self, factor: float = 0.0, type: str = "BAR", text: str = "") -> None:
         self.shown.append(f"[progress] {text}")
+
+    def panel(self, idname: str, default_closed: bool = False):
+        """A fold-out, recorded open: its header and body draw into the same record."""
+        self.shown.append(f"[fold-out {'closed' if default_closed else 'open'}]")
+        return self, self
+
+    def template_icon(self, icon_value: int = 0, scale: float = 1.0) -> None:
+        self.shown.append("[preview]")
 
     def operator(self, idname: str, text: str = "", icon: str = "NONE"):
         self.shown.append(f"[{idname}: {text}]" if text else f"[{idname}]")

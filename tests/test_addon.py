@@ -96,6 +96,7 @@ def test_generate_puts_the_coloured_mesh_at_the_cursor(addon_zip, tmp_path):
     assert all(text.endswith("/12") for text in facts["progress"] if text.startswith("Shape "))
     assert facts["outcome"].startswith(obj["name"]) and "642 vertices" in facts["outcome"]
     assert facts["history"] == ["input.png (test-shape, seed 7)"]
+    assert facts["pictures"] == {"input": True}, "the prepared input picture the backend returns is in the History too"
     assert Path(facts["saved"]["glb"]).is_file() and Path(facts["saved"]["glb"]).is_relative_to(tmp_path)
     again = facts["reimported"]
     assert again["name"] != obj["name"] and again["vertices"] == 642
@@ -779,4 +780,13 @@ def test_texture_selected_paints_the_evaluated_mesh_in_its_place(addon_zip, tmp_
     # The delit picture and the four painted views, packed, to look at in the Image Editor.
     assert result["pictures"] == [[f"Cube Textured {name}", [512, 512], True] for name in ("delit", "view 0", "view 1", "view 2", "view 3")]
     assert result["name"] == "Cube Textured" and result["label"].startswith("Cube from mug.png (hunyuan3d-2-paint")
+    # The History folds out to those pictures: a preview of each, made on arrival, and a button that shows it.
+    titles = ["delit", "view 0", "view 1", "view 2", "view 3"]
+    picture_rows = [line for title in titles for line in ("[preview]", title, "[hy3d.show_picture: Show]")]
+    assert facts["history"] == ["[fold-out closed]", result["label"], "[hy3d.import_result]", *picture_rows]
+    assert facts["previews"] == [True] * len(titles)
+    assert "No Image Editor is open" in facts["no_image_editor"] and "change an area to an Image Editor" in facts["no_image_editor"]
+    assert facts["shown"] == {"result": ["FINISHED"], "image": "Cube Textured delit"}
+    assert facts["gone_drawn"] == "view 3: not in this file (import the result again)"
+    assert "'Cube Textured view 3' is no longer in this file" in facts["gone_shown"] and "import the result again" in facts["gone_shown"]
     assert facts["after_undo"] == {"objects": ["Camera", "Cube", "Light"], "cube_hidden": False}, "one undo step takes it all back"

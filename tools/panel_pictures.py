@@ -10,7 +10,8 @@ recording is drawn with Pillow, roughly in Blender's default dark theme. The sta
 - ``panel_idle.png``: a picture and Nano chosen, with the plan under Generate (after one job,
   so it has the time);
 - ``panel_options.png``: the same with every sub-panel open (Advanced, Finishing, From the Scene,
-  History);
+  History, with the result's fold-out open on its pictures: a placeholder stands for each preview,
+  which Blender renders only in its interface);
 - ``panel_running.png``: a job running, with its progress bar and Cancel;
 - ``panel_result.png``: the result selected, with Regenerate, Load Settings and Variations.
 
@@ -43,12 +44,13 @@ WAIT_S = 120.0
 
 @dataclass
 class Item:
-    """One thing a panel drew: ``kind`` is label, operator, prop, progress, separator or the name of a call not known here."""
+    """One thing a panel drew: ``kind`` is label, operator, prop, progress, separator, fold (a fold-out's triangle),
+    picture (a preview icon) or the name of a call not known here."""
 
     kind: str
     text: str = ""
     icon: str = "NONE"
-    value: Any = None  # prop: the value shown; progress: the fraction
+    value: Any = None  # prop: the value shown; progress: the fraction; fold: open; picture: its size in icon heights
     prop_type: str = ""  # prop: BOOLEAN, ENUM, INT, FLOAT, STRING, ...
     choices: list[str] = field(default_factory=list)  # an expanded enum's item names
     expand: bool = False
@@ -57,8 +59,9 @@ class Item:
 class RecordingLayout:
     """Stands in for a UILayout: records what would be shown, with its rows, columns and boxes."""
 
-    def __init__(self, kind: str = "column"):
+    def __init__(self, kind: str = "column", open_folds: bool = False):
         self.kind = kind
+        self.open_folds = open_folds  # draw fold-outs (``panel``) open, whatever their default
         self.items: list[Item | RecordingLayout] = []
         self.scale_y = 1.0
         self.scale_x = 1.0
@@ -67,7 +70,7 @@ class RecordingLayout:
         self.alert = False
 
     def _child(self, kind: str) -> RecordingLayout:
-        child = RecordingLayout(kind)
+        child = RecordingLayout(kind, self.open_folds)
         self.items.append(child)
         return child
 
@@ -85,6 +88,16 @@ class RecordingLayout:
 
     def label(self, text: str = "", icon: str = "NONE", **_options: Any) -> None:
         self.items.append(Item("label", text, icon))
+
+    def panel(self, idname: str, default_closed: bool = False) -> tuple[RecordingLayout, RecordingLayout | None]:
+        """A fold-out: its header row, and its body while open."""
+        is_open = self.open_folds or not default_closed
+        header = self._child("row")
+        header.items.append(Item("fold", value=is_open))
+        return header, self._child("column") if is_open else None
+
+    def template_icon(self, icon_value: int = 0, scale: float = 1.0) -> None:
+        self.items.append(Item("picture", "preview", value=scale))
 
     def separator(self, **_options: Any) -> None:
         self.items.append(Item("separator"))
@@ -152,7 +165,7 @@ def draw_sidebar(context: Any, open_all: bool = False) -> list[DrawnPanel]:
             if hasattr(cls, "poll") and not cls.poll(context):
                 continue
             closed = not open_all and "DEFAULT_CLOSED" in getattr(cls, "bl_options", set())
-            layout = RecordingLayout()
+            layout = RecordingLayout(open_folds=open_all)
             if not closed:
                 cls.draw(types.SimpleNamespace(layout=layout, bl_label=cls.bl_label), context)
             drawn.append(DrawnPanel(cls.bl_label, closed, layout, depth))
@@ -231,6 +244,8 @@ LINE = 22
 GAP = 3
 PAD = 6
 ICON_ONLY = 26
+FOLD = 16  # a fold-out's triangle
+ICON_UNIT = 20  # Blender's icon height at scale 1
 
 
 class Painter:
@@ -243,7 +258,7 @@ class Painter:
     # Sizes are in layout pixels; drawing multiplies by ``scale`` for a sharp picture.
     def height(self, node: Item | RecordingLayout, width: int) -> int:
         if isinstance(node, Item):
-            return 8 if node.kind == "separator" else LINE
+            return 8 if node.kind == "separator" else self.picture_size(node) if node.kind == "picture" else LINE
         if node.kind == "row":
             return int(max((self.height(child, width) for child in node.items), default=0) * node.scale_y)
         inner = [self.height(child, width - 2 * PAD * (node.kind == "box")) for child in node.items]
@@ -277,11 +292,13 @@ class Painter:
         if node.kind == "row":
             narrow = [child for child in node.items if isinstance(child, Item) and child.kind in ("operator", "prop") and not child.text
                       and child.prop_type not in ("ENUM", "INT", "FLOAT", "STRING")]
-            wide = len(node.items) - len(narrow)
-            share = (width - ICON_ONLY * len(narrow) - GAP * (len(node.items) - 1)) // max(1, wide)
+            fixed = {id(child): self.picture_size(child) if child.kind == "picture" else FOLD
+                     for child in node.items if isinstance(child, Item) and child.kind in ("picture", "fold")}
+            wide = len(node.items) - len(narrow) - len(fixed)
+            share = (width - ICON_ONLY * len(narrow) - sum(fixed.values()) - GAP * (len(node.items) - 1)) // max(1, wide)
             height = self.height(node, width)
             for child in node.items:
-                w = ICON_ONLY if child in narrow else share
+                w = ICON_ONLY if child in narrow else fixed.get(id(child), share)
                 self.node(child, x, y, w) if not isinstance(child, Item) else self.item(child, x, y, w, height)
                 x += w + GAP
             return
@@ -308,6 +325,12 @@ class Painter:
             self.text(item.text, x, y, width, height, THEME["text"], centred=True)
         elif item.kind == "prop":
             self.prop(item, x, y, width, height)
+        elif item.kind == "fold":
+            self.triangle(x + 8, y + height // 2, down=item.value)
+        elif item.kind == "picture":
+            size = self.picture_size(item)
+            self.rect(x, y, size, size, THEME["field"], outline=THEME["dim"])
+            self.text(item.text, x, y, size, size, THEME["dim"], centred=True)
         elif item.kind != "separator":
             self.rect(x, y, width, height, THEME["box"], outline=THEME["dim"])
             self.text(f"({item.text})", x, y, width, height, THEME["dim"], centred=True)
@@ -338,6 +361,10 @@ class Painter:
             self.text(value, x + label_width + 4, y, width - label_width - 20, height, THEME["text"])
             if item.prop_type == "ENUM":
                 self.triangle(x + width - 12, y + height // 2, down=True)
+
+    @staticmethod
+    def picture_size(item: Item) -> int:
+        return int(ICON_UNIT * item.value)
 
     def triangle(self, x: int, y: int, down: bool) -> None:
         s = self.scale
