@@ -80,25 +80,26 @@ def make_engine(device: str, memory: str, weights: Path):
     return JobEngine(Runtime.create(device=device, memory=memory), output_dir=None, weights_dir=str(weights))
 
 
-def run_job(engine, model: str, image: Path, params: dict, clock: StageClock) -> tuple:
+def run_job(engine, model: str, image: Path, params: dict, clock: StageClock, mesh=None) -> tuple:
     """One job through the job engine, as ``python -m backend generate`` runs it, each stage timed by ``clock``.
 
-    Returns the mesh, the result header and the (step, wall s, CPU s) of every sampling progress event.
+    ``mesh``: the input mesh of a painting job (``generate --mesh``). Returns the mesh, the result
+    header and, by stage, the (step, wall s, CPU s) of every progress event that names a step.
     """
     from backend.jobs import Job
     from backend.mesh import Mesh
     from backend.pipelines.base import JobRequest
 
-    request = engine.pipeline(model).validate(JobRequest(model, params, None, {"image": image.read_bytes()}))
+    request = engine.pipeline(model).validate(JobRequest(model, params, None, {"image": image.read_bytes()}, mesh))
     outcome: dict = {}
-    steps: list[tuple[int, float, float]] = []
+    steps: dict[str, list[tuple[int, float, float]]] = {}
 
     def sink(header: dict, buffers: list) -> None:
         if header["op"] == "progress":
             if header["stage"] != clock.current:
                 clock.mark(header["stage"])
-            if header["stage"] == "sampling" and header.get("step") is not None:
-                steps.append((header["step"], time.perf_counter(), time.process_time()))
+            if header.get("step") is not None:
+                steps.setdefault(header["stage"], []).append((header["step"], time.perf_counter(), time.process_time()))
         else:
             outcome["header"], outcome["buffers"] = header, buffers
 
