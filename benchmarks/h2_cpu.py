@@ -47,11 +47,21 @@ STAGES = ("load", "background", "condition", "sampling", "decoding", "mesh")
 
 
 class StageClock:
-    """Process CPU seconds, wall seconds and peak RSS of consecutive named stages."""
+    """Process CPU seconds, wall seconds and peak RSS of consecutive named stages.
+
+    The memory manager resets the kernel's high-water mark at each of its stages, so a stage's
+    own reading covers only the time since the last reset: ``note_peak`` adds the manager's
+    reported peaks (``run_job`` passes them on).
+    """
 
     def __init__(self) -> None:
         self.stages: dict[str, dict[str, float]] = {}
         self._open: tuple[str, float, float, object] | None = None
+        self._noted_peak = 0
+
+    def note_peak(self, nbytes: int) -> None:
+        """A peak RSS measured inside the running stage."""
+        self._noted_peak = max(self._noted_peak, nbytes)
 
     @property
     def current(self) -> str | None:
@@ -67,8 +77,9 @@ class StageClock:
             figures = self.stages.setdefault(name, {"cpu_s": 0.0, "wall_s": 0.0, "peak_rss": 0})
             figures["cpu_s"] += cpu - cpu0
             figures["wall_s"] += wall - wall0
-            figures["peak_rss"] = max(figures["peak_rss"], peak.peak)
+            figures["peak_rss"] = max(figures["peak_rss"], peak.peak, self._noted_peak)
             peak.__exit__(None, None, None)
+        self._noted_peak = 0
         self._open = None if stage is None else (stage, cpu, wall, HostPeak().__enter__())
 
 
@@ -98,6 +109,8 @@ def run_job(engine, model: str, image: Path, params: dict, clock: StageClock, me
         if header["op"] == "progress":
             if header["stage"] != clock.current:
                 clock.mark(header["stage"])
+            if header.get("memory_stats"):
+                clock.note_peak(header["memory_stats"]["peak_host_rss_bytes"])
             if header.get("step") is not None:
                 steps.setdefault(header["stage"], []).append((header["step"], time.perf_counter(), time.process_time()))
         else:

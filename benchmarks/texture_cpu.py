@@ -213,9 +213,15 @@ def report(args: argparse.Namespace, result: dict, sizes: dict[str, int]) -> Non
     print(f"{'total':<11}{total_cpu:10.1f}{total_wall:10.1f}{peak / GB:9.2f} GB")
     for stage, what in (("delight", "one delighting step (one UNet call on one 64^2 latent)"),
                         ("paint", "one turbo paint step (the 2.5D UNet on six 64^2 view latents)")):
+        start = result["steps"][stage][0]  # the stage's first event (step 0) opens it
         events = [event for event in result["steps"][stage] if event[0] >= 1]  # step 0 events come before loading and encoding
+        print(f"{stage} until step 1 ends: {events[0][1] - start[1]:.1f} s wall, {events[0][2] - start[2]:.1f} CPU s "
+              f"(loading and encoding, then step 1)")
         for (step, wall, cpu), (_, wall0, cpu0) in zip(events[1:], events):
             print(f"{stage} step {step}: {wall - wall0:.1f} s wall, {cpu - cpu0:.1f} CPU s ({what})")
+        figures = result["stages"][stage]
+        print(f"{stage} after the last step: {start[1] + figures['wall_s'] - events[-1][1]:.1f} s wall, "
+              f"{start[2] + figures['cpu_s'] - events[-1][2]:.1f} CPU s (decoding{', colour correction' if stage == 'delight' else ''})")
     print(f"textured result: {result['result_vertices']} vertices (the sphere cut along its UV seams)")
     print("\nfloat32 sizes:")
     for part, nbytes in sizes.items():
