@@ -56,7 +56,7 @@ def measure(args: argparse.Namespace) -> None:
     clock.mark("load")  # runtime, weights check, registration; each part loads inside its stage
     engine = make_engine("cpu", "stage", args.dir)
     mesh, header, steps = run_job(engine, MODEL, args.image, params, clock)
-    print(json.dumps({"stages": clock.stages, "threads": torch.get_num_threads(), "steps": steps,
+    print(json.dumps({"stages": clock.stages, "threads": torch.get_num_threads(), "steps": steps["sampling"],
                       "vertices": mesh.vertex_count, "faces": mesh.face_count,
                       "timings": header["timings"]}))
 

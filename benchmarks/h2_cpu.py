@@ -47,11 +47,21 @@ STAGES = ("load", "background", "condition", "sampling", "decoding", "mesh")
 
 
 class StageClock:
-    """Process CPU seconds, wall seconds and peak RSS of consecutive named stages."""
+    """Process CPU seconds, wall seconds and peak RSS of consecutive named stages.
+
+    The memory manager resets the kernel's high-water mark at each of its stages, so a stage's
+    own reading covers only the time since the last reset: ``note_peak`` adds the manager's
+    reported peaks (``run_job`` passes them on).
+    """
 
     def __init__(self) -> None:
         self.stages: dict[str, dict[str, float]] = {}
         self._open: tuple[str, float, float, object] | None = None
+        self._noted_peak = 0
+
+    def note_peak(self, nbytes: int) -> None:
+        """A peak RSS measured inside the running stage."""
+        self._noted_peak = max(self._noted_peak, nbytes)
 
     @property
     def current(self) -> str | None:
@@ -67,8 +77,9 @@ class StageClock:
             figures = self.stages.setdefault(name, {"cpu_s": 0.0, "wall_s": 0.0, "peak_rss": 0})
             figures["cpu_s"] += cpu - cpu0
             figures["wall_s"] += wall - wall0
-            figures["peak_rss"] = max(figures["peak_rss"], peak.peak)
+            figures["peak_rss"] = max(figures["peak_rss"], peak.peak, self._noted_peak)
             peak.__exit__(None, None, None)
+        self._noted_peak = 0
         self._open = None if stage is None else (stage, cpu, wall, HostPeak().__enter__())
 
 
@@ -80,25 +91,28 @@ def make_engine(device: str, memory: str, weights: Path):
     return JobEngine(Runtime.create(device=device, memory=memory), output_dir=None, weights_dir=str(weights))
 
 
-def run_job(engine, model: str, image: Path, params: dict, clock: StageClock) -> tuple:
+def run_job(engine, model: str, image: Path, params: dict, clock: StageClock, mesh=None) -> tuple:
     """One job through the job engine, as ``python -m backend generate`` runs it, each stage timed by ``clock``.
 
-    Returns the mesh, the result header and the (step, wall s, CPU s) of every sampling progress event.
+    ``mesh``: the input mesh of a painting job (``generate --mesh``). Returns the mesh, the result
+    header and, by stage, the (step, wall s, CPU s) of every progress event that names a step.
     """
     from backend.jobs import Job
     from backend.mesh import Mesh
     from backend.pipelines.base import JobRequest
 
-    request = engine.pipeline(model).validate(JobRequest(model, params, None, {"image": image.read_bytes()}))
+    request = engine.pipeline(model).validate(JobRequest(model, params, None, {"image": image.read_bytes()}, mesh))
     outcome: dict = {}
-    steps: list[tuple[int, float, float]] = []
+    steps: dict[str, list[tuple[int, float, float]]] = {}
 
     def sink(header: dict, buffers: list) -> None:
         if header["op"] == "progress":
             if header["stage"] != clock.current:
                 clock.mark(header["stage"])
-            if header["stage"] == "sampling" and header.get("step") is not None:
-                steps.append((header["step"], time.perf_counter(), time.process_time()))
+            if header.get("memory_stats"):
+                clock.note_peak(header["memory_stats"]["peak_host_rss_bytes"])
+            if header.get("step") is not None:
+                steps.setdefault(header["stage"], []).append((header["step"], time.perf_counter(), time.process_time()))
         else:
             outcome["header"], outcome["buffers"] = header, buffers
 

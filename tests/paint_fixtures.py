@@ -23,7 +23,7 @@ import torch
 DELIGHT_FOLDER = "hunyuan3d-delight-v2-0"
 PAINT_FOLDER = "hunyuan3d-paint-v2-0"
 PAINT_TURBO_FOLDER = "hunyuan3d-paint-v2-0-turbo"
-_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
               "steps_offset": 1}
 # Cross-attention only at the coarsest level keeps the 32^2 latents cheap on a CPU.
 _UNET = dict(sample_size=32, out_channels=4, block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
@@ -84,7 +84,7 @@ def write_delight_folder(root: Path, seed: int = 1) -> Path:
     pipeline = StableDiffusionInstructPix2PixPipeline(
         vae=randomise(AutoencoderKL(**VAE), seed), text_encoder=randomise(CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER)), seed + 1),
         tokenizer=tokenizer, unet=randomise(UNet2DConditionModel(**DELIGHT_UNET), seed + 2),
-        scheduler=EulerAncestralDiscreteScheduler(**_SCHEDULER, prediction_type="epsilon"), safety_checker=None,
+        scheduler=EulerAncestralDiscreteScheduler(**SCHEDULER, prediction_type="epsilon"), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     pipeline.save_pretrained(folder)
     return folder
@@ -106,7 +106,7 @@ def write_paint_folder(root: Path, *, turbo: bool = False, seed: int = 11) -> Pa
     else:
         torch.save(unet.state_dict(), folder / "unet" / "diffusion_pytorch_model.bin")
     randomise(AutoencoderKL(**VAE), seed + 1).save_pretrained(folder / "vae", safe_serialization=not turbo)
-    EulerAncestralDiscreteScheduler(**_SCHEDULER, prediction_type="v_prediction").save_pretrained(folder / "scheduler")
+    EulerAncestralDiscreteScheduler(**SCHEDULER, prediction_type="v_prediction").save_pretrained(folder / "scheduler")
     (folder / "model_index.json").write_text(json.dumps({
         "_class_name": "HunyuanPaintPipeline", "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"],
         "unet": ["modules", "UNet2p5DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}))
