@@ -61,6 +61,26 @@ def test_unwrap_keeps_every_face_and_vertex(scene):
     assert 0.4 < texels.mask.float().mean() < 0.95, "charts should fill most of the texture"
 
 
+def test_unwrap_leaves_the_interpreter_free_and_stops_at_a_cancel():
+    """xatlas holds the interpreter lock for its whole run, so it runs in a child process: the job's
+    cancel check is polled while it works, and a cancel stops the child at once."""
+    import multiprocessing
+
+    from backend.errors import JobCancelled
+
+    sphere = trimesh.creation.icosphere(subdivisions=5)  # 20,480 faces: seconds of xatlas
+    polls = []
+
+    def check_cancelled():
+        polls.append(1)
+        if len(polls) == 3:
+            raise JobCancelled()
+
+    with pytest.raises(JobCancelled):
+        unwrap(sphere.vertices.astype(np.float32), sphere.faces, texture_size=1024, check_cancelled=check_cancelled)
+    assert len(polls) == 3 and not multiprocessing.active_children()
+
+
 def test_uv_raster_places_each_texel_on_its_face(scene):
     _, _, _, uv_mesh, texels = scene
     covered = texels.mask

@@ -171,9 +171,11 @@ def texture_mesh(ctx: JobContext, mesh: Mesh, picture: Image.Image, params: dict
     # 2. UV charts.
     ctx.progress("unwrap", 0, 1, f"cutting {len(faces)} faces into UV charts")
     try:
-        uv_mesh = unwrap(positions, faces, texture_size=size)
+        uv_mesh = unwrap(positions, faces, texture_size=size, check_cancelled=ctx.check_cancelled)
     except ValueError as exc:
         raise BackendError(ErrorCode.BAD_INPUT, f"the mesh cannot be unwrapped: {exc}", hint="clean the mesh up and try again") from None
+    except RuntimeError as exc:
+        raise BackendError(ErrorCode.JOB_FAILED, str(exc), hint="try again; if it keeps failing, try the mesh with fewer faces") from None
     ctx.progress("unwrap", 1, 1)
 
     # 3. The views' conditions, rendered at the texture size as upstream renders them, scaled to the paint model's size.

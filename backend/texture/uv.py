@@ -7,6 +7,7 @@ image as glTF and Blender sample it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,18 +43,17 @@ def check_mesh(positions: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
     return positions.astype(np.float32), faces.astype(np.int64)
 
 
-def unwrap(positions: np.ndarray, faces: np.ndarray, texture_size: int = 2048, padding: int = 2) -> UVMesh:
-    """Cut the mesh into charts and pack them for a ``texture_size`` texture, ``padding`` texels apart."""
-    import xatlas
+def unwrap(positions: np.ndarray, faces: np.ndarray, texture_size: int = 2048, padding: int = 2,
+           check_cancelled: Callable[[], None] | None = None) -> UVMesh:
+    """Cut the mesh into charts and pack them for a ``texture_size`` texture, ``padding`` texels apart.
+
+    xatlas runs in a child process (``atlas.parametrize``): the server's threads keep running, and
+    ``check_cancelled`` (polled while it works) can stop it at once.
+    """
+    from .atlas import parametrize
 
     positions, faces = check_mesh(positions, faces)
-    atlas = xatlas.Atlas()
-    atlas.add_mesh(positions, faces.astype(np.uint32))
-    pack = xatlas.PackOptions()
-    pack.resolution = texture_size
-    pack.padding = padding
-    atlas.generate(pack_options=pack)
-    source_vertex, uv_faces, uvs = atlas[0]
+    source_vertex, uv_faces, uvs = parametrize(positions, faces.astype(np.uint32), texture_size, padding, check_cancelled)
     if uv_faces.shape[0] != faces.shape[0]:
         raise ValueError(f"xatlas kept {uv_faces.shape[0]} of {faces.shape[0]} faces; remove degenerate faces first")
     source_vertex = source_vertex.astype(np.int64)
