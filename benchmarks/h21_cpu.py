@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from h2_cpu import StageClock, make_engine, run_job  # noqa: E402
+from h2_cpu import StageClock, make_engine, print_stage_table, run_job, run_measurement  # noqa: E402
 
 GB = 1e9
 MODEL = "hunyuan3d-2.1"
@@ -94,11 +94,7 @@ def main() -> int:
                    "--octree-resolution", str(args.octree_resolution), "--volume-decoder", args.volume_decoder,
                    "--chunk-size", str(args.chunk_size), "--seed", str(args.seed)]
         print("running the job ...", flush=True)
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            print(done.stderr[-4000:], file=sys.stderr)
-            return done.returncode
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result = run_measurement(command)
         dit_bytes = dit_float32_bytes(checkpoint)
         file_bytes = checkpoint.stat().st_size
     report(args, result, dit_bytes, file_bytes)
@@ -111,15 +107,7 @@ def report(args: argparse.Namespace, result: dict, dit_bytes: int, file_bytes: i
     print(f"{MODEL}, random weights ({file_bytes / GB:.2f} GB checkpoint), float32 on the CPU, stage mode; picture {args.image.name}; steps {args.steps}, "
           f"guidance {GUIDANCE} (classifier-free: batch 2), seed {args.seed}, octree {args.octree_resolution}, {args.volume_decoder} decoder, "
           f"chunk {args.chunk_size}")
-    print(f"\n{'stage':<11}{'CPU s':>10}{'wall s':>10}{'peak RSS':>12}")
-    for stage in STAGES:
-        figures = result["stages"].get(stage)
-        if figures:
-            print(f"{stage:<11}{figures['cpu_s']:10.1f}{figures['wall_s']:10.1f}{figures['peak_rss'] / GB:9.2f} GB")
-    total_cpu = sum(f["cpu_s"] for f in result["stages"].values())
-    total_wall = sum(f["wall_s"] for f in result["stages"].values())
-    peak = max(f["peak_rss"] for f in result["stages"].values())
-    print(f"{'total':<11}{total_cpu:10.1f}{total_wall:10.1f}{peak / GB:9.2f} GB")
+    peak = print_stage_table(STAGES, result["stages"])
     steps = result["steps"]
     for (step, wall, cpu), (_, wall0, cpu0) in zip(steps[1:], steps):
         what = "loading the DiT + " if step == 1 else ""

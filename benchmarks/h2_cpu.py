@@ -214,6 +214,30 @@ def measure(args: argparse.Namespace) -> None:
                       "vertices": len(vertices), "faces": len(faces), "notes": {k: str(v) for k, v in notes.items()}}))
 
 
+def run_measurement(command: list[str]) -> dict:
+    """Run a benchmark's measuring half in a fresh process; its last line of output is the JSON of its figures.
+    A failure prints the end of its error output and exits with its code."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        print(done.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(done.returncode)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def print_stage_table(stages: tuple[str, ...], figures: dict[str, dict]) -> float:
+    """One row per measured stage (CPU s, wall s, peak RSS) and a total; returns the peak RSS over them."""
+    print(f"\n{'stage':<11}{'CPU s':>10}{'wall s':>10}{'peak RSS':>12}")
+    for stage in stages:
+        row = figures.get(stage)
+        if row:
+            print(f"{stage:<11}{row['cpu_s']:10.1f}{row['wall_s']:10.1f}{row['peak_rss'] / GB:9.2f} GB")
+    total_cpu = sum(f["cpu_s"] for f in figures.values())
+    total_wall = sum(f["wall_s"] for f in figures.values())
+    peak = max(f["peak_rss"] for f in figures.values())
+    print(f"{'total':<11}{total_cpu:10.1f}{total_wall:10.1f}{peak / GB:9.2f} GB")
+    return peak
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, help="weights folder (written with random full-size weights if it lacks them; "
@@ -254,11 +278,7 @@ def main() -> int:
                        "--octree-resolution", str(args.octree_resolution), "--chunk-size", str(args.chunk_size),
                        "--seed", str(args.seed), "--memory", args.memory]
             print(f"running {side} ...", flush=True)
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode:
-                print(done.stderr[-4000:], file=sys.stderr)
-                return done.returncode
-            results[side] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[side] = run_measurement(command)
         report(args, results, meshes)
     return 0
 

@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
-from h2_cpu import StageClock, make_engine, run_job  # noqa: E402
+from h2_cpu import StageClock, make_engine, print_stage_table, run_job, run_measurement  # noqa: E402
 from paint_fixtures import DELIGHT_FOLDER, PAINT_TURBO_FOLDER, SCHEDULER, tiny_tokenizer  # noqa: E402
 
 GB = 1e9
@@ -187,11 +186,7 @@ def main() -> int:
                    "--subdivisions", str(args.subdivisions), "--texture-size", str(args.texture_size),
                    "--delight-steps", str(args.delight_steps), "--paint-steps", str(args.paint_steps)]
         print("running the job ...", flush=True)
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            print(done.stderr[-4000:], file=sys.stderr)
-            return done.returncode
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result = run_measurement(command)
     report(args, result, sizes)
     return 0
 
@@ -202,15 +197,7 @@ def report(args: argparse.Namespace, result: dict, sizes: dict[str, int]) -> Non
     print(f"{MODEL} with turbo paint, random full-size weights, float32 on the CPU, stage mode; picture {args.image.name}; "
           f"icosphere of {result['faces']} faces; texture {args.texture_size}^2; delighting steps {args.delight_steps}, "
           f"paint steps {args.paint_steps}")
-    print(f"\n{'stage':<11}{'CPU s':>10}{'wall s':>10}{'peak RSS':>12}")
-    for stage in STAGES:
-        figures = result["stages"].get(stage)
-        if figures:
-            print(f"{stage:<11}{figures['cpu_s']:10.1f}{figures['wall_s']:10.1f}{figures['peak_rss'] / GB:9.2f} GB")
-    total_cpu = sum(f["cpu_s"] for f in result["stages"].values())
-    total_wall = sum(f["wall_s"] for f in result["stages"].values())
-    peak = max(f["peak_rss"] for f in result["stages"].values())
-    print(f"{'total':<11}{total_cpu:10.1f}{total_wall:10.1f}{peak / GB:9.2f} GB")
+    print_stage_table(STAGES, result["stages"])
     for stage, what in (("delight", "one delighting step (one UNet call on one 64^2 latent)"),
                         ("paint", "one turbo paint step (the 2.5D UNet on six 64^2 view latents)")):
         start = result["steps"][stage][0]  # the stage's first event (step 0) opens it
