@@ -183,8 +183,9 @@ class Session:
         header: dict[str, Any] = {"op": "submit", "ref": ref, "pipeline": request.pipeline, "params": request.params}
         if request.text is not None:
             header["text"] = request.text
-        if request.finishing.backend_lods(request.params):
-            header["lods"] = request.finishing.backend_lods(request.params)
+        lods = request.finishing.backend_lods(request.params)
+        if lods:
+            header["lods"] = lods
         self.job = JobState(ref=ref, request=request)
         self.last = None
         self._connection.send(header, buffers)
