@@ -1,4 +1,4 @@
-"""Hunyuan3D-2 volume decoding: ours against hy3dgen 2.0.2's plain and FlashVDM decoders, on the CPU.
+"""Hunyuan3D-2 volume decoding: ours against hy3dgen 2.0.2's plain and FlashVDM decoders, on the CPU or a GPU.
 
 One random ShapeVAE of the official class (the weights shaped like a trained decoder's field,
 see tests/hy3dgen_oracle.py), saved in the official VAE-only layout and loaded into ours
@@ -17,7 +17,11 @@ Meshes are raw marching cubes (no clean-up, no decimation). hy3dgen's vertices a
 the decoded grid's spacing (upstream divides by octree_resolution + 1, a shrink that would
 otherwise dominate the distance). Needs the test-only oracle: pip install --no-deps hy3dgen==2.0.2
 
+On a GPU (``--device cuda``, float16 by default as the pipelines run there), times are wall
+seconds after a synchronize and the memory column is the growth of ``torch.cuda.max_memory_allocated``.
+
 Run: python benchmarks/h2_decode.py [--resolutions 256 384] [--width 128] [--latents 512] [--threads 1]
+     python benchmarks/h2_decode.py --device cuda --width 1024 --heads 16 --latents 3072   # the released size
 """
 
 from __future__ import annotations
@@ -46,12 +50,23 @@ from backend.pipelines.hunyuan3d_v2.vae import ShapeVAEConfig, load_shape_vae  #
 from backend.pipelines.hunyuan3d_v2.volume import BOUND, DEFAULT_NUM_CHUNKS, Volume, decode_volume, volume_to_mesh  # noqa: E402
 
 
-def timed(fn):
-    """(result, CPU seconds of this process, wall seconds, host peak RSS growth in bytes).
+def timed(fn, device: str = "cpu"):
+    """(result, cost in seconds, wall seconds, peak memory growth in bytes).
 
-    CPU time is the comparison: the machine is shared, and wall time measures the neighbours
-    (with one thread, CPU time has no idle spinning in it either).
+    On the CPU the cost is this process's CPU time: the machine is shared, and wall time measures
+    the neighbours (with one thread, CPU time has no idle spinning in it either); the memory is
+    the host's peak RSS. On a GPU the cost is the wall time after a synchronize, the memory the
+    accelerator's peak allocation.
     """
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        wall = time.perf_counter()
+        result = fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - wall
+        return result, wall, wall, max(torch.cuda.max_memory_allocated() - before, 0)
     before = current_rss()
     with HostPeak() as peak:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -87,8 +102,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; with one, CPU time measures the work even on a shared machine")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", choices=["float32", "float16"], help="default: float32 on the CPU, float16 on a GPU")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = args.device
+    dtype = getattr(torch, args.dtype or ("float16" if device == "cuda" else "float32"))
+    unit, memory_name = ("GPU", "GPU peak") if device == "cuda" else ("CPU", "host peak")
     logging.getLogger("hy3dgen.shapgen").setLevel(logging.WARNING)
 
     params = {"num_latents": args.latents, "embed_dim": 64, "width": args.width, "heads": args.heads, "num_decoder_layers": 4,
@@ -100,42 +120,45 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.fp16.safetensors"
         save_file({key: tensor.contiguous() for key, tensor in official.state_dict().items()}, path)
-        ours = load_shape_vae(path, ShapeVAEConfig.from_params(params), combined=False)
+        ours = load_shape_vae(path, ShapeVAEConfig.from_params(params), combined=False).to(device, dtype)
+        official.to(device, dtype)
+        latents = latents.to(device, dtype)
         with torch.inference_mode():
             official_tokens = official(1.0 / official.scale_factor * latents)
             our_tokens = ours.latents_to_tokens(latents)
 
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads")
+              f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ""))
         print(f"model: width {args.width}, heads {args.heads}, {args.latents} latents (FlashVDM keeps "
-              f"{ours.config.topk_keys}), float32, {DEFAULT_NUM_CHUNKS} points per call")
+              f"{ours.config.topk_keys}), {str(dtype).removeprefix('torch.')}, {DEFAULT_NUM_CHUNKS} points per call")
 
         plain_r = args.plain_resolution
         reference, plain_cpu, plain_wall, plain_peak = timed(lambda: autoencoders.VanillaVolumeDecoder()(
             official_tokens, official.geo_decoder, bounds=BOUND, num_chunks=DEFAULT_NUM_CHUNKS, octree_resolution=plain_r,
-            enable_pbar=False))
+            enable_pbar=False), device)
         per_point = plain_cpu / (plain_r + 1) ** 3
-        hierarchical, cpu, wall, _ = timed(lambda: decode_volume(ours, our_tokens, method="hierarchical", octree_resolution=plain_r))
+        hierarchical, cpu, wall, _ = timed(lambda: decode_volume(ours, our_tokens, method="hierarchical", octree_resolution=plain_r),
+                                        device)
         plain_distance = hausdorff_percent(our_vertices(hierarchical), official_vertices(reference, plain_r))
-        print(f"\nhy3dgen plain at octree {plain_r}: {plain_cpu:.1f} CPU s ({plain_wall:.1f} s wall) for {(plain_r + 1) ** 3:,} points "
-              f"({per_point * 1e6:.1f} CPU us a point, host peak +{plain_peak / 2**20:.0f} MiB); ours hierarchical "
-              f"{cpu:.1f} CPU s ({wall:.1f} s wall) for {hierarchical.stats.points:,} points; Hausdorff between the meshes "
+        print(f"\nhy3dgen plain at octree {plain_r}: {plain_cpu:.1f} {unit} s ({plain_wall:.1f} s wall) for {(plain_r + 1) ** 3:,} points "
+              f"({per_point * 1e6:.1f} {unit} us a point, {memory_name} +{plain_peak / 2**20:.0f} MiB); ours hierarchical "
+              f"{cpu:.1f} {unit} s ({wall:.1f} s wall) for {hierarchical.stats.points:,} points; Hausdorff between the meshes "
               f"{plain_distance:.3f} % of the diagonal")
 
         mib = 2**20
-        print("\n| octree | decoder | points decoded (finest level) | CPU s | wall s | host peak | speed-up | Hausdorff (% diag) |")
+        print(f"\n| octree | decoder | points decoded (finest level) | {unit} s | wall s | {memory_name} | speed-up | Hausdorff (% diag) |")
         print("|---|---|---|---|---|---|---|---|")
         for resolution in args.resolutions:
             theirs, their_cpu, their_wall, their_peak = timed(lambda r=resolution: autoencoders.FlashVDMVolumeDecoding("mean")(
                 official_tokens, official.geo_decoder, bounds=BOUND, num_chunks=DEFAULT_NUM_CHUNKS, mc_level=0.0,
-                octree_resolution=r, enable_pbar=False))
+                octree_resolution=r, enable_pbar=False), device)
             same, same_cpu, same_wall, same_peak = timed(lambda r=resolution: decode_volume(ours, our_tokens, octree_resolution=r,
-                                                                                             refinement="upstream"))
+                                                                                             refinement="upstream"), device)
             same_distance = hausdorff_percent(our_vertices(same), official_vertices(theirs, resolution))
-            flash, flash_cpu, flash_wall, flash_peak = timed(lambda r=resolution: decode_volume(ours, our_tokens, octree_resolution=r))
+            flash, flash_cpu, flash_wall, flash_peak = timed(lambda r=resolution: decode_volume(ours, our_tokens, octree_resolution=r), device)
             distance = hausdorff_percent(our_vertices(flash), official_vertices(theirs, resolution))
             hier, hier_cpu, hier_wall, hier_peak = timed(lambda r=resolution: decode_volume(ours, our_tokens, method="hierarchical",
-                                                                                             octree_resolution=r))
+                                                                                             octree_resolution=r), device)
             their_points = same.stats.points - same.stats.levels[-1][1] + int(torch.isfinite(theirs).sum())
             plain_estimate = per_point * (resolution + 1) ** 3
             print(f"| {resolution} | hy3dgen FlashVDM | {their_points:,} ({int(torch.isfinite(theirs).sum()):,}) | {their_cpu:.1f} | "
@@ -144,7 +167,7 @@ def main() -> None:
                   f"{same_cpu:.1f} | {same_wall:.1f} | +{same_peak / mib:.0f} MiB | {their_cpu / same_cpu:.2f}x | {same_distance:.3f} |")
             print(f"| {resolution} | ours flashvdm | {flash.stats.points:,} ({flash.stats.levels[-1][1]:,}) | {flash_cpu:.1f} | "
                   f"{flash_wall:.1f} | +{flash_peak / mib:.0f} MiB | {their_cpu / flash_cpu:.2f}x | {distance:.3f} |")
-            print(f"| {resolution} | hy3dgen plain ({per_point * 1e6:.1f} CPU us a point) | {(resolution + 1) ** 3:,} | "
+            print(f"| {resolution} | hy3dgen plain ({per_point * 1e6:.1f} {unit} us a point) | {(resolution + 1) ** 3:,} | "
                   f"{plain_estimate:.0f} | - | - | 1.00x | - |")
             print(f"| {resolution} | ours hierarchical | {hier.stats.points:,} ({hier.stats.levels[-1][1]:,}) | {hier_cpu:.1f} | "
                   f"{hier_wall:.1f} | +{hier_peak / mib:.0f} MiB | {plain_estimate / hier_cpu:.1f}x | (at {plain_r}: {plain_distance:.3f}) |",

@@ -3,7 +3,11 @@
 For timing and memory runs without the released weights: ``DIR/<folder>/config.yaml`` with the
 released sizes and ``model.fp16.safetensors`` with every key and shape of the released file
 (``conditioner.*``, ``model.*``, ``vae.*``, float16), plus the turbo VAE folder for ``-turbo``
-models. The surface such weights decode to is noise; the run, its memory and its timing are real.
+models. The run, its memory and its timing are real; the surface is not a trained one. By default
+the VAE's values are drawn so that its decoded field looks trained (``--field trained``: smooth,
+about 30% of the box inside for unit-variance latents, peaked cross-attention), so coarse-to-fine
+decoding and mesh extraction do the work they do on a real shape; ``--field noise`` keeps the plain
+draw (norms 1, biases 0, weights N(0, 0.02)), whose field is noise that refines nearly everywhere.
 The file is written tensor by tensor, so writing it takes little memory.
 
     python benchmarks/h2_random_weights.py hunyuan3d-2mini-turbo DIR
@@ -81,8 +85,9 @@ def shapes(module: torch.nn.Module, prefix: str) -> dict[str, tuple[int, ...]]:
 SPATIAL_KEYS = {"geo_decoder.query_proj.weight": 1.0}
 
 
-def write_random_safetensors(path: Path, tensor_shapes: dict[str, tuple[int, ...]], seed: int) -> None:
-    """float16 tensors (values: ``random_tensor``), written one at a time."""
+def write_random_safetensors(path: Path, tensor_shapes: dict[str, tuple[int, ...]], seed: int,
+                             values: dict[str, torch.Tensor] | None = None) -> None:
+    """float16 tensors (values: ``values[key]`` where given, else ``random_tensor``), written one at a time."""
     header, offset = {}, 0
     for key, shape in tensor_shapes.items():
         nbytes = 2 * int(torch.Size(shape).numel())
@@ -94,7 +99,8 @@ def write_random_safetensors(path: Path, tensor_shapes: dict[str, tuple[int, ...
     with open(path, "wb") as f:
         f.write(len(encoded).to_bytes(8, "little") + encoded)
         for key, shape in tensor_shapes.items():
-            f.write(random_tensor(key, shape, generator).to(torch.float16).numpy().tobytes())
+            value = values[key] if values and key in values else random_tensor(key, shape, generator)
+            f.write(value.to(torch.float16).numpy().tobytes())
 
 
 def random_tensor(key: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -108,6 +114,54 @@ def random_tensor(key: str, shape: tuple[int, ...], generator: torch.Generator) 
     return torch.randn(shape, generator=generator) * std
 
 
+def trained_like_field(parameters: dict[str, torch.Tensor], num_freqs: int, qk_norm: bool, generator: torch.Generator) -> None:
+    """Fill a ShapeVAE's parameters (official names, in the module's order) so its occupancy field looks trained.
+
+    Plain random weights give a noisy field of small logits, where coarse-to-fine decoding has to
+    refine almost everything. Here matrices are N(0, 1 / fan_in), the Fourier features' weights
+    fall off with frequency (a smooth surface), the output is scaled so logits reach tens away
+    from the surface, and the decoder's cross-attention is sharpened, as in a trained occupancy
+    decoder (FlashVDM's key selection relies on each point drawing on few tokens).
+    """
+    with torch.no_grad():
+        for name, tensor in parameters.items():
+            if tensor.ndim > 1:
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) / tensor.shape[1] ** 0.5)
+            elif "norm" in name or name.split(".")[-2].startswith("ln"):
+                tensor.copy_(1.0 + 0.1 * torch.randn(tensor.shape, generator=generator) if name.endswith("weight")
+                             else 0.1 * torch.randn(tensor.shape, generator=generator))
+            else:
+                tensor.copy_(0.1 * torch.randn(tensor.shape, generator=generator))
+        query = parameters["geo_decoder.query_proj.weight"]  # columns: xyz, then sin and cos of each coordinate's frequencies
+        falloff = (0.25 ** torch.arange(num_freqs, dtype=torch.float32)).repeat(3).repeat(2)
+        query[:, 3:] *= falloff
+        query[:, :3] *= 3.0
+        parameters["geo_decoder.output_proj.weight"] *= 30.0
+        if qk_norm:
+            for which in ("q_norm", "k_norm"):
+                parameters[f"geo_decoder.cross_attn_decoder.attn.attention.{which}.weight"] *= 4.0
+
+
+def trained_like_vae(config, seed: int, inside_share: float = 0.3) -> dict[str, torch.Tensor]:
+    """The values of a ShapeVAE built from ``config`` (a ``ShapeVAEConfig``), drawn by ``trained_like_field``.
+
+    The output bias is then shifted so about ``inside_share`` of the decoded box is inside for
+    unit-variance latents (what a random DiT's sampler ends near).
+    """
+    from backend.pipelines.hunyuan3d_v2.vae import ShapeVAE
+
+    generator = torch.Generator().manual_seed(seed)
+    vae = ShapeVAE(config).eval()
+    trained_like_field(dict(vae.named_parameters()), config.num_freqs, config.qk_norm, generator)
+    latents = torch.randn(1, config.num_latents, config.embed_dim, generator=generator)
+    points = torch.rand(1, 20_000, 3, generator=generator) * 2.02 - 1.01
+    with torch.inference_mode():
+        decoder = vae.geo_decoder
+        logits = decoder(points, decoder.prepare(vae.latents_to_tokens(latents)))[0]
+        decoder.output_proj.bias -= torch.quantile(logits, 1.0 - inside_share)
+    return {key: tensor.detach() for key, tensor in vae.state_dict().items()}
+
+
 def small_config(raw: dict) -> dict:
     """``raw`` shrunk to a few MB (DINOv2 and DiT 64 wide, one block of each kind, a 2-layer VAE 64 wide) for checks on a CPU; latents and picture size kept."""
     dino = {**raw["conditioner"]["params"]["main_image_encoder"]["kwargs"]["config"], "hidden_size": 64, "num_hidden_layers": 2,
@@ -119,8 +173,14 @@ def small_config(raw: dict) -> dict:
     return small
 
 
-def write_weights(model: str, out: Path, seed: int = 0, small: bool = False) -> None:
-    """``out/<folder>`` (and the turbo VAE folder of ``-turbo`` models) with random weights, the released sizes unless ``small``."""
+FIELDS = ("trained", "noise")
+
+
+def write_weights(model: str, out: Path, seed: int = 0, small: bool = False, field: str = "trained") -> None:
+    """``out/<folder>`` (and the turbo VAE folder of ``-turbo`` models) with random weights, the released sizes unless ``small``.
+
+    ``field``: 'trained' draws the VAE with ``trained_like_vae``, 'noise' as every other part.
+    """
     from backend.pipelines.hunyuan3d_v2.vae import ShapeVAE, ShapeVAEConfig
 
     raw = released_config(model)
@@ -131,17 +191,20 @@ def write_weights(model: str, out: Path, seed: int = 0, small: bool = False) -> 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     config = parse_config(raw, folder / "config.yaml")
+    vae_config = ShapeVAEConfig.from_params(config.vae)
     with torch.device("meta"):
-        vae = ShapeVAE(ShapeVAEConfig.from_params(config.vae))
+        vae = ShapeVAE(vae_config)
         parts = {**shapes(ImageConditioner(config.conditioner), "conditioner."), **shapes(Hunyuan3DDiT(config.dit), "model."),
                  **shapes(vae, "vae.")}
-    write_random_safetensors(folder / "model.fp16.safetensors", parts, seed)
+    vae_values = {"vae." + key: value for key, value in trained_like_vae(vae_config, seed).items()} if field == "trained" else None
+    write_random_safetensors(folder / "model.fp16.safetensors", parts, seed, vae_values)
     print(f"wrote {folder} ({(folder / 'model.fp16.safetensors').stat().st_size / 1e9:.2f} GB, {len(parts)} tensors)")
     if model.endswith("-turbo"):
         vae_root = out / vae_folder.folder
         vae_root.mkdir(parents=True, exist_ok=True)
         (vae_root / "config.yaml").write_text(yaml.safe_dump(raw["vae"], sort_keys=False))
-        write_random_safetensors(vae_root / "model.fp16.safetensors", shapes(vae, ""), seed + 1)
+        turbo_values = trained_like_vae(vae_config, seed + 1) if field == "trained" else None
+        write_random_safetensors(vae_root / "model.fp16.safetensors", shapes(vae, ""), seed + 1, turbo_values)
         print(f"wrote {vae_root} ({(vae_root / 'model.fp16.safetensors').stat().st_size / 1e9:.2f} GB)")
 
 
@@ -151,8 +214,10 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="the weights folder to write into (use it as --weights)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--small", action="store_true", help="a few-MB model of the same layout (for checks on a CPU), not the released sizes")
+    parser.add_argument("--field", choices=FIELDS, default="trained",
+                        help="the VAE's values: 'trained' (default) decodes to a smooth surface, 'noise' to a noise field")
     args = parser.parse_args()
-    write_weights(args.model, args.out, args.seed, args.small)
+    write_weights(args.model, args.out, args.seed, args.small, args.field)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 
 INSTALL = 'pip install --no-deps "hy3dgen==2.0.2"'
+BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")  # h2_random_weights draws the official VAE's values
+if BENCHMARKS not in sys.path:
+    sys.path.append(BENCHMARKS)
 
 
 def _tensor_transforms() -> types.ModuleType:
@@ -153,39 +156,14 @@ def official_conditioner_state(conditioner: torch.nn.Module) -> dict[str, torch.
 
 
 def official_shape_vae(params: dict, seed: int = 0):
-    """The official ShapeVAE built from ``params`` with random weights whose field looks trained.
-
-    Plain random weights give a noisy field of small logits, where coarse-to-fine decoding has to
-    refine almost everything. Here the Fourier features' weights fall off with frequency (a
-    smooth surface), the output is scaled so logits reach tens away from the surface, and the
-    cross-attention is sharpened, as in a trained occupancy decoder.
-    """
+    """The official ShapeVAE built from ``params`` with random weights whose field looks trained (``trained_like_field``)."""
     import torch
+    from h2_random_weights import trained_like_field
 
     autoencoders = shapegen_module("models.autoencoders")
-    generator = torch.Generator().manual_seed(seed)
     vae = autoencoders.ShapeVAE(**params).eval()
-    with torch.no_grad():
-        for name, tensor in vae.named_parameters():
-            if tensor.ndim > 1:
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) / tensor.shape[1] ** 0.5)
-            elif "norm" in name or name.split(".")[-2].startswith("ln"):
-                tensor.copy_(1.0 + 0.1 * torch.randn(tensor.shape, generator=generator) if name.endswith("weight")
-                             else 0.1 * torch.randn(tensor.shape, generator=generator))
-            else:
-                tensor.copy_(0.1 * torch.randn(tensor.shape, generator=generator))
-        num_freqs = params.get("num_freqs", 8)
-        query = vae.geo_decoder.query_proj.weight  # columns: xyz, then sin and cos of each coordinate's frequencies
-        falloff = (0.25 ** torch.arange(num_freqs, dtype=torch.float32)).repeat(3).repeat(2)
-        query[:, 3:] *= falloff
-        query[:, :3] *= 3.0
-        vae.geo_decoder.output_proj.weight *= 30.0
-        # Peaked cross-attention, as trained: each point draws on few tokens, which is what
-        # FlashVDM's key selection relies on.
-        attention = vae.geo_decoder.cross_attn_decoder.attn.attention
-        if params.get("qk_norm", False):
-            attention.q_norm.weight *= 4.0
-            attention.k_norm.weight *= 4.0
+    trained_like_field(dict(vae.named_parameters()), params.get("num_freqs", 8), params.get("qk_norm", False),
+                       torch.Generator().manual_seed(seed))
     return vae
 
 
