@@ -29,6 +29,7 @@ Needs the test-only oracle: pip install --no-deps "hy3dgen==2.0.2" (and the test
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -273,7 +274,7 @@ def main() -> int:
             subprocess.run([sys.executable, str(ROOT / "benchmarks" / "h2_random_weights.py"), MODEL, str(weights)], check=True)
             print(f"(written in {time.perf_counter() - start:.0f} s)")
         results, meshes = {}, {}
-        settings = {"image": str(args.image), "steps": args.steps, "guidance": args.guidance, "octree": args.octree_resolution,
+        settings = {"image": hashlib.sha256(args.image.read_bytes()).hexdigest(), "steps": args.steps, "guidance": args.guidance, "octree": args.octree_resolution,
                     "chunk": args.chunk_size, "seed": args.seed, "memory": args.memory}
         kept = args.keep or Path(scratch)
         kept.mkdir(parents=True, exist_ok=True)
