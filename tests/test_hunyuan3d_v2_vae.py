@@ -257,7 +257,7 @@ def test_a_field_without_surface_gives_an_empty_mesh(files, tokens):
     empty = load_shape_vae(files["vae_only"], ShapeVAEConfig.from_params(TINY), combined=False)
     empty.geo_decoder.output_proj.bias = torch.nn.Parameter(torch.full((1,), -1e4))
     volume = decode_volume(empty, tokens[1], octree_resolution=TWO_LEVELS)
-    assert volume.stats.levels == [(63, 64**3), (126, 0)] and (volume.logits < 0).all()
+    assert volume.stats.levels == [(31, 32**3), (63, 0), (126, 0)] and (volume.logits < 0).all()
     assert volume_to_mesh(volume, max_faces=1000).face_count == 0
 
 

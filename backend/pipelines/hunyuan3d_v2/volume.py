@@ -177,20 +177,26 @@ def decode_volume(
     decoder = vae.geo_decoder
     stats = DecodeStats()
     levels = level_resolutions(octree_resolution, method)
+    axis = torch.from_numpy(np.linspace(-bound, bound, levels[0] + 1, dtype=np.float32))
+    dense_resolution, refined = levels[0], levels[1:]
+    if refinement == "adaptive" and refined and (method != "flashvdm" or len(axis[::2]) % MINI_GRIDS == 0):
+        # Where a point is expensive the dense level costs most: decode every other point of the
+        # first grid densely, then refine the first grid like the finer ones.
+        axis, dense_resolution, refined = axis[::2].contiguous(), levels[0] // 2, levels
     with torch.inference_mode():
         kv = decoder.prepare(tokens)
-        run = _Run(decoder, kv, tokens.dtype, num_chunks, stats, len(levels), progress, check_cancelled)
+        run = _Run(decoder, kv, tokens.dtype, num_chunks, stats, 1 + len(refined), progress, check_cancelled)
         topk = vae.config.topk_keys
         if method == "flashvdm":
-            logits = run.mini_grids(levels[0], bound, topk)
+            logits = run.mini_grids(axis, topk)
         else:
-            logits = run.dense(levels[0], bound)
+            logits = run.dense(axis)
         decoded = torch.ones(logits.shape, dtype=torch.bool)
-        stats.levels.append((levels[0], logits.numel()))
+        stats.levels.append((dense_resolution, logits.numel()))
         run.level_done()
-        for number, resolution in enumerate(levels[1:], 1):
+        for number, resolution in enumerate(refined, 1):
             if refinement == "upstream":
-                region = upstream_region(logits, decoded, level, resolution, finest=number == len(levels) - 1)
+                region = upstream_region(logits, decoded, level, resolution, finest=number == len(refined))
             else:
                 region = adaptive_seed(logits, decoded, level, resolution)
             index = region.nonzero()
@@ -216,7 +222,7 @@ def decode_volume(
             stats.levels.append((resolution, count))
             run.level_done()
     stats.seconds = time.perf_counter() - started
-    return Volume(logits.numpy(), decoded.numpy() if len(levels) > 1 else None, bound, stats)
+    return Volume(logits.numpy(), decoded.numpy() if refined else None, bound, stats)
 
 
 class _Run:
@@ -255,10 +261,9 @@ class _Run:
             self.report(min(start + self.num_chunks, len(points)), len(points))
         return out
 
-    def dense(self, resolution: int, bound: float) -> torch.Tensor:
-        """Every point of the (resolution + 1)^3 grid."""
-        n = resolution + 1
-        axis = torch.from_numpy(np.linspace(-bound, bound, n, dtype=np.float32))
+    def dense(self, axis: torch.Tensor) -> torch.Tensor:
+        """Every point of the grid with float32 coordinates ``axis`` on each axis."""
+        n = len(axis)
         out = torch.empty(n**3, dtype=torch.float32)
         for start in range(0, n**3, self.num_chunks):
             index = torch.arange(start, min(start + self.num_chunks, n**3))
@@ -268,11 +273,12 @@ class _Run:
             self.report(start + len(index), n**3)
         return out.view(n, n, n)
 
-    def mini_grids(self, resolution: int, bound: float, topk: int) -> torch.Tensor:
-        """FlashVDM's coarse level: the grid in MINI_GRIDS^3 mini-grids, each selecting its own keys."""
-        n = resolution + 1
+    def mini_grids(self, axis: torch.Tensor, topk: int) -> torch.Tensor:
+        """FlashVDM's coarse level: the grid with coordinates ``axis`` (a multiple of MINI_GRIDS points
+        long) in MINI_GRIDS^3 mini-grids, each selecting its own keys."""
+        n = len(axis)
         side, count = n // MINI_GRIDS, MINI_GRIDS**3
-        axis = torch.from_numpy(np.linspace(-bound, bound, n, dtype=np.float32)).to(self.dtype)
+        axis = axis.to(self.dtype)
         grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
         # (mini-grid x, y, z, then x, y, z inside it): each mini-grid's points contiguous, in row-major order.
         tiled = grid.view(MINI_GRIDS, side, MINI_GRIDS, side, MINI_GRIDS, side, 3).permute(0, 2, 4, 1, 3, 5, 6).reshape(count, side**3, 3)
