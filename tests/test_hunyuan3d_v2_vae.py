@@ -257,8 +257,11 @@ def test_a_field_without_surface_gives_an_empty_mesh(files, tokens):
     empty = load_shape_vae(files["vae_only"], ShapeVAEConfig.from_params(TINY), combined=False)
     empty.geo_decoder.output_proj.bias = torch.nn.Parameter(torch.full((1,), -1e4))
     volume = decode_volume(empty, tokens[1], octree_resolution=TWO_LEVELS)
+    # Adaptive refinement starts one level coarser (every other point of the 63 grid)...
     assert volume.stats.levels == [(31, 32**3), (63, 0), (126, 0)] and (volume.logits < 0).all()
     assert volume_to_mesh(volume, max_faces=1000).face_count == 0
+    # ...except where that grid would not split into FlashVDM's 4 x 4 x 4 mini-grids (76 -> 38 points).
+    assert decode_volume(empty, tokens[1], octree_resolution=150).stats.levels == [(75, 76**3), (150, 0)]
 
 
 def test_bad_decoding_arguments_are_refused(ours, tokens):
