@@ -6,9 +6,11 @@ decoder's keys and values once per shape:
 
 - ``plain``: every grid point, ``num_chunks`` points per call, attending to every token.
 - ``hierarchical``: a dense coarse grid (about resolution / 4), then at each finer level only
-  the points near the coarser surface (``refinement``): by default the ends of the edges it
-  crosses and the points with |logit| < 0.95, then, pass after pass, the neighbours where the
-  decoded surface leaves the decoded points or comes within |logit| < 0.95 of them.
+  the points near the coarser surface (``refinement``). By default the dense grid is one level
+  coarser still (every other point of the first grid, which is then refined like the others),
+  and each finer level decodes the ends of the edges the coarser surface crosses and the points
+  with |logit| < 0.95, then, pass after pass, the neighbours where the decoded surface leaves
+  the decoded points or comes within |logit| < 0.95 of them.
 - ``flashvdm``: hierarchical with FlashVDM's adaptive key/value selection: the coarse grid is
   decoded in 4 x 4 x 4 spatially compact mini-grids and the finer points in 6 x 6 x 6 buckets,
   each attending only to the keys its own sampled queries score highest. Its coarse resolution
@@ -51,7 +53,8 @@ class DecodeStats:
     """What a decoding did.
 
     Args:
-        levels: (resolution, points decoded) per level, coarse to fine.
+        levels: (resolution, points decoded) per level, coarse to fine (adaptive refinement's dense
+            level, every other point of the first grid, is given as half that grid's resolution).
         calls: geometry decoder calls.
         seconds: wall time of the decoding.
     """
@@ -150,7 +153,9 @@ def decode_volume(
             |logit - level| < 0.95; then, pass after pass until none is left, the undecoded
             neighbours of decoded points across an edge the surface crosses or next to a point
             with |logit - level| < 0.95: the surface followed instead of a blanket dilation (far
-            fewer points, the same surface). None: 'adaptive', except for FlashVDM's 'merge'
+            fewer points, the same surface), from a dense level one coarser than upstream's
+            (every other point of its first grid, kept as upstream's where FlashVDM's mini-grids
+            would not split it). None: 'adaptive', except for FlashVDM's 'merge'
             selection, whose union of keys depends on which points share a bucket: there
             'upstream' keeps hy3dgen's buckets and so its surface.
         level: the iso-level of the surface the refinement follows (0 upstream).
