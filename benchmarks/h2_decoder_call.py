@@ -9,7 +9,7 @@ alike; the table gives the median CPU time a point, the throughput against the c
 multiply-adds and the largest difference of the logits. Ours computes the keys and values of the
 decoder tokens once per shape (outside the timed call); hy3dgen computes them in every call.
 
-    python benchmarks/h2_decoder_call.py [--points 8000] [--repeats 5] [--threads 1]
+    python benchmarks/h2_decoder_call.py [--points 8000] [--repeats 5] [--threads 1] [--profile]
 
 Needs the oracle: pip install --no-deps "hy3dgen==2.0.2" (and the test extra)
 """
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=8000, help="query points in the call (upstream's chunk: 8000)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per side, alternating")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--profile", action="store_true", help="also print where one of our calls spends its time, per operator")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -103,6 +104,11 @@ def main() -> None:
     for name in ("hy3dgen", "ours"):
         seconds = statistics.median(times[name])
         print(f"| {name} | {seconds / args.points * 1e6:.1f} | {2 * macs * args.points / seconds / 1e9:.1f} | {base / seconds:.2f}x |")
+    if args.profile:
+        with torch.inference_mode(), torch.profiler.profile() as profiler:
+            mine()
+        print()
+        print(profiler.key_averages().table(sort_by="cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":
