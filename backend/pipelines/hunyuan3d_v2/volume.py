@@ -41,7 +41,7 @@ MIN_RESOLUTION = 63  # coarse-to-fine halves the resolution while it stays at le
 MINI_GRIDS = 4  # FlashVDM's coarse grid is cut into MINI_GRIDS^3 mini-grids
 BUCKETS = 6  # and its finer points into BUCKETS^3 buckets
 COARSE_STRIDE, FINE_STRIDE, MERGE_STRIDE = 100, 50, 30  # every n-th query scores the keys
-BAND_LOGIT = 0.95  # coarse points with |logit| below this are refined even without a sign change
+BAND_LOGIT = 0.95  # points with |logit - level| below this are refined around even without a sign change
 REFINEMENTS = ("adaptive", "upstream")
 UPSTREAM_FINAL_DILATIONS = 2  # upstream grows the finest level's region twice (the band once, then once, elsewhere)
 
