@@ -183,6 +183,7 @@ def test_flashvdm_mesh_matches_official(flashvdm_grids, ours, tokens):
     if mode == "mean":  # the default refinement is adaptive there ('merge' keeps upstream's)
         volumes.append(decode_volume(ours, tokens[1], octree_resolution=TWO_LEVELS, num_chunks=CHUNK))
         assert volumes[1].stats.points < 0.9 * volume.stats.points
+        assert volumes[1].stats.levels[-1][1] < 0.6 * volume.stats.levels[-1][1]
     for decoded in volumes:
         mesh = volume_to_mesh(decoded, max_faces=10**9)
         assert mesh.face_count > 1000
@@ -212,12 +213,15 @@ def test_hierarchical_decoding_refines_near_the_surface_with_exact_values(offici
         a[dim], b[dim] = slice(0, -1), slice(1, None)
         crossing = inside[tuple(a)] != inside[tuple(b)]
         assert (volume.decoded[tuple(a)] | volume.decoded[tuple(b)])[crossing].all()
-    # Upstream's wider region decodes more points for the same surface.
+    # Upstream's wider region decodes far more points; the surface is the plain decoder's.
     upstream = decode_volume(ours, tokens[1], method="hierarchical", octree_resolution=TWO_LEVELS, refinement="upstream")
     assert volume.stats.points < 0.9 * upstream.stats.points
-    mesh, reference = volume_to_mesh(volume, max_faces=10**9), volume_to_mesh(upstream, max_faces=10**9)
-    diagonal = np.linalg.norm(reference.positions.max(axis=0) - reference.positions.min(axis=0))
-    assert hausdorff(mesh.positions, reference.positions) <= 0.005 * diagonal
+    assert volume.stats.levels[-1][1] < 0.6 * upstream.stats.levels[-1][1]
+    plain = decode_volume(ours, tokens[1], method="plain", octree_resolution=TWO_LEVELS, num_chunks=20_000)
+    reference = volume_to_mesh(plain, max_faces=10**9).positions
+    diagonal = np.linalg.norm(reference.max(axis=0) - reference.min(axis=0))
+    for decoded in volume, upstream:
+        assert hausdorff(volume_to_mesh(decoded, max_faces=10**9).positions, reference) <= 0.005 * diagonal
 
 
 def test_mesh_is_closed_outward_and_in_the_box(flashvdm_grids):
@@ -253,8 +257,11 @@ def test_a_field_without_surface_gives_an_empty_mesh(files, tokens):
     empty = load_shape_vae(files["vae_only"], ShapeVAEConfig.from_params(TINY), combined=False)
     empty.geo_decoder.output_proj.bias = torch.nn.Parameter(torch.full((1,), -1e4))
     volume = decode_volume(empty, tokens[1], octree_resolution=TWO_LEVELS)
-    assert volume.stats.levels == [(63, 64**3), (126, 0)] and (volume.logits < 0).all()
+    # Adaptive refinement starts one level coarser (every other point of the 63 grid)...
+    assert volume.stats.levels == [(31, 32**3), (63, 0), (126, 0)] and (volume.logits < 0).all()
     assert volume_to_mesh(volume, max_faces=1000).face_count == 0
+    # ...except where that grid would not split into FlashVDM's 4 x 4 x 4 mini-grids (76 -> 38 points).
+    assert decode_volume(empty, tokens[1], octree_resolution=150).stats.levels == [(75, 76**3), (150, 0)]
 
 
 def test_bad_decoding_arguments_are_refused(ours, tokens):

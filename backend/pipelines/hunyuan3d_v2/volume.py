@@ -6,8 +6,11 @@ decoder's keys and values once per shape:
 
 - ``plain``: every grid point, ``num_chunks`` points per call, attending to every token.
 - ``hierarchical``: a dense coarse grid (about resolution / 4), then at each finer level only
-  the points near the coarse surface (sign changes and |logit| < 0.95, dilated); by default
-  the region then grows only where the decoded surface reaches its edge (``refinement``).
+  the points near the coarser surface (``refinement``). By default the dense grid is one level
+  coarser still (every other point of the first grid, which is then refined like the others),
+  and each finer level decodes the ends of the edges the coarser surface crosses and the points
+  with |logit| < 0.95, then, pass after pass, the neighbours where the decoded surface leaves
+  the decoded points or comes within |logit| < 0.95 of them.
 - ``flashvdm``: hierarchical with FlashVDM's adaptive key/value selection: the coarse grid is
   decoded in 4 x 4 x 4 spatially compact mini-grids and the finer points in 6 x 6 x 6 buckets,
   each attending only to the keys its own sampled queries score highest. Its coarse resolution
@@ -38,10 +41,9 @@ MIN_RESOLUTION = 63  # coarse-to-fine halves the resolution while it stays at le
 MINI_GRIDS = 4  # FlashVDM's coarse grid is cut into MINI_GRIDS^3 mini-grids
 BUCKETS = 6  # and its finer points into BUCKETS^3 buckets
 COARSE_STRIDE, FINE_STRIDE, MERGE_STRIDE = 100, 50, 30  # every n-th query scores the keys
-BAND_LOGIT = 0.95  # coarse points with |logit| below this are refined even without a sign change
+BAND_LOGIT = 0.95  # points with |logit - level| below this are refined around even without a sign change
 REFINEMENTS = ("adaptive", "upstream")
 UPSTREAM_FINAL_DILATIONS = 2  # upstream grows the finest level's region twice (the band once, then once, elsewhere)
-MAX_GROWTH = 8  # adaptive refinement: at most this many extra passes where the surface leaves the region
 
 ProgressFn = Callable[[float], None]
 
@@ -51,7 +53,8 @@ class DecodeStats:
     """What a decoding did.
 
     Args:
-        levels: (resolution, points decoded) per level, coarse to fine.
+        levels: (resolution, points decoded) per level, coarse to fine (adaptive refinement's dense
+            level, every other point of the first grid, is given as half that grid's resolution).
         calls: geometry decoder calls.
         seconds: wall time of the decoding.
     """
@@ -145,11 +148,17 @@ def decode_volume(
             'merge' (the union of the keys any sampled query attends to, shared by the heads).
         refinement: which points of a finer level are decoded. 'upstream': the coarse band
             (dilated once, except before the finest level), spread to the finer grid and
-            dilated once (twice at the finest level), as hy3dgen does. 'adaptive': the coarse
-            band spread and dilated once, then grown again only where the decoded surface
-            reaches the region's edge (fewer points, the same surface). None: 'adaptive', except
-            for FlashVDM's 'merge' selection, whose union of keys depends on which points share
-            a bucket: there 'upstream' keeps hy3dgen's buckets and so its surface.
+            dilated once (twice at the finest level), as hy3dgen does. 'adaptive': the ends of
+            every finer edge the coarser surface crosses and the coarse points with
+            |logit - level| < 0.95; then, pass after pass until none is left, the undecoded
+            neighbours of decoded points across an edge the surface crosses or next to a point
+            with |logit - level| < 0.95: the surface followed instead of a blanket dilation (far
+            fewer points, the same surface), from a dense level one coarser than upstream's
+            (every other point of its first grid, kept as upstream's where FlashVDM's mini-grids
+            would not split it). None: 'adaptive' on the CPU, 'upstream' on an accelerator
+            (where points are cheap and passes are not) and for FlashVDM's 'merge' selection,
+            whose union of keys depends on which points share a bucket: there 'upstream' keeps
+            hy3dgen's buckets and so its surface.
         level: the iso-level of the surface the refinement follows (0 upstream).
         bound: half the side of the decoded cube (1.01 upstream).
         progress: called with the fraction done, in [0, 1], after each decoder call.
@@ -162,7 +171,10 @@ def decode_volume(
     if octree_resolution < 8:
         raise ValueError(f"octree_resolution must be at least 8, got {octree_resolution}")
     if refinement is None:
-        refinement = "upstream" if method == "flashvdm" and topk_mode == "merge" else "adaptive"
+        # On an accelerator a point costs little and each extra pass of adaptive refinement costs
+        # more than the points it saves (docs/benchmarks.md, decoding on a GPU).
+        upstream = tokens.device.type != "cpu" or (method == "flashvdm" and topk_mode == "merge")
+        refinement = "upstream" if upstream else "adaptive"
     if refinement not in REFINEMENTS:
         raise ValueError(f"refinement must be one of {', '.join(REFINEMENTS)}, got {refinement!r}")
     if num_chunks < 1:
@@ -174,52 +186,52 @@ def decode_volume(
     decoder = vae.geo_decoder
     stats = DecodeStats()
     levels = level_resolutions(octree_resolution, method)
+    axis = torch.from_numpy(np.linspace(-bound, bound, levels[0] + 1, dtype=np.float32))
+    dense_resolution, refined = levels[0], levels[1:]
+    if refinement == "adaptive" and refined and (method != "flashvdm" or len(axis[::2]) % MINI_GRIDS == 0):
+        # Where a point is expensive the dense level costs most: decode every other point of the
+        # first grid densely, then refine the first grid like the finer ones.
+        axis, dense_resolution, refined = axis[::2].contiguous(), levels[0] // 2, levels
     with torch.inference_mode():
         kv = decoder.prepare(tokens)
-        run = _Run(decoder, kv, tokens.dtype, num_chunks, stats, len(levels), progress, check_cancelled)
+        run = _Run(decoder, kv, tokens.dtype, num_chunks, stats, 1 + len(refined), progress, check_cancelled)
         topk = vae.config.topk_keys
         if method == "flashvdm":
-            logits = run.mini_grids(levels[0], bound, topk)
+            logits = run.mini_grids(axis, topk)
         else:
-            logits = run.dense(levels[0], bound)
+            logits = run.dense(axis)
         decoded = torch.ones(logits.shape, dtype=torch.bool)
-        stats.levels.append((levels[0], logits.numel()))
+        stats.levels.append((dense_resolution, logits.numel()))
         run.level_done()
-        for number, resolution in enumerate(levels[1:], 1):
-            finest = number == len(levels) - 1
-            band = near_surface(logits, decoded, level)
-            if refinement == "upstream" and not finest:
-                band = dilate(band)
-            refine = torch.zeros((resolution + 1,) * 3, dtype=torch.bool)
-            refine[::2, ::2, ::2] = band
-            for _ in range(UPSTREAM_FINAL_DILATIONS if refinement == "upstream" and finest else 1):
-                refine = dilate(refine)
+        for number, resolution in enumerate(refined, 1):
+            if refinement == "upstream":
+                region = upstream_region(logits, decoded, level, resolution, finest=number == len(refined))
+            else:
+                region = adaptive_seed(logits, decoded, level, resolution)
+            index = region.nonzero()
             logits = upsample_nearest(logits, resolution + 1)
-            decoded = torch.zeros_like(refine)
+            decoded = torch.zeros_like(region)
             step = np.float32((bound - (-bound)) / resolution)
             count = 0
-            for _ in range(MAX_GROWTH + 1):
-                index = refine.nonzero()
-                if not len(index):  # no surface near this level's grid
-                    break
+            while len(index):
                 # Float32 index * step + corner, two roundings, as upstream.
                 points = index.to(torch.float32) * torch.tensor(step) + torch.tensor(np.float32(-bound))
                 if method == "flashvdm":
                     values = run.buckets(points, topk, topk_mode)
                 else:
                     values = run.points(points.to(tokens.dtype))
-                logits[index[:, 0], index[:, 1], index[:, 2]] = values
-                decoded |= refine
+                at = index.unbind(dim=1)
+                logits[at] = values
+                decoded[at] = True
                 count += len(index)
                 if refinement == "upstream":
                     break
-                refine = dilate(surface_leaving(logits, decoded, level)) & ~decoded
-                if not refine.any():
-                    break
+                # Follow the decoded surface wherever it leaves the decoded points, until it nowhere does.
+                index = grow_region(logits, decoded, index, level)
             stats.levels.append((resolution, count))
             run.level_done()
     stats.seconds = time.perf_counter() - started
-    return Volume(logits.numpy(), decoded.numpy() if len(levels) > 1 else None, bound, stats)
+    return Volume(logits.numpy(), decoded.numpy() if refined else None, bound, stats)
 
 
 class _Run:
@@ -258,10 +270,9 @@ class _Run:
             self.report(min(start + self.num_chunks, len(points)), len(points))
         return out
 
-    def dense(self, resolution: int, bound: float) -> torch.Tensor:
-        """Every point of the (resolution + 1)^3 grid."""
-        n = resolution + 1
-        axis = torch.from_numpy(np.linspace(-bound, bound, n, dtype=np.float32))
+    def dense(self, axis: torch.Tensor) -> torch.Tensor:
+        """Every point of the grid with float32 coordinates ``axis`` on each axis."""
+        n = len(axis)
         out = torch.empty(n**3, dtype=torch.float32)
         for start in range(0, n**3, self.num_chunks):
             index = torch.arange(start, min(start + self.num_chunks, n**3))
@@ -271,11 +282,12 @@ class _Run:
             self.report(start + len(index), n**3)
         return out.view(n, n, n)
 
-    def mini_grids(self, resolution: int, bound: float, topk: int) -> torch.Tensor:
-        """FlashVDM's coarse level: the grid in MINI_GRIDS^3 mini-grids, each selecting its own keys."""
-        n = resolution + 1
+    def mini_grids(self, axis: torch.Tensor, topk: int) -> torch.Tensor:
+        """FlashVDM's coarse level: the grid with coordinates ``axis`` (a multiple of MINI_GRIDS points
+        long) in MINI_GRIDS^3 mini-grids, each selecting its own keys."""
+        n = len(axis)
         side, count = n // MINI_GRIDS, MINI_GRIDS**3
-        axis = torch.from_numpy(np.linspace(-bound, bound, n, dtype=np.float32)).to(self.dtype)
+        axis = axis.to(self.dtype)
         grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
         # (mini-grid x, y, z, then x, y, z inside it): each mini-grid's points contiguous, in row-major order.
         tiled = grid.view(MINI_GRIDS, side, MINI_GRIDS, side, MINI_GRIDS, side, 3).permute(0, 2, 4, 1, 3, 5, 6).reshape(count, side**3, 3)
@@ -337,16 +349,69 @@ def near_surface(logits: torch.Tensor, decoded: torch.Tensor, level: float) -> t
     return decoded & (flagged | (value.abs() < BAND_LOGIT))
 
 
-def surface_leaving(logits: torch.Tensor, decoded: torch.Tensor, level: float) -> torch.Tensor:
-    """Undecoded points at the end of a grid edge the surface crosses (a sign change at ``level``)."""
+def upstream_region(logits: torch.Tensor, decoded: torch.Tensor, level: float, resolution: int, *, finest: bool) -> torch.Tensor:
+    """hy3dgen's points to decode on the next grid: the coarse band (dilated once, except before
+    the finest level), spread to the (resolution + 1)^3 grid and dilated once (twice at the finest level)."""
+    band = near_surface(logits, decoded, level)
+    if not finest:
+        band = dilate(band)
+    region = torch.zeros((resolution + 1,) * 3, dtype=torch.bool)
+    region[::2, ::2, ::2] = band
+    for _ in range(UPSTREAM_FINAL_DILATIONS if finest else 1):
+        region = dilate(region)
+    return region
+
+
+def crossing_ends(logits: torch.Tensor, level: float) -> torch.Tensor:
+    """Both ends of every grid edge the surface crosses (a sign change at ``level``)."""
     inside = logits > level
-    missing = torch.zeros(logits.shape, dtype=torch.bool)
+    ends = torch.zeros(logits.shape, dtype=torch.bool)
     for dim in range(3):
         n = logits.shape[dim]
         crossing = inside.narrow(dim, 0, n - 1) != inside.narrow(dim, 1, n - 1)
-        missing.narrow(dim, 0, n - 1).logical_or_(crossing & ~decoded.narrow(dim, 0, n - 1))
-        missing.narrow(dim, 1, n - 1).logical_or_(crossing & ~decoded.narrow(dim, 1, n - 1))
-    return missing
+        ends.narrow(dim, 0, n - 1).logical_or_(crossing)
+        ends.narrow(dim, 1, n - 1).logical_or_(crossing)
+    return ends
+
+
+def adaptive_seed(logits: torch.Tensor, decoded: torch.Tensor, level: float, resolution: int) -> torch.Tensor:
+    """The points of the (resolution + 1)^3 grid that adaptive refinement decodes first.
+
+    Both ends of every edge the coarser surface crosses once carried to this grid, and the
+    coarser grid's decoded points within BAND_LOGIT of the level (where a part too thin for the
+    coarser grid can show up); ``grow_region`` then follows the surface from them.
+    """
+    shape = (resolution + 1,) * 3
+    band = torch.zeros(shape, dtype=torch.bool)
+    band[::2, ::2, ::2] = decoded & ((logits - level).abs() < BAND_LOGIT)
+    return crossing_ends(upsample_nearest(logits, resolution + 1), level) | band
+
+
+def grow_region(logits: torch.Tensor, decoded: torch.Tensor, index: torch.Tensor, level: float) -> torch.Tensor:
+    """The undecoded face neighbours of the points just decoded at ``index`` (K, 3) that adaptive
+    refinement decodes next: across an edge the surface crosses, or next to a point within
+    BAND_LOGIT of the level (a thin part of the surface may start there).
+
+    Only the edges of the points just decoded can have changed, so once this finds nothing, every
+    edge the surface crosses lies between decoded points. Returns (M, 3) indices in row-major
+    order, each once.
+    """
+    shape = logits.shape
+    value = logits[index.unbind(dim=1)] - level
+    inside, near = value > 0, value.abs() < BAND_LOGIT
+    found = []
+    for dim in range(3):
+        for offset in (-1, 1):
+            neighbour = index.clone()
+            neighbour[:, dim] += offset
+            valid = (neighbour[:, dim] >= 0) & (neighbour[:, dim] < shape[dim])
+            neighbour = neighbour[valid]
+            at = neighbour.unbind(dim=1)
+            crossing = (logits[at] > level) != inside[valid]
+            found.append(neighbour[~decoded[at] & (crossing | near[valid])])
+    neighbours = torch.cat(found)
+    flat = torch.unique((neighbours[:, 0] * shape[1] + neighbours[:, 1]) * shape[2] + neighbours[:, 2])
+    return torch.stack([flat // (shape[1] * shape[2]), (flat // shape[2]) % shape[1], flat % shape[2]], dim=1)
 
 
 def _shifted(tensor: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
