@@ -42,6 +42,7 @@ MINI_GRIDS = 4  # FlashVDM's coarse grid is cut into MINI_GRIDS^3 mini-grids
 BUCKETS = 6  # and its finer points into BUCKETS^3 buckets
 COARSE_STRIDE, FINE_STRIDE, MERGE_STRIDE = 100, 50, 30  # every n-th query scores the keys
 BAND_LOGIT = 0.95  # points with |logit - level| below this are refined around even without a sign change
+SLOPE_CELLS = 1.0  # adaptive growth: a point is near the surface if the level is within this many cells at its local slope
 REFINEMENTS = ("adaptive", "upstream")
 UPSTREAM_FINAL_DILATIONS = 2  # upstream grows the finest level's region twice (the band once, then once, elsewhere)
 
@@ -397,18 +398,24 @@ def grow_region(logits: torch.Tensor, decoded: torch.Tensor, index: torch.Tensor
     order, each once.
     """
     shape = logits.shape
-    value = logits[index.unbind(dim=1)] - level
-    inside, near = value > 0, value.abs() < BAND_LOGIT
-    found = []
+    centre = logits[index.unbind(dim=1)]
+    value = centre - level
+    inside = value > 0
+    neighbours_of = []
+    slope = torch.zeros_like(value)
     for dim in range(3):
         for offset in (-1, 1):
             neighbour = index.clone()
             neighbour[:, dim] += offset
             valid = (neighbour[:, dim] >= 0) & (neighbour[:, dim] < shape[dim])
-            neighbour = neighbour[valid]
-            at = neighbour.unbind(dim=1)
-            crossing = (logits[at] > level) != inside[valid]
-            found.append(neighbour[~decoded[at] & (crossing | near[valid])])
+            at = neighbour[valid].unbind(dim=1)
+            slope[valid] = torch.maximum(slope[valid], (logits[at] - centre[valid]).abs())
+            neighbours_of.append((neighbour[valid], valid, at))
+    near = value.abs() < torch.clamp(SLOPE_CELLS * slope, max=BAND_LOGIT)
+    found = []
+    for neighbour, valid, at in neighbours_of:
+        crossing = (logits[at] > level) != inside[valid]
+        found.append(neighbour[~decoded[at] & (crossing | near[valid])])
     neighbours = torch.cat(found)
     flat = torch.unique((neighbours[:, 0] * shape[1] + neighbours[:, 1]) * shape[2] + neighbours[:, 2])
     return torch.stack([flat // (shape[1] * shape[2]), (flat // shape[2]) % shape[1], flat % shape[2]], dim=1)
