@@ -10,7 +10,7 @@ decoder's keys and values once per shape:
   coarser still (every other point of the first grid, which is then refined like the others),
   and each finer level decodes the ends of the edges the coarser surface crosses and the points
   with |logit| < 0.95, then, pass after pass, the neighbours where the decoded surface leaves
-  the decoded points or comes within |logit| < 0.95 of them.
+  the decoded points or may pass within one cell of them at their local slope.
 - ``flashvdm``: hierarchical with FlashVDM's adaptive key/value selection: the coarse grid is
   decoded in 4 x 4 x 4 spatially compact mini-grids and the finer points in 6 x 6 x 6 buckets,
   each attending only to the keys its own sampled queries score highest. Its coarse resolution
@@ -153,7 +153,7 @@ def decode_volume(
             every finer edge the coarser surface crosses and the coarse points with
             |logit - level| < 0.95; then, pass after pass until none is left, the undecoded
             neighbours of decoded points across an edge the surface crosses or next to a point
-            with |logit - level| < 0.95: the surface followed instead of a blanket dilation (far
+            whose local slope puts the level within one cell: the surface followed instead of a blanket dilation (far
             fewer points, the same surface), from a dense level one coarser than upstream's
             (every other point of its first grid, kept as upstream's where FlashVDM's mini-grids
             would not split it). None: 'adaptive' on the CPU, 'upstream' on an accelerator
@@ -390,8 +390,9 @@ def adaptive_seed(logits: torch.Tensor, decoded: torch.Tensor, level: float, res
 
 def grow_region(logits: torch.Tensor, decoded: torch.Tensor, index: torch.Tensor, level: float) -> torch.Tensor:
     """The undecoded face neighbours of the points just decoded at ``index`` (K, 3) that adaptive
-    refinement decodes next: across an edge the surface crosses, or next to a point within
-    BAND_LOGIT of the level (a thin part of the surface may start there).
+    refinement decodes next: across an edge the surface crosses, or next to a point whose value
+    is within one cell of the level at its local slope (the largest difference to a face
+    neighbour; at most BAND_LOGIT): a thin part of the surface may start there.
 
     Only the edges of the points just decoded can have changed, so once this finds nothing, every
     edge the surface crosses lies between decoded points. Returns (M, 3) indices in row-major
