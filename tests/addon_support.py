@@ -31,8 +31,10 @@ def run_scenario(name: str, zip_path: Path, workdir: Path, **options) -> dict:
     env["BLENDER_USER_RESOURCES"] = str(workdir / "blender-user")
     env["HY3D_HOME"] = str(workdir / "hy3d-home")
     config = {"zip": str(zip_path), "workdir": str(workdir), "tests": str(TESTS), **options}
-    done = subprocess.run([sys.executable, str(TESTS / "blender_scenarios.py"), name, json.dumps(config)],
+    # -X faulthandler: a crash inside Blender's native code prints every thread's Python stack.
+    done = subprocess.run([sys.executable, "-X", "faulthandler", str(TESTS / "blender_scenarios.py"), name, json.dumps(config)],
                           check=False, capture_output=True, text=True, timeout=150, env=env, cwd=workdir)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    assert done.returncode == 0 and lines, f"scenario {name} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    assert done.returncode == 0 and lines, (f"scenario {name} failed (exit status {done.returncode}):\n"
+                                            f"{done.stdout[-4000:]}\n{done.stderr[-6000:]}")
     return json.loads(lines[-1][len(RESULT_PREFIX):])
