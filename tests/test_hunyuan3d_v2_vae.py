@@ -224,6 +224,15 @@ def test_hierarchical_decoding_refines_near_the_surface_with_exact_values(offici
         assert hausdorff(volume_to_mesh(decoded, max_faces=10**9).positions, reference) <= 0.005 * diagonal
 
 
+@pytest.mark.parametrize("refinement", ["upstream", "adaptive"])
+def test_flashvdm_groups_larger_than_a_chunk_are_decoded_in_parts_with_the_same_values(ours, tokens, refinement):
+    whole = decode_volume(ours, tokens[1], octree_resolution=TWO_LEVELS, num_chunks=10**6, refinement=refinement)
+    parts = decode_volume(ours, tokens[1], octree_resolution=TWO_LEVELS, num_chunks=500, refinement=refinement)
+    assert whole.stats.largest_call > 2000  # mini-grids and buckets far larger than 500 points
+    assert parts.stats.largest_call <= 500 and parts.stats.levels == whole.stats.levels
+    np.testing.assert_allclose(parts.logits, whole.logits, rtol=0, atol=1e-5 * np.abs(whole.logits).max())
+
+
 def test_mesh_is_closed_outward_and_in_the_box(flashvdm_grids):
     volume = dataclasses.replace(flashvdm_grids[1], logits=flashvdm_grids[1].logits.copy())
     # Outside on the box's faces, so the surface closes and its signed volume means something.

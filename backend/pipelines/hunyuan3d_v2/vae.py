@@ -235,9 +235,14 @@ class CrossAttention(nn.Module):
         k, v = self.c_kv(data).view(batch, length, self.heads, -1).chunk(2, dim=-1)
         return DecoderKeys(self.attention.k_norm(k).transpose(1, 2), v.transpose(1, 2))
 
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P, width) -> the normalised queries, (B, heads, P, head_dim)."""
+        batch, length, _ = x.shape
+        return self.attention.q_norm(self.c_q(x).view(batch, length, self.heads, -1)).transpose(1, 2)
+
     def forward(self, x: torch.Tensor, kv: DecoderKeys, selection: KeySelection | None = None) -> torch.Tensor:
         batch, length, width = x.shape
-        q = self.attention.q_norm(self.c_q(x).view(batch, length, self.heads, -1)).transpose(1, 2)
+        q = self.queries(x)
         if selection is None:
             out = F.scaled_dot_product_attention(q, kv.keys, kv.values)
         else:
@@ -247,17 +252,20 @@ class CrossAttention(nn.Module):
 
 def attend_selected(q: torch.Tensor, kv: DecoderKeys, selection: KeySelection) -> torch.Tensor:
     """Attention of one group's queries (1, H, P, D) to the keys their sampled queries pick."""
-    sampled = q[:, :, :: selection.stride]
+    chosen = chosen_keys(q[:, :, :: selection.stride], kv, selection)
+    return F.scaled_dot_product_attention(q, chosen.keys, chosen.values)
+
+
+def chosen_keys(sampled: torch.Tensor, kv: DecoderKeys, selection: KeySelection) -> DecoderKeys:
+    """The keys and values a group attends to, picked by its sampled queries (1, H, S, D) as ``selection.mode`` says."""
     scores = sampled @ kv.keys.transpose(-1, -2)  # raw dot products: no 1/sqrt(d), no softmax
     if selection.mode == "mean":
         chosen = scores.mean(dim=-2).topk(selection.topk, dim=-1).indices
         index = chosen[..., None].expand(-1, -1, -1, kv.values.shape[-1])
-        keys, values = kv.keys.gather(-2, index), kv.values.gather(-2, index)
-    else:
-        active = (scores.softmax(dim=-1).mean(dim=1) > 1e-6).any(dim=1)[0]
-        chosen = active.nonzero()[:, 0]
-        keys, values = kv.keys[:, :, chosen], kv.values[:, :, chosen]
-    return F.scaled_dot_product_attention(q, keys, values)
+        return DecoderKeys(kv.keys.gather(-2, index), kv.values.gather(-2, index))
+    active = (scores.softmax(dim=-1).mean(dim=1) > 1e-6).any(dim=1)[0]
+    chosen = active.nonzero()[:, 0]
+    return DecoderKeys(kv.keys[:, :, chosen], kv.values[:, :, chosen])
 
 
 class ResidualCrossAttentionBlock(nn.Module):
@@ -296,6 +304,16 @@ class GeometryDecoder(nn.Module):
             tokens = self.latents_proj(tokens)
         block = self.cross_attn_decoder
         return block.attn.keys_values(block.ln_2(tokens))
+
+    def group_keys(self, points: torch.Tensor, kv: DecoderKeys, selection: KeySelection) -> DecoderKeys:
+        """The keys and values one FlashVDM group of (1, P, 3) ``points`` attends to, from its sampled queries only.
+
+        Decoding the group in parts with these as ``kv`` (and no selection) gives the values one
+        call with ``selection`` gives, in less memory: each point's query is its own row.
+        """
+        x = self.query_proj(self.fourier_embedder(points[:, :: selection.stride]).to(kv.keys.dtype))
+        block = self.cross_attn_decoder
+        return chosen_keys(block.attn.queries(block.ln_1(x)), kv, selection)
 
     def forward(self, points: torch.Tensor, kv: DecoderKeys, selection: KeySelection | None = None) -> torch.Tensor:
         """(B, P, 3) points -> (B, P) logits.

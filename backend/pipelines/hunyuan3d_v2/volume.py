@@ -57,11 +57,13 @@ class DecodeStats:
         levels: (resolution, points decoded) per level, coarse to fine (adaptive refinement's dense
             level, every other point of the first grid, is given as half that grid's resolution).
         calls: geometry decoder calls.
+        largest_call: the most points one call held (what bounds the activation memory).
         seconds: wall time of the decoding.
     """
 
     levels: list[tuple[int, int]] = field(default_factory=list)
     calls: int = 0
+    largest_call: int = 0
     seconds: float = 0.0
 
     @property
@@ -143,8 +145,8 @@ def decode_volume(
         method: 'flashvdm', 'hierarchical' or 'plain' (see the module docstring).
         octree_resolution: cells per axis of the finest grid (384 upstream; 256 is quicker).
         num_chunks: points per decoder call (8000 upstream); bounds the activation memory
-            (``decode_working_bytes``). A FlashVDM call holds whole mini-grids or buckets, so
-            it can exceed this when one of them is larger.
+            (``decode_working_bytes``). A FlashVDM mini-grid or bucket larger than this has
+            its keys picked once from its sampled queries and is decoded in parts.
         topk_mode: FlashVDM's key selection at the finer levels: 'mean' (per-head top-k) or
             'merge' (the union of the keys any sampled query attends to, shared by the heads).
         refinement: which points of a finer level are decoded. 'upstream': the coarse band
@@ -248,10 +250,23 @@ class _Run:
         self.reported = 0.0  # a level's extra passes (adaptive refinement) never move progress back
 
     def call(self, points: torch.Tensor, selection: KeySelection | None = None) -> torch.Tensor:
+        """Logits at (P, 3) points; one FlashVDM group larger than ``num_chunks`` is decoded in
+        parts after its keys are picked, so no call holds more than ``num_chunks`` points."""
+        if selection is None or len(selection.group_sizes) > 1 or len(points) <= self.num_chunks:
+            return self._decode(points, self.kv, selection)
+        points = points.to(self.device)
+        if self.check_cancelled is not None:
+            self.check_cancelled()
+        kv = self.decoder.group_keys(points[None], self.kv, selection)
+        return torch.cat([self._decode(points[start : start + self.num_chunks], kv)
+                          for start in range(0, len(points), self.num_chunks)])
+
+    def _decode(self, points: torch.Tensor, kv, selection: KeySelection | None = None) -> torch.Tensor:
         if self.check_cancelled is not None:
             self.check_cancelled()
         self.stats.calls += 1
-        return self.decoder(points[None].to(self.device), self.kv, selection)[0].float().cpu()
+        self.stats.largest_call = max(self.stats.largest_call, len(points))
+        return self.decoder(points[None].to(self.device), kv, selection)[0].float().cpu()
 
     def report(self, done: int, total: int) -> None:
         fraction = (self.levels_done + done / max(total, 1)) / self.level_count
