@@ -29,7 +29,6 @@ import collections
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-PACKAGE = "bl_ext.user_default.hunyuan3d_blender"
+from import_speed import PACKAGE, install_addon  # noqa: E402
+
 BOUND = 0.6
 
 
@@ -128,13 +128,9 @@ def main() -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}")
 
     with tempfile.TemporaryDirectory() as folder:
-        os.environ["BLENDER_USER_RESOURCES"] = os.path.join(folder, "blender-user")
-        os.environ["HY3D_HOME"] = os.path.join(folder, "hy3d-home")
-        built = subprocess.run([sys.executable, str(ROOT / "build.py"), "--output-dir", folder],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        install_addon(folder)
         import bpy
 
-        bpy.ops.extensions.package_install_files(filepath=built, repo="user_default", enable_on_install=True)
         options = sys.modules[f"{PACKAGE}.finishing_options"].FinishingOptions
         print(f"Blender {bpy.app.version_string}")
         for faces in args.faces:

@@ -39,6 +39,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "bl_ext.user_default.hunyuan3d_blender"
 
 
+def install_addon(folder: str) -> None:
+    """Build the add-on and install it, enabled, into a Blender whose user files and backend home are in ``folder``."""
+    os.environ["BLENDER_USER_RESOURCES"] = os.path.join(folder, "blender-user")
+    os.environ["HY3D_HOME"] = os.path.join(folder, "hy3d-home")
+    built = subprocess.run([sys.executable, str(ROOT / "build.py"), "--output-dir", folder],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    import bpy
+
+    bpy.ops.extensions.package_install_files(filepath=built, repo="user_default", enable_on_install=True)
+
+
 def grid_mesh(rows: int, cols: int):
     """A wavy height field of ``2 * rows * cols`` triangles with colours, Y up like the backend's output."""
     import numpy as np
@@ -235,13 +246,9 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
-        os.environ["BLENDER_USER_RESOURCES"] = os.path.join(folder, "blender-user")
-        os.environ["HY3D_HOME"] = os.path.join(folder, "hy3d-home")
-        built = subprocess.run([sys.executable, str(ROOT / "build.py"), "--output-dir", folder],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        install_addon(folder)
         import bpy
 
-        bpy.ops.extensions.package_install_files(filepath=built, repo="user_default", enable_on_install=True)
         positions, faces, colors = grid_mesh(args.rows, args.cols)
         if args.texture_size:
             arrays = {"positions": positions, "faces": faces, "uvs": (positions[:, [0, 2]] + 1) / 2}
