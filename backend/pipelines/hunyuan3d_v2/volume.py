@@ -58,12 +58,15 @@ class DecodeStats:
             level, every other point of the first grid, is given as half that grid's resolution).
         calls: geometry decoder calls.
         largest_call: the most points one call held (what bounds the activation memory).
+        passes: rounds of decoder calls over the finer levels (one a level with upstream's
+            refinement; adaptive refinement grows its region pass after pass).
         seconds: wall time of the decoding.
     """
 
     levels: list[tuple[int, int]] = field(default_factory=list)
     calls: int = 0
     largest_call: int = 0
+    passes: int = 0
     seconds: float = 0.0
 
     @property
@@ -189,7 +192,8 @@ def decode_volume(
     decoder = vae.geo_decoder
     stats = DecodeStats()
     levels = level_resolutions(octree_resolution, method)
-    axis = torch.from_numpy(np.linspace(-bound, bound, levels[0] + 1, dtype=np.float32))
+    # The grids live where the decoder runs: their bookkeeping between calls is whole-grid work.
+    axis = torch.from_numpy(np.linspace(-bound, bound, levels[0] + 1, dtype=np.float32)).to(tokens.device)
     dense_resolution, refined = levels[0], levels[1:]
     if refinement == "adaptive" and refined and (method != "flashvdm" or len(axis[::2]) % MINI_GRIDS == 0):
         # Where a point is expensive the dense level costs most: decode every other point of the
@@ -203,30 +207,30 @@ def decode_volume(
             logits = run.mini_grids(axis, topk)
         else:
             logits = run.dense(axis)
-        decoded = torch.ones(logits.shape, dtype=torch.bool)
+        decoded = torch.ones_like(logits, dtype=torch.bool)
         stats.levels.append((dense_resolution, logits.numel()))
         run.level_done()
         for number, resolution in enumerate(refined, 1):
+            coarse, logits = logits, upsample_nearest(logits, resolution + 1)
             if refinement == "upstream":
-                region = upstream_region(logits, decoded, level, resolution, finest=number == len(refined))
+                region = upstream_region(coarse, decoded, level, resolution, finest=number == len(refined))
             else:
-                region = adaptive_seed(logits, decoded, level, resolution)
-            index = region.nonzero()
-            logits = upsample_nearest(logits, resolution + 1)
-            decoded = torch.zeros_like(region)
+                region = adaptive_seed(coarse, logits, decoded, level)
+            index = region.view(-1).nonzero().squeeze(1)
+            decoded = region.zero_()  # the region's memory becomes this level's decoded mask
             step = np.float32((bound - (-bound)) / resolution)
             count = 0
             while len(index):
                 # Float32 index * step + corner, two roundings, as upstream.
-                points = index.to(torch.float32) * torch.tensor(step) + torch.tensor(np.float32(-bound))
+                points = grid_indices(index, logits.shape).to(torch.float32) * torch.tensor(step) + torch.tensor(np.float32(-bound))
                 if method == "flashvdm":
                     values = run.buckets(points, topk, topk_mode)
                 else:
                     values = run.points(points.to(tokens.dtype))
-                at = index.unbind(dim=1)
-                logits[at] = values
-                decoded[at] = True
+                logits.view(-1)[index] = values
+                decoded.view(-1)[index] = True
                 count += len(index)
+                stats.passes += 1
                 if refinement == "upstream":
                     break
                 # Follow the decoded surface wherever it leaves the decoded points, until it nowhere does.
@@ -234,7 +238,7 @@ def decode_volume(
             stats.levels.append((resolution, count))
             run.level_done()
     stats.seconds = time.perf_counter() - started
-    return Volume(logits.numpy(), decoded.numpy() if refined else None, bound, stats)
+    return Volume(logits.cpu().numpy(), decoded.cpu().numpy() if refined else None, bound, stats)
 
 
 class _Run:
@@ -266,7 +270,7 @@ class _Run:
             self.check_cancelled()
         self.stats.calls += 1
         self.stats.largest_call = max(self.stats.largest_call, len(points))
-        return self.decoder(points[None].to(self.device), kv, selection)[0].float().cpu()
+        return self.decoder(points[None].to(self.device), kv, selection)[0].float()
 
     def report(self, done: int, total: int) -> None:
         fraction = (self.levels_done + done / max(total, 1)) / self.level_count
@@ -280,7 +284,7 @@ class _Run:
 
     def points(self, points: torch.Tensor) -> torch.Tensor:
         """Logits at (P, 3) points, ``num_chunks`` a call, every token attended."""
-        out = torch.empty(len(points), dtype=torch.float32)
+        out = torch.empty(len(points), dtype=torch.float32, device=self.device)
         for start in range(0, len(points), self.num_chunks):
             out[start : start + self.num_chunks] = self.call(points[start : start + self.num_chunks])
             self.report(min(start + self.num_chunks, len(points)), len(points))
@@ -289,9 +293,9 @@ class _Run:
     def dense(self, axis: torch.Tensor) -> torch.Tensor:
         """Every point of the grid with float32 coordinates ``axis`` on each axis."""
         n = len(axis)
-        out = torch.empty(n**3, dtype=torch.float32)
+        out = torch.empty(n**3, dtype=torch.float32, device=self.device)
         for start in range(0, n**3, self.num_chunks):
-            index = torch.arange(start, min(start + self.num_chunks, n**3))
+            index = torch.arange(start, min(start + self.num_chunks, n**3), device=self.device)
             # Coordinates in the decoder's dtype before the Fourier features, as upstream (float16 on GPUs).
             points = torch.stack([axis[index // (n * n)], axis[(index // n) % n], axis[index % n]], dim=1).to(self.dtype)
             out[start : start + len(index)] = self.call(points)
@@ -308,7 +312,7 @@ class _Run:
         # (mini-grid x, y, z, then x, y, z inside it): each mini-grid's points contiguous, in row-major order.
         tiled = grid.view(MINI_GRIDS, side, MINI_GRIDS, side, MINI_GRIDS, side, 3).permute(0, 2, 4, 1, 3, 5, 6).reshape(count, side**3, 3)
         per_call = max(self.num_chunks // side**3, 1)
-        out = torch.empty((count, side**3), dtype=torch.float32)
+        out = torch.empty((count, side**3), dtype=torch.float32, device=self.device)
         for first in range(0, count, per_call):
             last = min(first + per_call, count)
             selection = KeySelection((side**3,) * (last - first), COARSE_STRIDE, topk, "mean")
@@ -338,7 +342,7 @@ class _Run:
         stride = FINE_STRIDE if mode == "mean" else MERGE_STRIDE
         # Float32 coordinates here, whatever the decoder's dtype (upstream casts only the Fourier features).
         ordered = points[order]
-        values = torch.empty(len(points), dtype=torch.float32)
+        values = torch.empty(len(points), dtype=torch.float32, device=self.device)
         start = 0
         for sizes in calls:
             end = start + sum(sizes)
@@ -358,7 +362,7 @@ def near_surface(logits: torch.Tensor, decoded: torch.Tensor, level: float) -> t
     """
     value = logits - level
     sign = torch.sign(value)
-    flagged = torch.zeros(logits.shape, dtype=torch.bool)
+    flagged = torch.zeros_like(logits, dtype=torch.bool)
     for dim in range(3):
         for neighbour, neighbour_decoded in (_shifted(sign, dim, 1), _shifted(decoded, dim, 1)), (_shifted(sign, dim, -1), _shifted(decoded, dim, -1)):
             flagged |= neighbour_decoded & (neighbour != sign)
@@ -371,7 +375,7 @@ def upstream_region(logits: torch.Tensor, decoded: torch.Tensor, level: float, r
     band = near_surface(logits, decoded, level)
     if not finest:
         band = dilate(band)
-    region = torch.zeros((resolution + 1,) * 3, dtype=torch.bool)
+    region = torch.zeros((resolution + 1,) * 3, dtype=torch.bool, device=logits.device)
     region[::2, ::2, ::2] = band
     for _ in range(UPSTREAM_FINAL_DILATIONS if finest else 1):
         region = dilate(region)
@@ -381,7 +385,7 @@ def upstream_region(logits: torch.Tensor, decoded: torch.Tensor, level: float, r
 def crossing_ends(logits: torch.Tensor, level: float) -> torch.Tensor:
     """Both ends of every grid edge the surface crosses (a sign change at ``level``)."""
     inside = logits > level
-    ends = torch.zeros(logits.shape, dtype=torch.bool)
+    ends = torch.zeros_like(logits, dtype=torch.bool)
     for dim in range(3):
         n = logits.shape[dim]
         crossing = inside.narrow(dim, 0, n - 1) != inside.narrow(dim, 1, n - 1)
@@ -390,51 +394,51 @@ def crossing_ends(logits: torch.Tensor, level: float) -> torch.Tensor:
     return ends
 
 
-def adaptive_seed(logits: torch.Tensor, decoded: torch.Tensor, level: float, resolution: int) -> torch.Tensor:
-    """The points of the (resolution + 1)^3 grid that adaptive refinement decodes first.
+def adaptive_seed(coarse: torch.Tensor, fine: torch.Tensor, decoded: torch.Tensor, level: float) -> torch.Tensor:
+    """The points of the finer grid that adaptive refinement decodes first.
 
-    Both ends of every edge the coarser surface crosses once carried to this grid, and the
-    coarser grid's decoded points within BAND_LOGIT of the level (where a part too thin for the
-    coarser grid can show up); ``grow_region`` then follows the surface from them.
+    Both ends of every edge the coarser surface crosses once carried to the finer grid (``fine``:
+    ``coarse`` upsampled), and the coarser grid's decoded points within BAND_LOGIT of the level
+    (where a part too thin for the coarser grid can show up); ``grow_region`` then follows the
+    surface from them.
     """
-    shape = (resolution + 1,) * 3
-    band = torch.zeros(shape, dtype=torch.bool)
-    band[::2, ::2, ::2] = decoded & ((logits - level).abs() < BAND_LOGIT)
-    return crossing_ends(upsample_nearest(logits, resolution + 1), level) | band
+    seed = crossing_ends(fine, level)
+    seed[::2, ::2, ::2] |= decoded & ((coarse - level).abs() < BAND_LOGIT)
+    return seed
 
 
 def grow_region(logits: torch.Tensor, decoded: torch.Tensor, index: torch.Tensor, level: float) -> torch.Tensor:
-    """The undecoded face neighbours of the points just decoded at ``index`` (K, 3) that adaptive
-    refinement decodes next: across an edge the surface crosses, or next to a point whose value
-    is within one cell of the level at its local slope (the largest difference to a face
-    neighbour; at most BAND_LOGIT): a thin part of the surface may start there.
+    """The undecoded face neighbours of the points just decoded (``index``: their row-major
+    positions in the grid) that adaptive refinement decodes next: across an edge the surface
+    crosses, or next to a point whose value is within one cell of the level at its local slope
+    (the largest difference to a face neighbour; at most BAND_LOGIT): a thin part of the surface
+    may start there.
 
     Only the edges of the points just decoded can have changed, so once this finds nothing, every
-    edge the surface crosses lies between decoded points. Returns (M, 3) indices in row-major
-    order, each once.
+    edge the surface crosses lies between decoded points. Returns row-major positions, sorted,
+    each once.
     """
-    shape = logits.shape
-    centre = logits[index.unbind(dim=1)]
+    flat_logits, flat_decoded = logits.view(-1), decoded.view(-1)
+    centre = flat_logits[index]
     value = centre - level
     inside = value > 0
-    neighbours_of = []
     slope = torch.zeros_like(value)
-    for dim in range(3):
-        for offset in (-1, 1):
-            neighbour = index.clone()
-            neighbour[:, dim] += offset
-            valid = (neighbour[:, dim] >= 0) & (neighbour[:, dim] < shape[dim])
-            at = neighbour[valid].unbind(dim=1)
-            slope[valid] = torch.maximum(slope[valid], (logits[at] - centre[valid]).abs())
-            neighbours_of.append((neighbour[valid], valid, at))
+    neighbours = []
+    for coordinate, size, stride in zip(grid_indices(index, logits.shape).unbind(dim=1), logits.shape, logits.stride()):
+        for offset, inside_grid in ((-stride, coordinate > 0), (stride, coordinate < size - 1)):
+            # Beyond the border a point is its own neighbour: no slope, no crossing, already decoded.
+            neighbour = torch.where(inside_grid, index + offset, index)
+            neighbour_value = flat_logits[neighbour]
+            slope = torch.maximum(slope, (neighbour_value - centre).abs())
+            neighbours.append((neighbour, (neighbour_value > level) != inside))
     near = value.abs() < torch.clamp(SLOPE_CELLS * slope, max=BAND_LOGIT)
-    found = []
-    for neighbour, valid, at in neighbours_of:
-        crossing = (logits[at] > level) != inside[valid]
-        found.append(neighbour[~decoded[at] & (crossing | near[valid])])
-    neighbours = torch.cat(found)
-    flat = torch.unique((neighbours[:, 0] * shape[1] + neighbours[:, 1]) * shape[2] + neighbours[:, 2])
-    return torch.stack([flat // (shape[1] * shape[2]), (flat // shape[2]) % shape[1], flat % shape[2]], dim=1)
+    found = [neighbour[~flat_decoded[neighbour] & (crossing | near)] for neighbour, crossing in neighbours]
+    return torch.unique(torch.cat(found))
+
+
+def grid_indices(index: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """(K, 3) grid indices of row-major positions in a grid of ``shape``."""
+    return torch.stack([index // (shape[1] * shape[2]), (index // shape[2]) % shape[1], index % shape[2]], dim=1)
 
 
 def _shifted(tensor: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
@@ -458,9 +462,12 @@ def dilate(mask: torch.Tensor) -> torch.Tensor:
 
 def upsample_nearest(grid: torch.Tensor, size: int) -> torch.Tensor:
     """Each fine point (2i or 2i + 1) takes coarse point i; cropped to ``size`` per axis."""
-    for dim in range(3):
-        grid = grid.repeat_interleave(2, dim=dim).narrow(dim, 0, size)
-    return grid.contiguous()
+    out = torch.empty((size,) * 3, dtype=grid.dtype, device=grid.device)
+    for offsets in np.ndindex(2, 2, 2):
+        # One strided copy per parity of the fine indices: each coarse point fills its 2 x 2 x 2 block.
+        part = out[tuple(slice(offset, None, 2) for offset in offsets)]
+        part.copy_(grid[: part.shape[0], : part.shape[1], : part.shape[2]])
+    return out
 
 
 def volume_to_mesh(
