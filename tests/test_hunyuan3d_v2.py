@@ -429,6 +429,39 @@ def test_a_picture_becomes_a_mesh_on_tiny_weights(tmp_path, model):
     assert output.info["latents"] == [1, LATENTS, CHANNELS]
 
 
+def test_the_plan_and_the_decoding_stage_count_the_grids_and_one_call_at_the_job_s_resolution(tmp_path):
+    _needs_the_decoder()
+    from backend import pipelines
+    from backend.memory import MemoryManager
+    from backend.pipelines.base import JobRequest
+    from backend.pipelines.hunyuan3d_v2.vae import ShapeVAEConfig
+    from backend.pipelines.hunyuan3d_v2.volume import decode_memory_bytes
+    from backend.planning import plan_job
+
+    model = "hunyuan3d-2mini-turbo"
+    weights = weights_folder(tmp_path, model)
+    pipeline = pipelines.get(model)(weights_dir=str(weights))
+    vae_config = ShapeVAEConfig.from_params(tiny_config("mini", turbo=True)["vae"])
+    memory = MemoryManager()
+    vae_bytes = {}
+    for octree in (64, 380):
+        request = JobRequest(model, {"octree_resolution": octree, "chunk_size": 2000}, images={"image": None})
+        plan = plan_job(pipeline, request, memory, None)
+        vae_bytes[octree] = next(c["activation_bytes"] for c in plan["components"] if c["name"] == "hunyuan3d-vae-v2-mini-turbo")
+        # float32 on the CPU: 4 bytes a value.
+        assert vae_bytes[octree] == max(256 << 20, decode_memory_bytes(vae_config, octree, 2000, 4))
+    assert vae_bytes[64] == 256 << 20  # a small grid of a tiny model: the floor
+    assert vae_bytes[380] == 381**3 * 8 + (2000 * (vae_config.width * 16 + 64) + vae_config.num_latents * vae_config.width * 12) * 4
+
+    # A job registers the VAE with its own parameters' figure, and its stage runs with it.
+    for chunk_size in (1_000_000, 4096):
+        run_pipeline(model, weights, memory=memory, images={"image": object_picture()},
+                     params={"steps": 1, "octree_resolution": 24, "chunk_size": chunk_size})
+        vae = memory._component("hunyuan3d-vae-v2-mini-turbo")
+        assert memory._default_activation([vae]) == max(256 << 20, decode_memory_bytes(vae_config, 24, chunk_size, 4))
+    assert memory._default_activation([vae]) == 256 << 20 < decode_memory_bytes(vae_config, 24, 1_000_000, 4)
+
+
 def test_the_multiview_model_takes_any_views_with_the_front(tmp_path):
     _needs_the_decoder()
     weights = weights_folder(tmp_path, "hunyuan3d-2mv-turbo", multiview=True)

@@ -93,6 +93,7 @@ class Component:
     storage_dtype: str | None
     compute_dtype: str = "float32"
     precision_why: str = ""
+    working_bytes: Callable[[int], int] | None = None
     module: nn.Module | None = None
     slots: list[Slot] = field(default_factory=list)
     block_slots: list[list[Slot]] = field(default_factory=list)

@@ -105,6 +105,7 @@ class MemoryManager:
         prefix: str = "",
         blocks: Callable[[nn.Module], list[nn.Module]] | None = None,
         size_bytes: int | None = None,
+        working_bytes: Callable[[int], int] | None = None,
     ) -> None:
         """Declare a component for the running job; nothing is loaded until a stage asks for it.
 
@@ -123,28 +124,33 @@ class MemoryManager:
                 file holding several components).
             blocks: returns the module's movable units in execution order, for ``stream`` mode.
             size_bytes: the weights' size when there are no ``files`` to read it from.
+            working_bytes: ``(compute dtype's itemsize) -> bytes`` a stage running the component
+                needs besides its weights, for this job (activations, buffers); None: a quarter
+                of its weights, at least 256 MiB.
         """
         resolved = tuple(str(Path(f).resolve()) for f in files)
         existing = self._components.get(name)
         if existing is not None and existing.files == resolved:
+            existing.working_bytes = working_bytes  # it may depend on the job's parameters
             self._join_job(name)
             return
         if existing is not None:
             log.info("component %s now loads from %s; unloading the weights from %s", name, ", ".join(resolved), ", ".join(existing.files))
             existing.unload()
-        self._components[name] = self._new_component(name, loader, precision, resolved, prefix, blocks, size_bytes)
+        self._components[name] = self._new_component(name, loader, precision, resolved, prefix, blocks, size_bytes, working_bytes)
         self._join_job(name)
         self._publish()
 
     def _new_component(self, name: str, loader: Callable[[], nn.Module], precision: str, resolved: tuple[str, ...], prefix: str,
-                       blocks: Callable[[nn.Module], list[nn.Module]] | None, size_bytes: int | None) -> Component:
+                       blocks: Callable[[nn.Module], list[nn.Module]] | None, size_bytes: int | None,
+                       working_bytes: Callable[[int], int] | None) -> Component:
         choice = self.policy.choose(dtype_name(precision))
         storage = None
         if resolved:
             stored, storage = stored_size_and_dtype(resolved, prefix)
             size_bytes = stored if size_bytes is None else size_bytes
         return Component(name, loader, dtype_name(precision), resolved, blocks, size_bytes, storage,
-                         compute_dtype=choice.dtype, precision_why=choice.reason)
+                         compute_dtype=choice.dtype, precision_why=choice.reason, working_bytes=working_bytes)
 
     def _join_job(self, name: str) -> None:
         if name not in self._job:
@@ -221,8 +227,8 @@ class MemoryManager:
             fn: receives ``{name: module}``; inputs must be cast to ``compute_dtype(name)``.
             report: ``report(message=..., **extra)``, e.g. ``JobContext.note``; hears the mode
                 chosen, any out-of-memory step down and the stage's figures.
-            activation_bytes: memory the stage needs besides weights (default: a quarter of its
-                weights, at least 256 MiB).
+            activation_bytes: memory the stage needs besides weights (default: the ``working_bytes``
+                its components were registered with, else a quarter of their weights; at least 256 MiB).
 
         On an out-of-memory error the stage's tensors are freed, the mode steps down one step
         (resident -> stage -> stream) and the stage runs once more.
@@ -378,7 +384,7 @@ class MemoryManager:
                 components.append(existing)
             else:
                 components.append(self._new_component(entry.name, entry.loader, entry.precision, entry.files, entry.prefix,
-                                                      entry.blocks, entry.size_bytes))
+                                                      entry.blocks, entry.size_bytes, entry.working_bytes))
         out = self._preview(components)
         if "mode" not in out:  # no components: nothing for ``auto`` to decide
             out["mode"], out["why"] = self._plan_preview()
@@ -463,7 +469,11 @@ class MemoryManager:
         return component.compute_bytes(getattr(torch, component.compute_dtype).itemsize)
 
     def _default_activation(self, components: list[Component]) -> int:
-        return max(_MIN_ACTIVATION_BYTES, sum(self._compute_bytes(c) for c in components) // 4)
+        import torch
+
+        declared = sum(c.working_bytes(getattr(torch, c.compute_dtype).itemsize) for c in components if c.working_bytes)
+        undeclared = sum(self._compute_bytes(c) for c in components if not c.working_bytes)
+        return max(_MIN_ACTIVATION_BYTES, declared + undeclared // 4)
 
     def _pin_budget(self) -> int:
         import psutil
@@ -649,6 +659,7 @@ class Declaration:
     prefix: str
     blocks: Callable[[Any], list[Any]] | None
     size_bytes: int | None
+    working_bytes: Callable[[int], int] | None
 
 
 class Declarations:
@@ -659,7 +670,8 @@ class Declarations:
         self.entries: list[Declaration] = []
 
     def register(self, name: str, loader: Callable[[], Any], *, precision: str = FLOAT16, files: Sequence[str | os.PathLike[str]] = (),
-                 prefix: str = "", blocks: Callable[[Any], list[Any]] | None = None, size_bytes: int | None = None) -> None:
+                 prefix: str = "", blocks: Callable[[Any], list[Any]] | None = None, size_bytes: int | None = None,
+                 working_bytes: Callable[[int], int] | None = None) -> None:
         resolved = tuple(str(Path(f).resolve()) for f in files)
         self.entries = [e for e in self.entries if e.name != name]
-        self.entries.append(Declaration(name, loader, dtype_name(precision), resolved, prefix, blocks, size_bytes))
+        self.entries.append(Declaration(name, loader, dtype_name(precision), resolved, prefix, blocks, size_bytes, working_bytes))

@@ -18,6 +18,8 @@ memory mode applies; cancelling takes effect between steps and between decoding 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -95,9 +97,11 @@ class Hunyuan3D2Pipeline(Pipeline):
     def read_config(self, dit_root: Path) -> ModelConfig:
         return read_config(dit_root)
 
-    def register_parts(self, memory: Any, dit_root: Path, turbo_vae_root: Path | None, config: ModelConfig) -> dict[str, str]:
-        """Declare the conditioner, DiT and VAE with the memory manager; returns their names."""
-        return register_parts(memory, dit_root, turbo_vae_root, config)
+    def register_parts(self, memory: Any, dit_root: Path, turbo_vae_root: Path | None, config: ModelConfig,
+                       decoding: Callable[[int], int]) -> dict[str, str]:
+        """Declare the conditioner, DiT and VAE with the memory manager (the VAE's stage needing
+        ``decoding(itemsize)`` bytes besides its weights); returns their names."""
+        return register_parts(memory, dit_root, turbo_vae_root, config, decoding)
 
     def _default_decoder(self) -> str:
         return next(p.default for p in self.params if p.name == "volume_decoder")
@@ -107,18 +111,21 @@ class Hunyuan3D2Pipeline(Pipeline):
         from ..hunyuan3d_v1.text_to_image import PARTS
 
         if request is None:  # every part whose weights are present
+            params = {param.name: param.default for param in self.params}
             decoder = self._default_decoder()
             checks = [check_folder(folder, self.weights_dir) for folder in self._folders(decoder, text=True)]
             roots = {check.folder: check.path for check in checks if check.ready}
         else:
-            decoder = request.params["volume_decoder"]
+            params = request.params
+            decoder = params["volume_decoder"]
             folders = self._folders(decoder, text=request.text is not None)
             roots = dict(zip(folders, require_folders(folders, self.weights_dir)))
         names: list[str] = []
         if self.dit_folder in roots:
             dit_root = roots[self.dit_folder]
             turbo_vae_root = roots.get(self.turbo_vae_folder) if decoder == "flashvdm" and self.turbo_vae_folder else None
-            names += self.register_parts(memory, dit_root, turbo_vae_root, self.read_config(dit_root)).values()
+            config = self.read_config(dit_root)
+            names += self.register_parts(memory, dit_root, turbo_vae_root, config, decoding_bytes(config, params)).values()
         if HUNYUAN_DIT in roots:
             names += register_components(memory, roots[HUNYUAN_DIT], "hunyuandit", PARTS).values()
         return names
@@ -154,7 +161,7 @@ class Hunyuan3D2Pipeline(Pipeline):
                                hint=f"download it again: {self.dit_folder.repo_id}, folder {self.dit_folder.folder}")
         # Every part is declared before the first stage runs (HunyuanDiT's by draw_prompt), so `--memory auto` plans on the whole job.
         turbo_vae_root = roots[1] if params["volume_decoder"] == "flashvdm" and self.turbo_vae_folder else None
-        names = self.register_parts(memory, roots[0], turbo_vae_root, config)
+        names = self.register_parts(memory, roots[0], turbo_vae_root, config, decoding_bytes(config, params))
         info: dict[str, Any] = {"weights": [str(root) for root in roots]}
         images: dict[str, bytes] = {}
 
@@ -269,8 +276,19 @@ def _cut_out(picture: Image.Image, params: dict[str, Any]) -> tuple[Image.Image,
     return cut_out(picture, params["background_method"] if params["remove_background"] else "none")
 
 
-def register_parts(memory: Any, dit_root: Path, vae_root: Path | None, config: ModelConfig) -> dict[str, str]:
-    """Declare the conditioner, the DiT and the VAE (that of ``vae_root`` when given, else the DiT file's); returns their names.
+def decoding_bytes(config: ModelConfig, params: dict[str, Any]) -> Callable[[int], int]:
+    """``itemsize -> bytes`` the decoding stage needs besides the VAE's weights, at the job's octree
+    resolution and chunk size (the turbo VAE decodes at the same width as the DiT folder's)."""
+    from .vae import ShapeVAEConfig
+    from .volume import decode_memory_bytes
+
+    return partial(decode_memory_bytes, ShapeVAEConfig.from_params(config.vae), params["octree_resolution"], params["chunk_size"])
+
+
+def register_parts(memory: Any, dit_root: Path, vae_root: Path | None, config: ModelConfig,
+                   decoding: Callable[[int], int]) -> dict[str, str]:
+    """Declare the conditioner, the DiT and the VAE (that of ``vae_root`` when given, else the DiT
+    file's; its stage needs ``decoding(itemsize)`` bytes besides its weights); returns their names.
 
     The three parts share one file; each is the tensors under its prefix, so the manager reads
     their sizes and storage dtypes from the file's header before anything loads.
@@ -285,7 +303,7 @@ def register_parts(memory: Any, dit_root: Path, vae_root: Path | None, config: M
     vae_name = vae_root.name if vae_root else f"{dit_root.name}.vae"
     memory.register(vae_name, lambda: _load_vae(vae_root, dit_root, config), precision=PRECISION,
                     files=[vae_root / WEIGHTS_FILE if vae_root else path], prefix="" if vae_root else VAE_PREFIX,
-                    blocks=lambda module: list(module.blocks))
+                    blocks=lambda module: list(module.blocks), working_bytes=decoding)
     return {"conditioner": f"{dit_root.name}.conditioner", "dit": f"{dit_root.name}.dit", "vae": vae_name}
 
 

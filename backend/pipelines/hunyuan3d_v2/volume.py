@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ...mesh import Mesh, mesh_from_grid
-from .vae import GeometryDecoder, KeySelection, ShapeVAE
+from .vae import GeometryDecoder, KeySelection, ShapeVAE, ShapeVAEConfig
 
 BOUND = 1.01
 DEFAULT_OCTREE_RESOLUTION = 384
@@ -45,6 +45,8 @@ BAND_LOGIT = 0.95  # points with |logit - level| below this are refined around e
 SLOPE_CELLS = 1.0  # adaptive growth: a point is near the surface if the level is within this many cells at its local slope
 REFINEMENTS = ("adaptive", "upstream")
 UPSTREAM_FINAL_DILATIONS = 2  # upstream grows the finest level's region twice (the band once, then once, elsewhere)
+GRID_BYTES_PER_POINT = 8  # float32 logits, an eighth of that for the coarser level's, three boolean masks
+TOKEN_WORKING_WIDTHS = 12  # a transformer block's widest tensors a token: the MLP's 4 widths, q, k, v, outputs, residuals
 
 ProgressFn = Callable[[float], None]
 
@@ -114,16 +116,19 @@ def level_resolutions(octree_resolution: int, method: str) -> list[int]:
     return levels
 
 
-def decode_working_bytes(vae: ShapeVAE, num_chunks: int, dtype: torch.dtype) -> int:
-    """Activation memory of one decoder call of ``num_chunks`` points (for the memory manager's plan).
+def decode_memory_bytes(config: ShapeVAEConfig, octree_resolution: int, num_chunks: int, itemsize: int) -> int:
+    """Memory a decoding takes besides the VAE's weights where the decoder runs (for the memory manager's plan).
 
-    The widest tensors of a call are the MLP's hidden layer and a handful of width-sized ones per
-    point; attention runs in tiles, so it adds no per-point term the size of the token count.
+    The grids of the finest level (float32 logits, the coarser level's, and up to three boolean
+    masks while its region is found: GRID_BYTES_PER_POINT a point); one decoder call of
+    ``num_chunks`` points, whose widest tensors are the MLP's hidden layer and a handful of
+    width-sized ones a point (attention runs in tiles, so no term the size of the token count);
+    and the transformer that turns the latents into tokens.
     """
-    config = vae.config
     width = config.width // config.geo_decoder_downsample_ratio
     per_point = width * (2 * config.geo_decoder_mlp_expand_ratio + 8) + 64
-    return num_chunks * per_point * torch.empty((), dtype=dtype).element_size()
+    tokens = config.num_latents * config.width * TOKEN_WORKING_WIDTHS
+    return (octree_resolution + 1) ** 3 * GRID_BYTES_PER_POINT + (num_chunks * per_point + tokens) * itemsize
 
 
 def decode_volume(
@@ -148,7 +153,7 @@ def decode_volume(
         method: 'flashvdm', 'hierarchical' or 'plain' (see the module docstring).
         octree_resolution: cells per axis of the finest grid (384 upstream; 256 is quicker).
         num_chunks: points per decoder call (8000 upstream); bounds the activation memory
-            (``decode_working_bytes``). A FlashVDM mini-grid or bucket larger than this has
+            (``decode_memory_bytes``). A FlashVDM mini-grid or bucket larger than this has
             its keys picked once from its sampled queries and is decoded in parts.
         topk_mode: FlashVDM's key selection at the finer levels: 'mean' (per-head top-k) or
             'merge' (the union of the keys any sampled query attends to, shared by the heads).

@@ -8,6 +8,7 @@ weights folder, reads its config with the 2.1 DiT's sizes and registers the thre
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +109,8 @@ class Hunyuan3D21Pipeline(Hunyuan3D2Pipeline):
     def read_config(self, dit_root: Path) -> ModelConfig:
         return read_config(dit_root, parse_config_21)
 
-    def register_parts(self, memory: Any, dit_root: Path, turbo_vae_root: Path | None, config: ModelConfig) -> dict[str, str]:
+    def register_parts(self, memory: Any, dit_root: Path, turbo_vae_root: Path | None, config: ModelConfig,
+                       decoding: Callable[[int], int]) -> dict[str, str]:
         """The three entries of ``model.fp16.ckpt``; the manager sizes each from the checkpoint's entry of that name."""
         from .dit import load_dit
 
@@ -119,7 +121,7 @@ class Hunyuan3D21Pipeline(Hunyuan3D2Pipeline):
         memory.register(names["dit"], lambda: load_dit(path, config.dit), precision=PRECISION,
                         files=[path], prefix="model.", blocks=lambda module: module.stream_units())
         memory.register(names["vae"], lambda: load_vae(path, config), precision=PRECISION,
-                        files=[path], prefix="vae.", blocks=lambda module: list(module.blocks))
+                        files=[path], prefix="vae.", blocks=lambda module: list(module.blocks), working_bytes=decoding)
         return names
 
 
