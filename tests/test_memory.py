@@ -284,6 +284,21 @@ def test_auto_picks_resident_when_everything_fits_and_stage_when_not():
         assert mm.describe()["mode"] == expected
 
 
+def test_spare_bytes_is_what_the_budget_leaves_beside_the_components_held_on_the_device():
+    from backend.pipelines.hunyuan3d_v2.pipeline import grids_device
+
+    mm = fake_accelerator("resident", budget_bytes=1 << 30)
+    mm.register("a", half_loader(0))
+    assert mm.spare_bytes() == 1 << 30
+    run(mm, "s", ["a"])
+    held = sum(p.numel() * mm.compute_dtype("a").itemsize for p in tiny_model().parameters())
+    assert mm.spare_bytes() == (1 << 30) - held
+    # Hunyuan3D-2's decoding keeps its grids with the decoder while its working set fits there, else in host memory.
+    assert grids_device(mm, mm.spare_bytes()) == mm.device
+    assert grids_device(mm, mm.spare_bytes() + 1) == torch.device("cpu")
+    assert grids_device(MemoryManager(), 1 << 60) == torch.device("cpu")
+
+
 def test_auto_on_the_cpu_is_cpu_mode():
     mm = MemoryManager(mode="auto")
     mm.register("a", half_loader())

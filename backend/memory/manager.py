@@ -455,6 +455,14 @@ class MemoryManager:
             held -= self._compute_bytes(component)
             component.park()
 
+    def spare_bytes(self) -> int:
+        """What a running stage may still allocate on the execution device: its free memory beyond
+        the reserve, or, with ``budget_bytes``, what the budget leaves beside the components held there."""
+        if self.budget_bytes is not None:
+            return self.budget_bytes - sum(self._compute_bytes(c) for c in list(self._components.values()) if c.ready)
+        free, _total = self._free_memory()
+        return free - self.reserve_bytes
+
     def _weights_budget(self, activation: int) -> int:
         if self.budget_bytes is not None:
             return self.budget_bytes - activation

@@ -161,7 +161,8 @@ class Hunyuan3D2Pipeline(Pipeline):
                                hint=f"download it again: {self.dit_folder.repo_id}, folder {self.dit_folder.folder}")
         # Every part is declared before the first stage runs (HunyuanDiT's by draw_prompt), so `--memory auto` plans on the whole job.
         turbo_vae_root = roots[1] if params["volume_decoder"] == "flashvdm" and self.turbo_vae_folder else None
-        names = self.register_parts(memory, roots[0], turbo_vae_root, config, decoding_bytes(config, params))
+        decoding = decoding_bytes(config, params)
+        names = self.register_parts(memory, roots[0], turbo_vae_root, config, decoding)
         info: dict[str, Any] = {"weights": [str(root) for root in roots]}
         images: dict[str, bytes] = {}
 
@@ -197,7 +198,7 @@ class Hunyuan3D2Pipeline(Pipeline):
         info["latents"] = list(latents.shape)
 
         # 6 and 7. Decoding and the mesh.
-        mesh, decode_info = self._decode(ctx, names["vae"], latents, params)
+        mesh, decode_info = self._decode(ctx, names["vae"], latents, params, decoding)
         info.update(decode_info)
         return PipelineOutput(mesh=mesh, images=images, info=info)
 
@@ -242,23 +243,29 @@ class Hunyuan3D2Pipeline(Pipeline):
 
         return ctx.run_stage("sampling", [name], run)
 
-    def _decode(self, ctx: JobContext, name: str, latents: torch.Tensor, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def _decode(self, ctx: JobContext, name: str, latents: torch.Tensor, params: dict[str, Any],
+                decoding: Callable[[int], int]) -> tuple[Any, dict[str, Any]]:
         import torch
 
-        from .volume import decode_volume, volume_to_mesh
+        from ...memory.stats import GB
+        from .volume import decode_grid_bytes, decode_volume, volume_to_mesh
 
         memory = ctx.memory
         method = params["volume_decoder"]
         ctx.progress("decoding", 0, 100, f"decoding the shape ({method})")
 
         def decode(modules: dict[str, torch.nn.Module]) -> Any:
-            vae = modules[name]
+            vae, dtype = modules[name], memory.compute_dtype(name)
             with torch.inference_mode():
-                tokens = vae.latents_to_tokens(latents.to(memory.device, memory.compute_dtype(name)))
+                tokens = vae.latents_to_tokens(latents.to(memory.device, dtype))
+            grid_device = grids_device(memory, decoding(dtype.itemsize))
+            if grid_device != memory.device:
+                ctx.note(f"decoding: the grids ({decode_grid_bytes(params['octree_resolution']) / GB:.1f} GB) stay in host memory, "
+                         f"{memory.spare_bytes() / GB:.1f} GB is spare on the {memory.device.type.upper()}")
             return decode_volume(vae, tokens, method=method, octree_resolution=params["octree_resolution"],
                                  num_chunks=params["chunk_size"],
                                  progress=lambda fraction: ctx.progress("decoding", round(100 * fraction), 100),
-                                 check_cancelled=ctx.check_cancelled)
+                                 check_cancelled=ctx.check_cancelled, grid_device=grid_device)
 
         volume = ctx.run_stage("decoding", [name], decode)
         ctx.progress("mesh", 0, 4, "extracting the surface")
@@ -274,6 +281,16 @@ def _cut_out(picture: Image.Image, params: dict[str, Any]) -> tuple[Image.Image,
     from ..hunyuan3d_v1.background import cut_out
 
     return cut_out(picture, params["background_method"] if params["remove_background"] else "none")
+
+
+def grids_device(memory: Any, need_bytes: int) -> torch.device:
+    """Where a decoding keeps its grids: with the decoder, where the work between its calls is quickest,
+    unless the decoding's ``need_bytes`` exceed what is spare there (a large octree on a small GPU): then in host memory."""
+    import torch
+
+    if memory.device.type == "cpu" or memory.spare_bytes() >= need_bytes:
+        return memory.device
+    return torch.device("cpu")
 
 
 def decoding_bytes(config: ModelConfig, params: dict[str, Any]) -> Callable[[int], int]:

@@ -128,7 +128,12 @@ def decode_memory_bytes(config: ShapeVAEConfig, octree_resolution: int, num_chun
     width = config.width // config.geo_decoder_downsample_ratio
     per_point = width * (2 * config.geo_decoder_mlp_expand_ratio + 8) + 64
     tokens = config.num_latents * config.width * TOKEN_WORKING_WIDTHS
-    return (octree_resolution + 1) ** 3 * GRID_BYTES_PER_POINT + (num_chunks * per_point + tokens) * itemsize
+    return decode_grid_bytes(octree_resolution) + (num_chunks * per_point + tokens) * itemsize
+
+
+def decode_grid_bytes(octree_resolution: int) -> int:
+    """The most memory a decoding's grids take at once (0.45 GB at 384, 8.6 GB at 1024)."""
+    return (octree_resolution + 1) ** 3 * GRID_BYTES_PER_POINT
 
 
 def decode_volume(
@@ -144,6 +149,7 @@ def decode_volume(
     bound: float = BOUND,
     progress: ProgressFn | None = None,
     check_cancelled: Callable[[], None] | None = None,
+    grid_device: torch.device | str | None = None,
 ) -> Volume:
     """Decode one shape's occupancy logits over the grid.
 
@@ -174,6 +180,9 @@ def decode_volume(
         bound: half the side of the decoded cube (1.01 upstream).
         progress: called with the fraction done, in [0, 1], after each decoder call.
         check_cancelled: called before each decoder call; raises to stop.
+        grid_device: where the grids live and the work between calls runs: by default with the
+            decoder (the tokens' device), so none of it waits on one CPU thread; the CPU keeps
+            a grid too large for a small GPU in host memory (``decode_grid_bytes``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -197,8 +206,8 @@ def decode_volume(
     decoder = vae.geo_decoder
     stats = DecodeStats()
     levels = level_resolutions(octree_resolution, method)
-    # The grids live where the decoder runs: their bookkeeping between calls is whole-grid work.
-    axis = torch.from_numpy(np.linspace(-bound, bound, levels[0] + 1, dtype=np.float32)).to(tokens.device)
+    grid_device = torch.device(grid_device) if grid_device is not None else tokens.device
+    axis = torch.from_numpy(np.linspace(-bound, bound, levels[0] + 1, dtype=np.float32)).to(grid_device)
     dense_resolution, refined = levels[0], levels[1:]
     if refinement == "adaptive" and refined and (method != "flashvdm" or len(axis[::2]) % MINI_GRIDS == 0):
         # Where a point is expensive the dense level costs most: decode every other point of the
@@ -206,7 +215,7 @@ def decode_volume(
         axis, dense_resolution, refined = axis[::2].contiguous(), levels[0] // 2, levels
     with torch.inference_mode():
         kv = decoder.prepare(tokens)
-        run = _Run(decoder, kv, tokens.dtype, num_chunks, stats, 1 + len(refined), progress, check_cancelled)
+        run = _Run(decoder, kv, tokens.dtype, num_chunks, stats, 1 + len(refined), progress, check_cancelled, grid_device)
         topk = vae.config.topk_keys
         if method == "flashvdm":
             logits = run.mini_grids(axis, topk)
@@ -250,9 +259,10 @@ class _Run:
     """The decoder calls of one decoding, with progress and cancellation."""
 
     def __init__(self, decoder: GeometryDecoder, kv, dtype: torch.dtype, num_chunks: int, stats: DecodeStats,
-                 level_count: int, progress: ProgressFn | None, check_cancelled: Callable[[], None] | None):
+                 level_count: int, progress: ProgressFn | None, check_cancelled: Callable[[], None] | None,
+                 grid_device: torch.device):
         self.decoder, self.kv, self.dtype, self.num_chunks = decoder, kv, dtype, num_chunks
-        self.device = kv.keys.device
+        self.device, self.grid_device = kv.keys.device, grid_device
         self.stats, self.level_count = stats, level_count
         self.progress, self.check_cancelled = progress, check_cancelled
         self.levels_done = 0
@@ -275,7 +285,7 @@ class _Run:
             self.check_cancelled()
         self.stats.calls += 1
         self.stats.largest_call = max(self.stats.largest_call, len(points))
-        return self.decoder(points[None].to(self.device), kv, selection)[0].float()
+        return self.decoder(points[None].to(self.device), kv, selection)[0].float().to(self.grid_device)
 
     def report(self, done: int, total: int) -> None:
         fraction = (self.levels_done + done / max(total, 1)) / self.level_count
@@ -289,7 +299,7 @@ class _Run:
 
     def points(self, points: torch.Tensor) -> torch.Tensor:
         """Logits at (P, 3) points, ``num_chunks`` a call, every token attended."""
-        out = torch.empty(len(points), dtype=torch.float32, device=self.device)
+        out = torch.empty(len(points), dtype=torch.float32, device=self.grid_device)
         for start in range(0, len(points), self.num_chunks):
             out[start : start + self.num_chunks] = self.call(points[start : start + self.num_chunks])
             self.report(min(start + self.num_chunks, len(points)), len(points))
@@ -298,9 +308,9 @@ class _Run:
     def dense(self, axis: torch.Tensor) -> torch.Tensor:
         """Every point of the grid with float32 coordinates ``axis`` on each axis."""
         n = len(axis)
-        out = torch.empty(n**3, dtype=torch.float32, device=self.device)
+        out = torch.empty(n**3, dtype=torch.float32, device=self.grid_device)
         for start in range(0, n**3, self.num_chunks):
-            index = torch.arange(start, min(start + self.num_chunks, n**3), device=self.device)
+            index = torch.arange(start, min(start + self.num_chunks, n**3), device=self.grid_device)
             # Coordinates in the decoder's dtype before the Fourier features, as upstream (float16 on GPUs).
             points = torch.stack([axis[index // (n * n)], axis[(index // n) % n], axis[index % n]], dim=1).to(self.dtype)
             out[start : start + len(index)] = self.call(points)
@@ -317,7 +327,7 @@ class _Run:
         # (mini-grid x, y, z, then x, y, z inside it): each mini-grid's points contiguous, in row-major order.
         tiled = grid.view(MINI_GRIDS, side, MINI_GRIDS, side, MINI_GRIDS, side, 3).permute(0, 2, 4, 1, 3, 5, 6).reshape(count, side**3, 3)
         per_call = max(self.num_chunks // side**3, 1)
-        out = torch.empty((count, side**3), dtype=torch.float32, device=self.device)
+        out = torch.empty((count, side**3), dtype=torch.float32, device=self.grid_device)
         for first in range(0, count, per_call):
             last = min(first + per_call, count)
             selection = KeySelection((side**3,) * (last - first), COARSE_STRIDE, topk, "mean")
@@ -347,7 +357,7 @@ class _Run:
         stride = FINE_STRIDE if mode == "mean" else MERGE_STRIDE
         # Float32 coordinates here, whatever the decoder's dtype (upstream casts only the Fourier features).
         ordered = points[order]
-        values = torch.empty(len(points), dtype=torch.float32, device=self.device)
+        values = torch.empty(len(points), dtype=torch.float32, device=self.grid_device)
         start = 0
         for sizes in calls:
             end = start + sum(sizes)
