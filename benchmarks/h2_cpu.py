@@ -84,12 +84,12 @@ class StageClock:
         self._open = None if stage is None else (stage, cpu, wall, HostPeak().__enter__())
 
 
-def make_engine(device: str, memory: str, weights: Path):
-    """The job engine ``python -m backend generate`` builds, on ``device`` in ``memory`` mode."""
+def make_engine(device: str, memory: str, weights: Path, precision: str = "auto"):
+    """The job engine ``python -m backend generate`` builds, on ``device`` in ``memory`` mode at ``precision``."""
     from backend.jobs import JobEngine
     from backend.runtime import Runtime
 
-    return JobEngine(Runtime.create(device=device, memory=memory), output_dir=None, weights_dir=str(weights))
+    return JobEngine(Runtime.create(device=device, memory=memory, precision=precision), output_dir=None, weights_dir=str(weights))
 
 
 def run_job(engine, model: str, image: Path, params: dict, clock: StageClock, mesh=None) -> tuple:
@@ -127,13 +127,17 @@ def run_job(engine, model: str, image: Path, params: dict, clock: StageClock, me
 
 def run_ours(args: argparse.Namespace, clock: StageClock) -> tuple:
     from backend import pipelines
+    from backend.weights import HUNYUAN3D_2_MODELS
 
     params = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "octree_resolution": args.octree_resolution,
               "chunk_size": args.chunk_size, "volume_decoder": "flashvdm", "background_method": "alpha"}
     clock.mark("load")  # runtime, weights check, registration; each part loads inside its stage
-    mesh, _header, _steps = run_job(make_engine("cpu", args.memory, args.dir), MODEL, args.image, params, clock)
+    engine = make_engine("cpu", args.memory, args.dir, args.precision)
+    mesh, _header, _steps = run_job(engine, MODEL, args.image, params, clock)
     max_faces = next(p.default for p in pipelines.get(MODEL).params if p.name == "max_faces")
-    return mesh.positions, mesh.faces, {"memory mode": args.memory, "decimated to at most": max_faces}
+    computes_in = engine.runtime.memory.compute_dtype(f"{HUNYUAN3D_2_MODELS[MODEL][0].folder}.dit")
+    return mesh.positions, mesh.faces, {"memory mode": args.memory, "computes in": str(computes_in).removeprefix("torch."),
+                                        "decimated to at most": max_faces}
 
 
 def run_hy3dgen(args: argparse.Namespace, clock: StageClock) -> tuple:
@@ -251,6 +255,8 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=8000, help="grid points per decoder call (default 8000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory", default="stage", choices=["stage", "cpu", "resident", "stream"], help="our memory mode (default stage)")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                        help="what ours computes in (default float32, as hy3dgen; bfloat16 needs a CPU with AVX512-BF16 or AMX)")
     parser.add_argument("--sides", nargs="+", default=["ours", "hy3dgen"], choices=["ours", "hy3dgen"], help="which runs (default both)")
     parser.add_argument("--keep", type=Path, help="keep each side's figures and mesh in this folder; a side measured there "
                         "before with the same settings is reused, not rerun (so the two sides can run at different times)")
@@ -276,6 +282,7 @@ def main() -> int:
         results, meshes = {}, {}
         settings = {"image": hashlib.sha256(args.image.read_bytes()).hexdigest(), "steps": args.steps, "guidance": args.guidance, "octree": args.octree_resolution,
                     "chunk": args.chunk_size, "seed": args.seed, "memory": args.memory}
+        side_settings = {"ours": {**settings, "precision": args.precision}, "hy3dgen": settings}
         kept = args.keep or Path(scratch)
         kept.mkdir(parents=True, exist_ok=True)
         for side in args.sides:
@@ -283,17 +290,17 @@ def main() -> int:
             saved = kept / f"{side}.json"
             if args.keep and saved.is_file() and meshes[side].is_file():
                 earlier = json.loads(saved.read_text())
-                if earlier["settings"] == settings:
+                if earlier["settings"] == side_settings[side]:
                     print(f"{side}: the figures measured earlier in {kept} (same settings)")
                     results[side] = earlier["figures"]
                     continue
             command = [sys.executable, __file__, "--run", side, "--mesh-out", str(meshes[side]), "--dir", str(weights),
                        "--image", str(args.image), "--steps", str(args.steps), "--guidance", str(args.guidance),
                        "--octree-resolution", str(args.octree_resolution), "--chunk-size", str(args.chunk_size),
-                       "--seed", str(args.seed), "--memory", args.memory]
+                       "--seed", str(args.seed), "--memory", args.memory, "--precision", args.precision]
             print(f"running {side} ...", flush=True)
             results[side] = run_measurement(command)
-            saved.write_text(json.dumps({"settings": settings, "figures": results[side]}))
+            saved.write_text(json.dumps({"settings": side_settings[side], "figures": results[side]}))
         report(args, results, meshes)
     return 0
 
@@ -306,7 +313,7 @@ def report(args: argparse.Namespace, results: dict, meshes: dict) -> None:
     from backend.weights import HUNYUAN3D_2_MODELS
 
     size = sum((args.dir / f.folder / "model.fp16.safetensors").stat().st_size for f in HUNYUAN3D_2_MODELS[MODEL]) / GB
-    print(f"{MODEL}, random weights ({size:.2f} GB of float16 files), float32 on the CPU; picture {args.image.name}; steps {args.steps}, guidance "
+    print(f"{MODEL}, random weights ({size:.2f} GB of float16 files), on the CPU in float32 (ours: {args.precision}); picture {args.image.name}; steps {args.steps}, guidance "
           f"{args.guidance}, seed {args.seed}, octree {args.octree_resolution}, chunk {args.chunk_size}, FlashVDM (turbo VAE, 'mean' keys); "
           f"ours in {args.memory} mode")
     print(f"\n{'stage':<11}" + "".join(f"{side + ' CPU s':>14}{side + ' wall s':>15}{side + ' peak RSS':>17}" for side in results))

@@ -429,6 +429,21 @@ def test_a_picture_becomes_a_mesh_on_tiny_weights(tmp_path, model):
     assert output.info["latents"] == [1, LATENTS, CHANNELS]
 
 
+def test_a_picture_becomes_a_mesh_in_bfloat16_on_a_cpu_with_native_bfloat16(tmp_path):
+    """``--precision bfloat16`` on a CPU with AVX512-BF16/AMX: every stage runs in bfloat16 (the
+    picture's antialiased resize, which the CPU lacks in bfloat16, in float32)."""
+    _needs_the_decoder()
+    from backend.devices import DeviceInfo, PrecisionPolicy
+    from backend.memory import MemoryManager
+
+    model = "hunyuan3d-2mini-turbo"
+    memory = MemoryManager(PrecisionPolicy(DeviceInfo("cpu", name="CPU", native_bf16=True), "bfloat16"))
+    output = run_pipeline(model, weights_folder(tmp_path, model), memory=memory, images={"image": object_picture()},
+                          params={"steps": 2, "octree_resolution": 24})
+    assert output.mesh.face_count > 0
+    assert {memory.compute_dtype(name) for name in memory._components} == {torch.bfloat16}
+
+
 def test_the_plan_and_the_decoding_stage_count_the_grids_and_one_call_at_the_job_s_resolution(tmp_path):
     _needs_the_decoder()
     from backend import pipelines

@@ -183,10 +183,11 @@ class ImageEncoder(nn.Module):
         pixels = images.reshape(-1, *images.shape[-3:])
         pixels = (pixels + 1) / 2
         size = self.config.image_size
-        # torchvision's Resize(size) on a tensor: shorter side to ``size``, bilinear with antialiasing.
+        # torchvision's Resize(size) on a tensor: shorter side to ``size``, bilinear with antialiasing;
+        # in float32 (the CPU has no antialiased resize in bfloat16).
         height, width = pixels.shape[-2:]
         target = (size, int(size * width / height)) if height <= width else (int(size * height / width), size)
-        pixels = F.interpolate(pixels, size=target, mode="bilinear", align_corners=False, antialias=True)
+        pixels = F.interpolate(pixels.float(), size=target, mode="bilinear", align_corners=False, antialias=True).to(pixels.dtype)
         top, left = (pixels.shape[-2] - size) // 2, (pixels.shape[-1] - size) // 2
         pixels = pixels[..., top:top + size, left:left + size]
         pixels = (pixels - self.mean.to(pixels.dtype)) / self.std.to(pixels.dtype)
