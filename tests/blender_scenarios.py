@@ -63,6 +63,14 @@ def pump_until(condition, timeout: float = TIMEOUT_S, on_pump=None) -> None:
         time.sleep(0.005)
 
 
+def start(config: dict, **overrides):
+    """Install the add-on, point it at the test backend (``configure``) and connect; returns its ``app`` module."""
+    install(config)
+    configure(config, **overrides)
+    connect()
+    return addon_module("app")
+
+
 def connect() -> None:
     app = addon_module("app")
     assert bpy.ops.hy3d.connect() == {"FINISHED"}
@@ -129,10 +137,7 @@ def object_facts(obj) -> dict:
 
 
 def scenario_generate(config: dict) -> dict:
-    install(config)
-    configure(config)
-    connect()
-    app = addon_module("app")
+    app = start(config)
     image = os.path.join(config["workdir"], "input.png")
     write_png(image)
     set_inputs("IMAGE", image, steps=12, subdivisions=3, radius=0.75, seed=7)
@@ -163,10 +168,7 @@ def scenario_generate(config: dict) -> dict:
 
 
 def scenario_cancel(config: dict) -> dict:
-    install(config)
-    configure(config)
-    connect()
-    app = addon_module("app")
+    app = start(config)
     set_inputs(steps=400, step_delay=0.05)
     before = len(bpy.data.objects)
     assert bpy.ops.hy3d.generate() == {"FINISHED"}
@@ -183,10 +185,7 @@ def scenario_cancel(config: dict) -> dict:
 
 
 def scenario_free_gpu_memory(config: dict) -> dict:
-    install(config)
-    configure(config)
-    connect()
-    app = addon_module("app")
+    app = start(config)
     inputs = bpy.context.window_manager.hy3d
     inputs.pipeline, inputs.source, inputs.prompt = "test-memory", "TEXT", "x"
 
@@ -220,10 +219,7 @@ def scenario_free_gpu_memory(config: dict) -> dict:
 
 def scenario_backend_killed(config: dict) -> dict:
     """A backend that crashes, then one killed mid-job: the panel quotes the log, Restart keeps the old logs."""
-    install(config)
-    configure(config)
-    connect()
-    app = addon_module("app")
+    app = start(config)
     panels = addon_module("panels")
     log_path = os.path.join(addon_module("preferences").user_dir(), "backend.log")
     set_inputs(steps=10, step_delay=0.01, crash_at_step=3)
@@ -252,10 +248,7 @@ def scenario_backend_killed(config: dict) -> dict:
 
 
 def scenario_frozen_backend(config: dict) -> dict:
-    install(config)
-    configure(config)
-    connect()
-    app = addon_module("app")
+    app = start(config)
     pid = app.session.backend_pid
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -380,10 +373,7 @@ def scenario_import_equivalence(config: dict) -> dict:
 
 def scenario_missing_image(config: dict) -> dict:
     """Generate with Image input and no usable picture: greyed out with the reason, never a traceback."""
-    install(config)
-    configure(config)
-    connect()
-    app = addon_module("app")
+    app = start(config)
     panels = addon_module("panels")
     facts = {}
     image = os.path.join(config["workdir"], "input.png")
@@ -405,10 +395,7 @@ def scenario_missing_image(config: dict) -> dict:
 
 def scenario_file_load(config: dict) -> dict:
     """File > New and File > Open keep the sidebar's inputs; a job in flight lands in the newly loaded file."""
-    install(config)
-    configure(config)
-    connect()
-    app = addon_module("app")
+    app = start(config)
     image = os.path.join(config["workdir"], "input.png")
     write_png(image)
     saved = os.path.join(config["workdir"], "saved.blend")
@@ -441,10 +428,7 @@ def scenario_file_load(config: dict) -> dict:
 
 def scenario_settings_travel(config: dict) -> dict:
     """Generated objects keep their settings in the .blend: Regenerate, Variations (queued, cancellable), Load Settings."""
-    install(config)
-    configure(config)
-    connect()
-    app = addon_module("app")
+    app = start(config)
     recipe = addon_module("recipe")
     panels = addon_module("panels")
     image = os.path.join(config["workdir"], "input.png")
@@ -515,10 +499,7 @@ def world_vertices(obj) -> list:
 
 def scenario_previews(config: dict) -> dict:
     """Preview Variations: quick jobs side by side in a collection; Refine makes one at full quality with its seed."""
-    install(config)
-    configure(config)
-    connect()
-    app = addon_module("app")
+    app = start(config)
     recipe = addon_module("recipe")
     panels = addon_module("panels")
     image = os.path.join(config["workdir"], "input.png")
@@ -575,10 +556,7 @@ def scenario_viewport_input(config: dict) -> dict:
     """Camera view and Image Editor pictures as input; results fitted into the active box or empty, facing the camera."""
     import numpy as np
 
-    install(config)
-    configure(config)
-    connect()
-    app = addon_module("app")
+    app = start(config)
     panels = addon_module("panels")
     inputs = bpy.context.window_manager.hy3d
     scene = bpy.context.scene
@@ -669,10 +647,7 @@ def scenario_viewport_input(config: dict) -> dict:
 
 def scenario_extra_views(config: dict) -> dict:
     """A model with named side views: one field each, checked like the image, sent by name, kept for Regenerate."""
-    install(config)
-    configure(config)
-    connect()
-    app = addon_module("app")
+    app = start(config)
     recipe = addon_module("recipe")
     panels = addon_module("panels")
     inputs = bpy.context.window_manager.hy3d
@@ -715,10 +690,8 @@ def scenario_texture_selected(config: dict) -> dict:
     """Texture Selected on a cube with a Subdivision modifier, moved, turned and scaled, painted by the tiny paint models."""
     import numpy as np
 
-    install(config)
-    configure(config, extra_args=f"--pipelines-from fixture_pipelines --weights {config['weights']}")
-    connect()
-    app, scene_mesh = addon_module("app"), addon_module("scene_mesh")
+    app = start(config, extra_args=f"--pipelines-from fixture_pipelines --weights {config['weights']}")
+    scene_mesh = addon_module("scene_mesh")
     image = os.path.normpath(os.path.join(config["tests"], "..", "examples", "mug.png"))
     set_inputs("IMAGE", image, pipeline="nano", texture_size=128, texture_steps=2, delight_steps=2, texture_views="four")
     facts = {"models": [item.identifier for item in bpy.context.window_manager.hy3d.bl_rna.properties["pipeline"].enum_items]}
@@ -875,10 +848,7 @@ def scenario_download_weights(config: dict) -> dict:
     # The download inherits Blender's environment as a launched backend does: keep the hub offline, its cache empty.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HOME"] = os.path.join(config["workdir"], "hf-home")
-    install(config)
-    configure(config, weights_dir=os.path.join(config["workdir"], "weights"))
-    connect()
-    app = addon_module("app")
+    app = start(config, weights_dir=os.path.join(config["workdir"], "weights"))
     downloads = addon_module("downloads")
     task = app.downloads
     backend_pid = app.session.backend_pid
@@ -942,10 +912,7 @@ def scenario_download_weights(config: dict) -> dict:
 
 def scenario_plan(config: dict) -> dict:
     """The plan under Generate: asked for once the inputs settle, through the connection's threads, and again after a job."""
-    install(config)
-    configure(config)
-    connect()
-    app, panels = addon_module("app"), addon_module("panels")
+    app, panels = start(config), addon_module("panels")
     sent: list[dict] = []
     connection = app.session._connection
     send = connection.send
@@ -980,10 +947,7 @@ def scenario_plan(config: dict) -> dict:
 
 def scenario_finishing(config: dict) -> dict:
     """Finishing after the import, one step per pump: scale, face budget, LODs, origin, voxel and QuadriFlow quads."""
-    install(config)
-    configure(config)
-    connect()
-    app = addon_module("app")
+    app = start(config)
     panels = addon_module("panels")
     recipe = addon_module("recipe")
     settings = bpy.context.window_manager.hy3d.finishing
