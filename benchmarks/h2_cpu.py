@@ -1,4 +1,4 @@
-"""Hunyuan3D-2mini-turbo, picture to mesh on the CPU at full size (float32): ours against hy3dgen 2.0.2, stage by stage.
+"""Hunyuan3D-2mini-turbo, picture to mesh on the CPU at full size (float32; ours also in bfloat16 with --precision): ours against hy3dgen 2.0.2, stage by stage.
 
 Writes full-size random mini-turbo weights in the official layout (benchmarks/h2_random_weights.py)
 unless ``--dir`` already holds them, then runs, each in a fresh process, on the same RGBA picture:
