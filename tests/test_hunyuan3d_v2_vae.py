@@ -233,6 +233,31 @@ def test_flashvdm_groups_larger_than_a_chunk_are_decoded_in_parts_with_the_same_
     np.testing.assert_allclose(parts.logits, whole.logits, rtol=0, atol=1e-5 * np.abs(whole.logits).max())
 
 
+def test_growth_passes_add_exactly_the_neighbours_the_surface_may_reach():
+    """``grow_region`` against its definition, point by point, on a random grid: the undecoded face
+    neighbours of the points just decoded across a sign change, or next to a point within one
+    cell of the level at its local slope (at most BAND_LOGIT)."""
+    from backend.pipelines.hunyuan3d_v2.volume import BAND_LOGIT, SLOPE_CELLS, grid_indices, grow_region
+
+    generator = torch.Generator().manual_seed(0)
+    shape, level = (9, 11, 13), 0.1
+    logits = torch.randn(shape, generator=generator)
+    decoded = torch.rand(shape, generator=generator) < 0.5
+    index = decoded.view(-1).nonzero().squeeze(1)[::3]
+    expected = set()
+    for i, j, k in grid_indices(index, logits.shape).tolist():
+        neighbours = [(i + di, j + dj, k + dk) for di, dj, dk in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))]
+        neighbours = [n for n in neighbours if all(0 <= c < size for c, size in zip(n, shape))]
+        centre = float(logits[i, j, k])
+        slope = max(abs(float(logits[n]) - centre) for n in neighbours)
+        near = abs(centre - level) < min(SLOPE_CELLS * slope, BAND_LOGIT)
+        expected |= {n for n in neighbours if not decoded[n] and (near or (float(logits[n]) > level) != (centre > level))}
+    grown = grow_region(logits, decoded, index, level)
+    assert grown.tolist() == sorted(grown.tolist())  # row-major, each once
+    assert {tuple(point) for point in grid_indices(grown, logits.shape).tolist()} == expected
+    assert 0 < len(expected) < (~decoded).sum()
+
+
 def test_mesh_is_closed_outward_and_in_the_box(flashvdm_grids):
     volume = dataclasses.replace(flashvdm_grids[1], logits=flashvdm_grids[1].logits.copy())
     # Outside on the box's faces, so the surface closes and its signed volume means something.
