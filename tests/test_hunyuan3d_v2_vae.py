@@ -258,6 +258,16 @@ def test_growth_passes_add_exactly_the_neighbours_the_surface_may_reach():
     assert 0 < len(expected) < (~decoded).sum()
 
 
+@pytest.mark.parametrize("coarse, size", [(5, 9), (6, 11), (4, 8)])
+def test_each_fine_point_takes_the_value_of_its_coarse_point(coarse, size):
+    from backend.pipelines.hunyuan3d_v2.volume import upsample_nearest
+
+    grid = torch.randn(coarse, coarse, coarse, generator=torch.Generator().manual_seed(coarse))
+    half = torch.arange(size) // 2
+    assert torch.equal(upsample_nearest(grid, size), grid[half[:, None, None], half[None, :, None], half[None, None, :]])
+    assert torch.equal(upsample_nearest(grid > 0, size), (grid > 0)[half[:, None, None], half[None, :, None], half[None, None, :]])
+
+
 def test_mesh_is_closed_outward_and_in_the_box(flashvdm_grids):
     volume = dataclasses.replace(flashvdm_grids[1], logits=flashvdm_grids[1].logits.copy())
     # Outside on the box's faces, so the surface closes and its signed volume means something.
