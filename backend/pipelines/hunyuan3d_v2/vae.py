@@ -305,13 +305,17 @@ class GeometryDecoder(nn.Module):
         block = self.cross_attn_decoder
         return block.attn.keys_values(block.ln_2(tokens))
 
+    def embed(self, points: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, P, 3) points -> their query tokens: Fourier features in the points' own dtype, then ``dtype``."""
+        return self.query_proj(self.fourier_embedder(points).to(dtype))
+
     def group_keys(self, points: torch.Tensor, kv: DecoderKeys, selection: KeySelection) -> DecoderKeys:
         """The keys and values one FlashVDM group of (1, P, 3) ``points`` attends to, from its sampled queries only.
 
         Decoding the group in parts with these as ``kv`` (and no selection) gives the values one
         call with ``selection`` gives, in less memory: each point's query is its own row.
         """
-        x = self.query_proj(self.fourier_embedder(points[:, :: selection.stride]).to(kv.keys.dtype))
+        x = self.embed(points[:, :: selection.stride], kv.keys.dtype)
         block = self.cross_attn_decoder
         return chosen_keys(block.attn.queries(block.ln_1(x)), kv, selection)
 
@@ -324,8 +328,7 @@ class GeometryDecoder(nn.Module):
             kv: from ``prepare``.
             selection: FlashVDM key selection for this call, or None to attend to every token.
         """
-        x = self.query_proj(self.fourier_embedder(points).to(kv.keys.dtype))
-        x = self.cross_attn_decoder(x, kv, selection)
+        x = self.cross_attn_decoder(self.embed(points, kv.keys.dtype), kv, selection)
         if self.ln_post is not None:
             x = self.ln_post(x)
         return self.output_proj(x)[..., 0]
