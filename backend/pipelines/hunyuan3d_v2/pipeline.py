@@ -261,7 +261,7 @@ class Hunyuan3D2Pipeline(Pipeline):
             grid_device = grids_device(memory, decoding(dtype.itemsize))
             if grid_device != memory.device:
                 ctx.note(f"decoding: the grids ({decode_grid_bytes(params['octree_resolution']) / GB:.1f} GB) stay in host memory, "
-                         f"{memory.spare_bytes() / GB:.1f} GB is spare on the {memory.device.type.upper()}")
+                         f"{memory.spare_bytes() / GB:.1f} GB is spare on {memory.info.name or memory.device}")
             return decode_volume(vae, tokens, method=method, octree_resolution=params["octree_resolution"],
                                  num_chunks=params["chunk_size"],
                                  progress=lambda fraction: ctx.progress("decoding", round(100 * fraction), 100),
