@@ -447,7 +447,7 @@ class MemoryManager:
                 component.park()
             return
         budget = self._weights_budget(activation)
-        held = sum(self._compute_bytes(c) for c in self._components.values() if c.ready)
+        held = self._held_compute_bytes()
         incoming = sum(self._compute_bytes(c) for c in components if not c.ready)
         for component in others:
             if held + incoming <= budget:
@@ -459,7 +459,7 @@ class MemoryManager:
         """What a running stage may still allocate on the execution device: its free memory beyond
         the reserve, or, with ``budget_bytes``, what the budget leaves beside the components held there."""
         if self.budget_bytes is not None:
-            return self.budget_bytes - sum(self._compute_bytes(c) for c in list(self._components.values()) if c.ready)
+            return self.budget_bytes - self._held_compute_bytes()
         free, _total = self._free_memory()
         return free - self.reserve_bytes
 
@@ -467,9 +467,12 @@ class MemoryManager:
         if self.budget_bytes is not None:
             return self.budget_bytes - activation
         free, _total = self._free_memory()
+        return free + self._held_compute_bytes() - self.reserve_bytes - activation
+
+    def _held_compute_bytes(self) -> int:
+        """Bytes of the components ready on the execution device."""
         # A list first: a plan reads this from a client's thread while the worker may register components.
-        held = sum(self._compute_bytes(c) for c in list(self._components.values()) if c.ready)
-        return free + held - self.reserve_bytes - activation
+        return sum(self._compute_bytes(c) for c in list(self._components.values()) if c.ready)
 
     def _compute_bytes(self, component: Component) -> int:
         import torch
