@@ -110,14 +110,12 @@ class Hunyuan3D2Pipeline(Pipeline):
         from ..hunyuan3d_v1.components import register_components
         from ..hunyuan3d_v1.text_to_image import PARTS
 
+        params = request.params if request is not None else {param.name: param.default for param in self.params}
+        decoder = params["volume_decoder"]
         if request is None:  # every part whose weights are present
-            params = {param.name: param.default for param in self.params}
-            decoder = self._default_decoder()
             checks = [check_folder(folder, self.weights_dir) for folder in self._folders(decoder, text=True)]
             roots = {check.folder: check.path for check in checks if check.ready}
         else:
-            params = request.params
-            decoder = params["volume_decoder"]
             folders = self._folders(decoder, text=request.text is not None)
             roots = dict(zip(folders, require_folders(folders, self.weights_dir)))
         names: list[str] = []
