@@ -8,7 +8,12 @@ calls, the decoding's time, and the part of it spent in the decoder's forward ca
 forward hooks in a second run, with a synchronize before and after each call on a GPU). The rest
 is the grids' bookkeeping between the calls (upsampling, the regions, the growth passes,
 FlashVDM's buckets and the keys of groups larger than a call), which does not depend on the
-decoder's size.
+decoder's size. A third run counts the torch operations the decoding dispatches, views aside:
+those in the decoder's calls and those around them (each one kernel launch or more on a GPU),
+and among the latter those whose output size depends on the data (nonzero, unique, masking,
+reading a value to Python), each of which makes the host wait for a GPU. These counts are the same
+on every device, so the CPU shows what the bookkeeping will cost where a launch, not a point, is
+what costs.
 
 The default decoder is tiny (width 16), so a point costs little, as on a GPU, and the bookkeeping
 shows; ``--width 1024 --heads 16 --latents 3072`` is v2-0's. No hy3dgen needed.
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
@@ -71,6 +77,43 @@ class DecoderCallTime:
             handle.remove()
 
 
+# Operations whose output size, or a Python value, depends on the data: the host waits for the device.
+HOST_WAITS = {"aten.nonzero.default", "aten._unique2.default", "aten.unique_consecutive.default", "aten.unique_dim.default",
+              "aten.masked_select.default", "aten._local_scalar_dense.default"}
+
+
+class OperationCount(TorchDispatchMode):
+    """Torch operations dispatched (views aside), inside a module's forward calls and around them."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inside = self.around = self.waits = 0
+        self.depth = 0
+        self.handles = [module.register_forward_pre_hook(self.enter), module.register_forward_hook(self.leave)]
+
+    def enter(self, *_args) -> None:
+        self.depth += 1
+
+    def leave(self, *_args) -> None:
+        self.depth -= 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            if self.depth:
+                self.inside += 1
+            else:
+                self.around += 1
+                # Indexing with a boolean mask finds the mask's positions first.
+                masked = func.name() == "aten::index.Tensor" and any(
+                    isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in args[1])
+                self.waits += masked or str(func) in HOST_WAITS
+        return func(*args, **(kwargs or {}))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 384], help="octree resolutions")
@@ -105,8 +148,9 @@ def main() -> None:
           f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""))
     print(f"model: width {args.width}, heads {args.heads}, {args.latents} latents, {str(dtype).removeprefix('torch.')}, "
           f"{args.chunk_size} points per call; times in {'wall seconds' if args.device == 'cuda' else 'CPU seconds'}")
-    print(f"\n| octree | decoder | refinement | points decoded | passes | calls | {unit} s | in decoder calls | around them |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\n| octree | decoder | refinement | points decoded | passes | calls | {unit} s | in decoder calls | around them "
+          "| operations in calls | operations around them | of which the host waits |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for resolution in args.resolutions:
         for method in ("hierarchical", "flashvdm"):
             for refinement in ("upstream", "adaptive"):
@@ -121,9 +165,16 @@ def main() -> None:
                     decode()
                 finally:
                     calls.remove()
+                operations = OperationCount(vae.geo_decoder)
+                try:
+                    with operations:
+                        decode()
+                finally:
+                    operations.remove()
                 stats = volume.stats
                 print(f"| {resolution} | {method} | {refinement} | {stats.points:,} | {stats.passes} | {stats.calls} | {total:.2f} | "
-                      f"{calls.seconds:.2f} | {max(total - calls.seconds, 0.0):.2f} |", flush=True)
+                      f"{calls.seconds:.2f} | {max(total - calls.seconds, 0.0):.2f} | {operations.inside:,} | {operations.around:,} "
+                      f"| {operations.waits:,} |", flush=True)
 
 
 if __name__ == "__main__":
