@@ -86,7 +86,7 @@ class SystemProbe:
         found = []
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
-            free, total = torch.cuda.mem_get_info(index)
+            free, total = cuda_memory(index)
             found.append(DeviceInfo("cuda", index, props.name, total, free, (props.major, props.minor)))
         return found
 
@@ -108,6 +108,25 @@ class SystemProbe:
         name, flags = _cpu_name_and_flags()
         native_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
         return DeviceInfo("cpu", 0, name, memory.total, memory.available, cores=os.cpu_count(), native_bf16=native_bf16)
+
+
+def cuda_memory(device: Any) -> tuple[int, int]:
+    """(free, total) bytes this process may use on a CUDA device (an index or a torch.device).
+
+    Free counts what torch's caching allocator holds without using. Both respect a cap put on the
+    process with ``torch.cuda.set_per_process_memory_fraction`` (how a benchmark on a large card
+    shows what a small one does), which the driver's figures alone do not.
+    """
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    free += torch.cuda.memory_reserved(device) - allocated
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _device: 1.0)(device)
+    if fraction >= 1.0:
+        return free, total
+    cap = int(total * fraction)
+    return max(min(free, cap - allocated), 0), cap
 
 
 def _cpu_name_and_flags() -> tuple[str, set[str]]:

@@ -11,7 +11,8 @@ faces, max abs diff of the vertices), and the goals for ``hunyuan3d-2-turbo`` (v
 ``stage`` <= 3.5 GB, ``stream`` <= 2 GB at <= 1.3x the ``resident`` time.
 
 ``--memory-fraction`` caps the process like a smaller card (0.056 of an H200's 141 GB is about
-8 GB) through ``torch.cuda.set_per_process_memory_fraction``. ``--device cpu --small`` runs the
+8 GB) through ``torch.cuda.set_per_process_memory_fraction``; the memory manager's free memory
+respects the cap, so it plans (and places decoding's grids) as on that card. ``--device cpu --small`` runs the
 same path on a few-MB model of the same layout, to check the script without a GPU (peak host RSS
 then stands in for accelerator memory; the goals do not apply).
 

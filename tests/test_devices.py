@@ -187,3 +187,20 @@ def test_importing_the_runtime_does_not_import_torch():
     code = "import sys, backend.runtime, backend.devices; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("fraction, expected", [
+    (1.0, (100 * GIB + 2 * GIB, 140 * GIB)),  # the driver's free memory and what torch holds unused
+    (0.05, (7 * GIB - 3 * GIB, 7 * GIB)),  # a cap of 7 GiB, 3 GiB of it in use
+    (0.01, (0, int(140 * GIB * 0.01))),  # more in use than the cap allows: nothing free
+])
+def test_cuda_memory_is_what_this_process_may_still_use(monkeypatch, fraction, expected):
+    import torch
+
+    from backend.devices import cuda_memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100 * GIB, 140 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 5 * GIB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 * GIB)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: fraction)
+    assert cuda_memory(0) == expected

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..devices import FLOAT16, DeviceInfo, PrecisionPolicy, dtype_name
+from ..devices import FLOAT16, DeviceInfo, PrecisionPolicy, cuda_memory, dtype_name
 from ..errors import BackendError
 from ..protocol import ErrorCode
 from .component import Component
@@ -495,11 +495,8 @@ class MemoryManager:
     # -- the device ----------------------------------------------------------------------------
 
     def _measure_free_memory(self) -> tuple[int, int]:
-        import torch
-
         if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            return free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device), total
+            return cuda_memory(self.device)
         import psutil
 
         memory = psutil.virtual_memory()
